@@ -1,0 +1,87 @@
+"""In-memory features of one dataset, as heads see them: arrays joined on id, labels, one fold's roles.
+
+``FeatureData`` is what ``emo.cache.loader.load_features`` returns and what every head consumes. Arrays
+keep the cache's layout: ``clip/cls`` is ``[n, M, N, V, D]`` (items, segments, frames per segment,
+views, width). ``sample_frames`` turns it into ``[n, M, D]`` the way SPEC §3.2 asks: at train time one
+random frame per segment and one random view per video, at eval the centre frame and view 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["FeatureData", "sample_frames", "centre_index"]
+
+
+def centre_index(n_frames: int) -> int:
+    """Index of the segment centre among the N stored positions (SPEC §3.2: the centre is among them)."""
+    return n_frames // 2
+
+
+@dataclass
+class FeatureData:
+    """Features of a set of items. All per-item arrays share the first dimension ``n``."""
+
+    dataset: str
+    ids: list[str]
+    classes: list[str]
+    labels: torch.Tensor  # [n] int64 class index (single-label); -1 = no label
+    arrays: dict[str, torch.Tensor]  # "<modality>/<name>" -> [n, ...] as stored (fp16 stays fp16)
+    roles: np.ndarray  # [n] str: "train" | "val" | "test" | "" (not in this fold)
+    split: str = ""  # "scheme:fold" these roles come from
+    feature_sets: dict[str, dict] = field(default_factory=dict)  # name -> config.json (with "key")
+    class_text: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [C, T, D] prompt embeddings
+    class_prompts: list[str] = field(default_factory=list)  # the T templates behind class_text
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def random_weights(self) -> bool:
+        """True when any feature set came from random (untrained) encoder weights."""
+        return any(cfg.get("weights", {}).get("kind") == "random" for cfg in self.feature_sets.values())
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """Feature-set name -> cache key, for provenance in run directories and checkpoints."""
+        return {name: cfg["key"] for name, cfg in self.feature_sets.items()}
+
+    def select(self, mask: np.ndarray | list[int]) -> FeatureData:
+        """A new FeatureData with the items chosen by a boolean mask or index list (arrays are views)."""
+        idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, dtype=np.int64)
+        t = torch.from_numpy(idx)
+        return FeatureData(
+            dataset=self.dataset,
+            ids=[self.ids[i] for i in idx],
+            classes=self.classes,
+            labels=self.labels[t],
+            arrays={k: v[t] for k, v in self.arrays.items()},
+            roles=self.roles[idx],
+            split=self.split,
+            feature_sets=self.feature_sets,
+            class_text=self.class_text,
+            class_prompts=self.class_prompts,
+        )
+
+    def role(self, name: str) -> FeatureData:
+        """The items whose role in the current fold is ``name`` (train / val / test)."""
+        return self.select(self.roles == name)
+
+
+def sample_frames(x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[n, M, N, V, D] -> [n, M, D]``.
+
+    Train: for every item one view ``v ~ U{0..V-1}`` (one crop for the whole video) and for every
+    segment one frame ``j ~ U{0..N-1}``. Eval: the centre frame ``N // 2`` of every segment, view 0.
+    """
+    n, m, nf, nv = x.shape[:4]
+    if not train:
+        return x[:, :, centre_index(nf), 0]
+    view = torch.randint(nv, (n,), generator=generator)  # [n]
+    frame = torch.randint(nf, (n, m), generator=generator)  # [n, M]
+    rows = torch.arange(n)[:, None].expand(n, m)
+    segs = torch.arange(m)[None, :].expand(n, m)
+    return x[rows, segs, frame, view[:, None].expand(n, m)]
