@@ -1,0 +1,398 @@
+"""Decode one video (or frame folder) into the sampled, cropped frames of SPEC §3.2.
+
+``decode_item`` is the one entry point: it finds the frames ``frame_positions`` asks for, crops each
+with the boxes of ``crop_boxes`` and resizes them to ``S x S`` (PIL bicubic, crop and resize in one
+step), and records where every stored frame came from (index and presentation time).
+
+Backends. Every file is first *probed* with PyAV: a demux pass (no decoding, a few ms) that rejects
+what is not a playable video (no video stream, unreadable, truncated) with a ``DecodeError`` and
+lists the presentation times of the stream's packets. Then:
+
+- ``pyav`` decodes the stream once from the start, keeping only the sampled frames (memory bounded by
+  the output), and counts the frames the decoder actually produced. If the selection made from the
+  decoded frames differs from the one the probe predicted (the decoder dropped frames, or their times
+  differ), it is redone in a second pass.
+- ``decord`` seeks to the sampled frames (``VideoReader.get_batch``). It is used by ``auto`` only where
+  its random access was checked exact — MP4/MOV and Matroska/WebM with H.264, HEVC, VP8, VP9, MPEG-4
+  or MJPEG — and only when its frame count and timestamps agree with the probe. Elsewhere (MPEG-TS
+  and MPEG-PS, AVI with B-frames) decord returns frames from the wrong place, and AV1 it cannot open;
+  ``auto`` uses PyAV there and records why in ``fallback_reason``.
+
+This is the only module that imports ``decord`` (lazily, at use).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from emo.extract.sampling import SamplingConfig, crop_boxes, frame_positions
+
+__all__ = ["BACKENDS", "IMAGE_SUFFIXES", "FRAME_FOLDER_FPS", "DecodeError", "DecodedItem", "decode_item"]
+
+BACKENDS = ("auto", "decord", "pyav")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+FRAME_FOLDER_FPS = 25.0  # frame folders carry no times: frame k is stamped k / 25 s
+
+# (container, codec) pairs on which decord's seeking returned the right frames (tests/test_decode.py)
+_DECORD_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm")
+_DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "mpeg4", "mjpeg")
+_MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # its sample table lists every frame: fewer packets = truncated
+_DECORD_BATCH_BYTES = 256 * 2**20  # RGB frames decord may hold at once (a 4K frame is 25 MB)
+_TIME_TOLERANCE = 2e-3  # seconds; decord reports float32 times
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; ``str(e)`` is a readable reason (the item is skipped, not the run)."""
+
+
+@dataclass
+class DecodedItem:
+    """The stored frames of one item, and where each came from."""
+
+    pixels: np.ndarray  # uint8 [M, N, V, S, S, 3] RGB
+    frame_index: np.ndarray  # int64 [M, N] 0-based index in the decoded stream (whole file, even for a span)
+    timestamps: np.ndarray  # float64 [M, N] seconds from the start of the stream
+    crops: np.ndarray  # float64 [V, 4] (x0, y0, x1, y1) in source pixels
+    n_frames: int  # frames in the decoded stream, or in its [start, end) span
+    width: int  # source frame size, pixels
+    height: int
+    backend: str  # "decord" | "pyav" | "frames" (frame folder)
+    fallback_reason: str | None = None  # why decord was not used, when it was not
+
+
+@dataclass
+class _Probe:
+    """What the demux pass learned about a file's video stream."""
+
+    format: str  # libavformat's name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    codec: str  # e.g. "h264"
+    promised: int  # frame count in the container header; 0 = not given
+    times: np.ndarray  # float64 [P] sorted packet presentation times, seconds from stream start
+    stream_index: int  # the stream decoded: the first video stream that is not a cover picture
+    video_streams: int  # all video streams, cover pictures included
+
+
+def decode_item(
+    path: str | os.PathLike,
+    cfg: SamplingConfig,
+    item_id: str,
+    start: float | None = None,
+    end: float | None = None,
+    backend: str = "auto",
+) -> DecodedItem:
+    """Decode the frames of one item that ``cfg`` samples, cropped and resized to ``S x S``.
+
+    ``path`` is a video file or a frame folder (a directory of ``.jpg/.jpeg/.png/.bmp`` images in
+    name order, stamped ``k / 25`` s). ``start``/``end`` (seconds from the stream start) restrict
+    sampling to the frames whose presentation time ``t`` has ``start <= t < end``; ``frame_index``
+    still counts from the start of the file. ``item_id`` seeds the random crops (with ``cfg.seed``).
+    ``backend``: ``auto`` (decord where it is exact, else PyAV), ``decord`` (decord or fail) or
+    ``pyav``. Raises ``DecodeError`` for a file that is missing, not a video, has no video stream or
+    frames, is truncated, or fails to decode, and for an empty ``[start, end)`` span.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if start is not None and end is not None and not start < end:
+        raise DecodeError(f"empty span: start {start} s is not before end {end} s")
+    path = Path(path)
+    if path.is_dir():
+        return _decode_folder(path, cfg, item_id, start, end)
+    if not path.exists():
+        raise DecodeError(f"file not found: {path}")
+    if not path.is_file():  # a FIFO or device would block the decoder forever
+        raise DecodeError(f"not a regular file (a pipe, socket or device): {path}")
+    if path.stat().st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    probe = _probe(path)
+    if backend == "pyav":
+        return _decode_pyav(path, probe, cfg, item_id, start, end, reason=None)
+    reason = _decord_unfit(probe) if backend == "auto" else None
+    if reason is None:
+        try:
+            return _decode_decord(path, probe, cfg, item_id, start, end)
+        except _DecordMismatch as e:
+            if backend == "decord":
+                raise DecodeError(f"decord: {e}") from None
+            reason = str(e)
+    return _decode_pyav(path, probe, cfg, item_id, start, end, reason=reason)
+
+
+# --- probing ------------------------------------------------------------------------------------
+
+
+def _probe(path: Path) -> _Probe:
+    """Demux (not decode) the first video stream; reject what cannot be a playable video."""
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as e:
+        raise DecodeError(f"not a video: {_ffmpeg_message(e)}") from None
+    with container:
+        moving = [s for s in container.streams if s.type != "video" or not _is_cover(s)]
+        if not any(s.type == "video" for s in moving):
+            kinds = sorted({s.type for s in moving})
+            what = f"{' and '.join(kinds)} only" if kinds else "no streams"
+            raise DecodeError(f"not a video: no video stream ({what})")
+        stream = next(s for s in moving if s.type == "video")
+        promised = max(int(stream.frames or 0), 0)
+        pts, corrupt = [], []  # per packet
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # flush packet at EOF, or an empty AVI chunk (no frame)
+                    continue
+                pts.append(packet.pts)
+                corrupt.append(packet.is_corrupt)  # e.g. cut short by the end of the file
+        except av.FFmpegError as e:
+            raise DecodeError(
+                f"unreadable after {len(pts)} of {promised or '?'} frames: {_ffmpeg_message(e)}"
+            ) from None
+        if not pts:
+            raise DecodeError("no video frames in the stream")
+        fmt, whole = container.format.name, len(pts) - sum(corrupt)
+        if fmt == _MP4_FORMAT and whole < promised:  # the mp4 index lists every frame it stored
+            raise DecodeError(
+                f"truncated: the container promises {promised} frames, its data holds {whole}"
+                + (" and part of one more" if corrupt[-1] else "")
+            )
+        if any(corrupt):
+            raise DecodeError(
+                f"corrupt data in {sum(corrupt)} of {len(pts)} packets (first: frame {corrupt.index(True)})"
+            )
+        times = _stream_times(pts if None in pts else sorted(pts), stream)
+        codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder's "libdav1d"
+        return _Probe(
+            format=fmt,
+            codec=codec,
+            promised=promised,
+            times=times,
+            stream_index=stream.index,
+            video_streams=len(container.streams.video),
+        )
+
+
+def _is_cover(stream) -> bool:
+    """An attached picture (cover art of an audio file) is a 'video' stream of one still image."""
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def _stream_times(pts: list[int | None], stream) -> np.ndarray:
+    """Presentation times ``[n]`` in seconds from the stream start, from pts in ``stream.time_base``.
+
+    Where pts are missing or not increasing (H.264 with B-frames in AVI stores none), frames are
+    stamped ``k / average frame rate`` instead.
+    """
+    n = len(pts)
+    if n and None not in pts and stream.time_base is not None:
+        raw = np.asarray(pts, dtype=np.int64)
+        if n == 1 or np.all(np.diff(raw) > 0):
+            origin = stream.start_time if stream.start_time is not None else raw[0]
+            return (raw - origin).astype(np.float64) * float(stream.time_base)  # [n] seconds
+    rate = stream.average_rate or stream.guessed_rate or FRAME_FOLDER_FPS
+    return np.arange(n, dtype=np.float64) / float(rate)
+
+
+def _ffmpeg_message(e: Exception) -> str:
+    """FFmpeg's own words, without PyAV's errno and file name decoration."""
+    return getattr(e, "strerror", None) or str(e)
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+
+def _select(
+    times: np.ndarray, cfg: SamplingConfig, start: float | None, end: float | None
+) -> tuple[np.ndarray, int]:
+    """Sampled indices ``[M, N]`` into the whole stream, and the number of frames in the span."""
+    lo = 0 if start is None else int(np.searchsorted(times, start, side="left"))
+    hi = len(times) if end is None else int(np.searchsorted(times, end, side="left"))
+    if hi <= lo:
+        length = f"{times[-1]:.3f}" if len(times) else "0"
+        raise DecodeError(f"no frames in [{start}, {end}) s (the last frame is at {length} s)")
+    return lo + frame_positions(hi - lo, cfg.segments, cfg.frames_per_segment), hi - lo
+
+
+def _views(image: Image.Image, boxes: np.ndarray, size: int) -> np.ndarray:
+    """``[V, S, S, 3]`` uint8: every box of ``boxes [V, 4]`` cropped from ``image`` and resized to S x S."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    return np.stack([np.asarray(image.resize((size, size), Image.BICUBIC, box=tuple(b))) for b in boxes])
+
+
+def _assemble(index: np.ndarray, views: dict[int, np.ndarray]) -> np.ndarray:
+    """``[M, N, V, S, S, 3]`` from the views of each distinct sampled frame."""
+    flat = np.stack([views[int(k)] for k in index.reshape(-1)])  # [M*N, V, S, S, 3]
+    return flat.reshape(*index.shape, *flat.shape[1:])
+
+
+# --- PyAV ---------------------------------------------------------------------------------------
+
+
+def _decode_pyav(
+    path: Path, probe: _Probe, cfg: SamplingConfig, item_id: str, start, end, reason: str | None
+) -> DecodedItem:
+    """Decode sequentially, keeping the sampled frames; redo the selection if the decoder disagrees."""
+    index, _ = _select(probe.times, cfg, start, end)  # [M, N] as the packets predict
+    for _ in range(2):
+        views, times, (width, height), boxes = _pyav_pass(
+            path, set(index.reshape(-1).tolist()), cfg, item_id, probe
+        )
+        chosen, n_span = _select(times, cfg, start, end)  # the decoded stream rules over the packets
+        if np.array_equal(chosen, index):
+            break
+        index = chosen
+    else:
+        raise DecodeError("the decoder produced different frames on two passes over the same file")
+    return DecodedItem(
+        pixels=_assemble(index, views),
+        frame_index=index,
+        timestamps=times[index],
+        crops=boxes,
+        n_frames=n_span,
+        width=width,
+        height=height,
+        backend="pyav",
+        fallback_reason=reason,
+    )
+
+
+def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, probe: _Probe):
+    """One decoding pass: views of the ``wanted`` frame indices, and the times of all decoded frames."""
+    views: dict[int, np.ndarray] = {}
+    pts: list[int | None] = []
+    size, boxes = None, None
+    with av.open(str(path)) as container:
+        stream = container.streams[probe.stream_index]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                k = len(pts)
+                pts.append(frame.pts)
+                if size is None:
+                    size = (frame.width, frame.height)
+                    boxes = crop_boxes(frame.height, frame.width, cfg, item_id)
+                elif (frame.width, frame.height) != size:
+                    raise DecodeError(
+                        f"frame size changes mid-stream at frame {k}: {size} -> {frame.width}x{frame.height}"
+                    )
+                if k in wanted:
+                    views[k] = _views(frame.to_image(), boxes, cfg.image_size)
+        except av.FFmpegError as e:
+            raise DecodeError(
+                f"decoding failed after {len(pts)} frames (the container promises {probe.promised or len(probe.times)}): "
+                f"{_ffmpeg_message(e)}"
+            ) from None
+        if not pts:
+            raise DecodeError(f"no frame decodes (the stream has {len(probe.times)} packets)")
+        decoded = _stream_times(pts, stream)
+    return views, decoded, size, boxes
+
+
+# --- decord -------------------------------------------------------------------------------------
+
+
+class _DecordMismatch(Exception):
+    """decord cannot be trusted on this file; the message says why (becomes ``fallback_reason``)."""
+
+
+def _decord_unfit(probe: _Probe) -> str | None:
+    """Why ``auto`` should not use decord on this file, or None."""
+    if probe.video_streams > 1:
+        return f"{probe.video_streams} video streams; decord might pick another"
+    if probe.format not in _DECORD_FORMATS:
+        return f"decord's seeking is not trusted in {probe.format.split(',')[0]} containers"
+    if probe.codec not in _DECORD_CODECS:
+        return f"decord is not checked on {probe.codec} video"
+    return None
+
+
+def _import_decord():
+    try:
+        import decord
+    except ImportError as e:
+        raise _DecordMismatch(f"decord is not installed ({e}); pip install decord") from None
+    return decord
+
+
+def _decode_decord(path: Path, probe: _Probe, cfg: SamplingConfig, item_id: str, start, end) -> DecodedItem:
+    """Seek to the sampled frames with decord, after checking its frame list against the probe."""
+    decord = _import_decord()
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        n = len(reader)
+        if n != len(probe.times):
+            raise _DecordMismatch(f"decord counts {n} frames, the stream has {len(probe.times)}")
+        own = reader.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)  # [n] seconds, float32 inside
+        worst = float(np.abs(own - probe.times).max())
+        if not worst <= _TIME_TOLERANCE:
+            raise _DecordMismatch(f"decord's frame times differ from the stream's by up to {worst:.3g} s")
+        index, n_span = _select(probe.times, cfg, start, end)
+        order = np.unique(index)  # ascending distinct indices: one forward sweep
+        first = reader[int(order[0])].asnumpy()  # [H, W, 3]
+        height, width = first.shape[:2]
+        boxes = crop_boxes(height, width, cfg, item_id)
+        views = {int(order[0]): _views(Image.fromarray(first), boxes, cfg.image_size)}
+        per_batch = max(1, _DECORD_BATCH_BYTES // first.nbytes)
+        for chunk in _chunks(order[1:], per_batch):
+            batch = reader.get_batch(chunk).asnumpy()  # [K, H, W, 3]
+            for k, rgb in zip(chunk.tolist(), batch, strict=True):
+                views[k] = _views(Image.fromarray(rgb), boxes, cfg.image_size)
+    except (decord.DECORDError, RuntimeError) as e:  # decord raises both, with C++ log lines inside
+        raise _DecordMismatch(f"decord failed: {str(e).strip().splitlines()[-1][:200]}") from None
+    return DecodedItem(
+        pixels=_assemble(index, views),
+        frame_index=index,
+        timestamps=probe.times[index],
+        crops=boxes,
+        n_frames=n_span,
+        width=width,
+        height=height,
+        backend="decord",
+        fallback_reason=None,
+    )
+
+
+def _chunks(values: np.ndarray, size: int) -> Iterable[np.ndarray]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+# --- frame folders ------------------------------------------------------------------------------
+
+
+def _decode_folder(path: Path, cfg: SamplingConfig, item_id: str, start, end) -> DecodedItem:
+    """A directory of images in name order; frame ``k`` is stamped ``k / FRAME_FOLDER_FPS`` seconds."""
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DecodeError(f"frame folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    times = np.arange(len(files), dtype=np.float64) / FRAME_FOLDER_FPS  # [T] seconds
+    index, n_span = _select(times, cfg, start, end)
+    views: dict[int, np.ndarray] = {}
+    size, boxes = None, None
+    for k in np.unique(index).tolist():
+        try:
+            with Image.open(files[k]) as image:
+                image = image.convert("RGB")
+        except OSError as e:
+            raise DecodeError(f"unreadable frame {files[k].name}: {e}") from None
+        if size is None:
+            size = image.size
+            boxes = crop_boxes(image.height, image.width, cfg, item_id)
+        elif image.size != size:
+            raise DecodeError(f"frame {files[k].name} is {image.size}, earlier frames {size}")
+        views[k] = _views(image, boxes, cfg.image_size)
+    return DecodedItem(
+        pixels=_assemble(index, views),
+        frame_index=index,
+        timestamps=times[index],
+        crops=boxes,
+        n_frames=n_span,
+        width=size[0],
+        height=size[1],
+        backend="frames",
+        fallback_reason=None,
+    )
