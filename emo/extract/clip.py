@@ -1,0 +1,346 @@
+"""Frozen CLIP encoders through open_clip: the only module of ``emo`` that imports ``open_clip``.
+
+``load_clip(ClipSpec(...))`` builds an open_clip ViT, loads its weights by the weights policy
+(SPEC §3.3) and wraps it in a ``ClipEncoder`` that turns uint8 frames into projected image
+embeddings (and optionally all tokens after block ``k``) and prompts into text embeddings.
+
+Weights policy, strict:
+- ``weights="pretrained"`` with ``pretrained=TAG`` downloads through open_clip as usual;
+- ``checkpoint=PATH`` (wins over the tag) loads a local file: an open_clip checkpoint, a plain
+  ``state_dict``, a ``.safetensors`` file or OpenAI's TorchScript ``.pt``, always strictly;
+- ``weights="random"`` builds the architecture with random init under a fixed seed, and only then.
+Any load failure raises ``WeightsError`` naming both ``--pretrained`` and ``--checkpoint``; a model
+that failed to load is never replaced by random weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "WeightsError",
+    "ClipSpec",
+    "ClipEncoder",
+    "load_clip",
+    "resolve_device",
+    "resolve_dtype",
+    "register_tiny_model",
+    "TINY_MODEL",
+    "MODEL_CONFIG_DIR",
+    "file_sha256",
+]
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"  # repo-local architectures
+TINY_MODEL = "emo-tiny-ViT"  # 32 px, patch 8, width 64, 2 blocks: tests and the demo
+_WEIGHTS = ("pretrained", "random")
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_TEXT_BATCH = 256  # prompts per text-tower batch
+
+
+class WeightsError(RuntimeError):
+    """Weights could not be loaded; the run must stop (random weights never stand in)."""
+
+
+def _weights_hint(model: str) -> str:
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    known = (
+        f"tags for {model}: {', '.join(tags[:8])}{', ...' * (len(tags) > 8)}"
+        if tags
+        else "no tags for " + model
+    )
+    return (
+        f"Give weights either as --pretrained TAG (downloads through open_clip; {known}) or as "
+        "--checkpoint PATH (a local weights file, for offline boxes). Random weights are never used instead."
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file; ``size`` and ``mtime_ns`` are part of the cache key so an edited file is re-hashed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, computed once per (path, size, mtime)."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which encoder and which weights. ``checkpoint`` wins over ``pretrained``; ``weights="random"``
+    ignores both (tests and the demo only)."""
+
+    model: str = "ViT-B-32"
+    pretrained: str | None = "openai"  # open_clip tag, downloaded through open_clip
+    checkpoint: str | None = None  # local weights file; wins over pretrained
+    weights: str = "pretrained"  # "pretrained" | "random"
+    random_seed: int = 0  # torch seed of the random init, so random caches are reproducible
+    tokens_layer: int | None = None  # also return all tokens after block k (1..n_blocks)
+
+    def __post_init__(self):
+        if self.weights not in _WEIGHTS:
+            raise ValueError(f"weights must be one of {_WEIGHTS}, got {self.weights!r}")
+        if self.tokens_layer is not None and (isinstance(self.tokens_layer, bool) or self.tokens_layer < 1):
+            raise ValueError(f"tokens_layer counts blocks from 1, got {self.tokens_layer!r}")
+        if self.model.startswith(("hf-hub:", "local-dir:")):
+            raise ValueError(
+                f"model {self.model!r}: name an architecture (e.g. ViT-B-32) and give weights with "
+                "--pretrained TAG or --checkpoint PATH"
+            )
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from: "random", "checkpoint" or "pretrained"."""
+        if self.weights == "random":
+            return "random"
+        return "checkpoint" if self.checkpoint else "pretrained"
+
+    def weights_provenance(self) -> dict:
+        """What identifies the weights in a cache key: the tag, the file's sha256, or the random seed."""
+        if self.source == "random":
+            return {"kind": "random", "seed": self.random_seed}
+        if self.source == "checkpoint":
+            path = Path(self.checkpoint).expanduser().resolve()
+            try:
+                digest = file_sha256(path)
+            except OSError as e:
+                raise WeightsError(f"checkpoint {path}: {e}. {_weights_hint(self.model)}") from e
+            return {"kind": "checkpoint", "path": str(path), "sha256": digest}
+        return {"kind": "pretrained", "tag": self.pretrained}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> ``cuda`` if available else ``cpu``; a CUDA device that is absent raises ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r}: {e} (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for CUDA, which this machine does not have")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Compute dtype: ``"auto"`` -> float16 on CUDA, float32 on CPU; else fp32 | fp16 | bf16."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be auto, {', '.join(_PRECISIONS)}; got {precision!r}")
+    dtype = _PRECISIONS[precision]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16")
+    return dtype
+
+
+def _register_local_config(name: str) -> bool:
+    """Make ``configs/models/<name>.json`` known to open_clip (once); False if there is no such file."""
+    import open_clip
+
+    if name in open_clip.list_models():
+        return True
+    path = MODEL_CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        return False
+    open_clip.add_model_config(path)
+    return True
+
+
+def register_tiny_model() -> str:
+    """Register ``emo-tiny-ViT`` with open_clip and return its name (for tests and the demo)."""
+    if not _register_local_config(TINY_MODEL):
+        raise FileNotFoundError(f"{MODEL_CONFIG_DIR / (TINY_MODEL + '.json')} is missing")
+    return TINY_MODEL
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's original ``.pt`` files are TorchScript archives (a zip with ``constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def _build_model(spec: ClipSpec) -> torch.nn.Module:
+    """The open_clip model in fp32 on the CPU with the weights ``spec`` names (strict; see module doc)."""
+    import open_clip
+
+    if not _register_local_config(spec.model):
+        raise ValueError(
+            f"unknown model {spec.model!r}: not an open_clip architecture (open_clip.list_models()) "
+            f"nor a file in {MODEL_CONFIG_DIR}"
+        )
+    common = {"precision": "fp32", "device": "cpu", "pretrained_image": False, "pretrained_text": False}
+    if spec.source == "random":
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state untouched
+            torch.manual_seed(spec.random_seed)
+            model, _, _ = open_clip.create_model_and_transforms(
+                spec.model, pretrained=None, load_weights=False, **common
+            )
+        return model
+
+    if spec.source == "checkpoint":
+        path = Path(spec.checkpoint).expanduser().resolve()
+        what = f"checkpoint {path}"
+        if not path.is_file():
+            raise WeightsError(
+                f"could not load {what} for {spec.model}: no such file. {_weights_hint(spec.model)}"
+            )
+        # TorchScript archives are read by torch.jit.load (no arbitrary unpickling); all else weights_only.
+        kwargs = {"pretrained": str(path), "weights_only": not _is_torchscript(path)}
+    elif spec.pretrained:
+        what = f"--pretrained {spec.pretrained}"
+        tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
+        # OpenAI-trained tags need QuickGELU; open_clip 3.3 only warns when the config lacks it.
+        kwargs = {"pretrained": spec.pretrained, "force_quick_gelu": bool(tag_cfg.get("quick_gelu"))}
+    else:
+        raise WeightsError(f"no weights named for {spec.model}. {_weights_hint(spec.model)}")
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(spec.model, **kwargs, **common)
+    except Exception as e:  # any failure to get or read the weights stops the run, with both options named
+        raise WeightsError(
+            f"could not load {what} for {spec.model}: {str(e).rstrip('.')}. {_weights_hint(spec.model)}"
+        ) from e
+    return model
+
+
+class ClipEncoder:
+    """A frozen open_clip ViT: uint8 frames -> projected image embeddings (+ tokens after block k).
+
+    Attributes: ``image_size`` S (square input), ``mean``/``std`` from the model's preprocess config,
+    ``embed_dim`` D (projected), ``width`` W (transformer), ``n_tokens`` L (1 + patches), ``n_blocks``,
+    ``device``, ``dtype`` (compute dtype; fp16/bf16 run under autocast over fp32 weights).
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: ClipSpec, device: torch.device, dtype: torch.dtype):
+        visual = model.visual
+        resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+        if resblocks is None or not hasattr(visual, "positional_embedding"):
+            raise ValueError(f"model {spec.model!r}: emo needs an open_clip ViT image tower")
+        cfg = visual.preprocess_cfg
+        size = cfg["size"]
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        if h != w:
+            raise ValueError(f"model {spec.model!r}: input {h}x{w} is not square")
+        self.spec, self.device, self.dtype = spec, device, dtype
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.image_size = int(h)
+        self.mean = tuple(float(m) for m in cfg["mean"])
+        self.std = tuple(float(s) for s in cfg["std"])
+        self.interpolation, self.resize_mode = cfg["interpolation"], cfg["resize_mode"]
+        self.embed_dim = int(visual.output_dim)
+        self.width = int(visual.transformer.width)
+        self.n_tokens = int(visual.positional_embedding.shape[0])
+        self.n_blocks = len(resblocks)
+        self._batch_first = getattr(visual.transformer, "batch_first", True)
+        if spec.tokens_layer is not None and not 1 <= spec.tokens_layer <= self.n_blocks:
+            raise ValueError(
+                f"tokens_layer {spec.tokens_layer} is out of range: {spec.model} has blocks 1..{self.n_blocks}"
+            )
+        self._mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _normalise(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """uint8 ``[B, S, S, 3]`` RGB -> float32 ``[B, 3, S, S]`` normalised on the device."""
+        x = torch.as_tensor(pixels)
+        s = self.image_size
+        if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (s, s, 3):
+            raise ValueError(f"pixels must be uint8 [B, {s}, {s}, 3] RGB, got {x.dtype} {tuple(x.shape)}")
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, S, S] uint8
+        x = x.float().div_(255.0)  # [0, 1]
+        return (x - self._mean) / self._std
+
+    def encode_images(self, pixels: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """``{"cls": [B, D]}`` projected image embeddings (not L2-normalised), plus ``"tokens": [B, L, W]``
+        (all tokens after block ``tokens_layer``) when asked; float32 on the CPU."""
+        x = self._normalise(pixels)
+        captured: list[torch.Tensor] = []
+        handle = None
+        if self.spec.tokens_layer is not None:
+            block = self.model.visual.transformer.resblocks[self.spec.tokens_layer - 1]
+            handle = block.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            with torch.inference_mode(), self._autocast():
+                cls = self.model.encode_image(x)  # [B, D]
+        finally:
+            if handle is not None:
+                handle.remove()
+        out = {"cls": cls.float().cpu()}
+        if handle is not None:
+            tokens = captured[0] if self._batch_first else captured[0].transpose(0, 1)  # [B, L, W]
+            out["tokens"] = tokens.float().cpu()
+        return out
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """``[T, D]`` projected text embeddings (not L2-normalised), float32 on the CPU."""
+        import open_clip
+
+        tokenizer = open_clip.get_tokenizer(self.spec.model)
+        parts = []
+        for i in range(0, len(texts), _TEXT_BATCH):
+            ids = tokenizer(list(texts[i : i + _TEXT_BATCH])).to(self.device)  # [t, context_length]
+            with torch.inference_mode(), self._autocast():
+                parts.append(self.model.encode_text(ids).float().cpu())  # [t, D]
+        return torch.cat(parts) if parts else torch.empty(0, self.embed_dim)
+
+    def preprocess_provenance(self) -> dict:
+        """The preprocessing the model expects (what a cache key must cover)."""
+        side = {"shortest": "shortest-side", "longest": "longest-side", "squash": "squash"}.get(
+            self.resize_mode, self.resize_mode
+        )
+        return {
+            "image_size": self.image_size,
+            "resize": f"{side} {self.interpolation} + centre crop",
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> ClipEncoder:
+    """Build ``spec``'s model with its weights (strict policy, see module doc) as a frozen encoder.
+
+    Raises WeightsError when the named weights cannot be loaded, ValueError for a bad option.
+    """
+    dev = resolve_device(device)
+    dtype = resolve_dtype(precision, dev)
+    _check_tokens_layer(spec)  # before any download; ClipEncoder checks again on the built model
+    return ClipEncoder(_build_model(spec), spec, dev, dtype)
+
+
+def _check_tokens_layer(spec: ClipSpec) -> None:
+    import open_clip
+
+    if spec.tokens_layer is None or not _register_local_config(spec.model):
+        return
+    layers = open_clip.get_model_config(spec.model)["vision_cfg"].get("layers")
+    if isinstance(layers, int) and spec.tokens_layer > layers:
+        raise ValueError(
+            f"tokens_layer {spec.tokens_layer} is out of range: {spec.model} has blocks 1..{layers}"
+        )
