@@ -1,0 +1,300 @@
+"""The head interface, the table of named heads, config parsing, and checkpoints.
+
+Every stage-2 head is a :class:`Head` built from a config dataclass (the paper's defaults) and the
+dataset's class names. A head registers itself with :func:`register_head` at the bottom of its file;
+:func:`get_head` and :func:`list_heads` import the built-in head files on first use.
+
+Checkpoints are a directory with ``config.json`` (head name, resolved config, classes, and the cache
+keys of the features it was trained on) and ``model.safetensors``. Loading a checkpoint against
+features with other cache keys raises :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from emo import __version__
+from emo.cache.data import FeatureData
+from emo.cache.featureset import write_json_atomic
+
+__all__ = [
+    "Head",
+    "HeadSpec",
+    "LogFn",
+    "CheckpointError",
+    "check_features",
+    "register_head",
+    "get_head",
+    "list_heads",
+    "config_from_dict",
+    "config_to_dict",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# Modules whose import registers the built-in heads (name -> module).
+BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot"}
+
+LogFn = Callable[[dict], None]  # receives one JSON-able record per step / epoch / candidate
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the features (other cache keys or classes) or is malformed."""
+
+
+class Head(ABC):
+    """A stage-2 model trained from cached features.
+
+    Contract: ``fit`` sees only the train part (and the validation part, used for choosing
+    hyper-parameters — never the test split); ``predict_scores`` returns ``[n, C]`` float scores whose
+    argmax is the prediction; ``state_dict`` holds every learned value, so that a new head built from
+    the same config and classes and given ``load_state_dict`` predicts exactly the same scores.
+    Hyper-parameters chosen on validation data go into ``selected`` (recorded in the run's config.json).
+    """
+
+    def __init__(self, config: Any, classes: list[str]):
+        self.config = config
+        self.classes = list(classes)
+        self.selected: dict[str, Any] = {}
+
+    @abstractmethod
+    def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
+        """Learn from ``train``; ``val`` (optional) may only be used to choose hyper-parameters."""
+
+    @abstractmethod
+    def predict_scores(self, data: FeatureData) -> np.ndarray:
+        """``[n, C]`` scores (logits or scaled similarities), classes in ``self.classes`` order."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every learned value, as CPU tensors."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned (strict: missing or extra names raise)."""
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A registered head: its name, config dataclass, and ``build(config, classes) -> Head``."""
+
+    name: str
+    config_cls: type
+    build: Callable[[Any, list[str]], Head]
+    description: str
+
+    def config(self, overrides: dict[str, Any] | None = None) -> Any:
+        """The default config with ``overrides`` applied (strings are coerced, unknown keys raise)."""
+        return config_from_dict(self.config_cls, overrides or {})
+
+
+_HEADS: dict[str, HeadSpec] = {}
+
+
+def register_head(
+    name: str, config_cls: type, build: Callable[[Any, list[str]], Head], description: str
+) -> HeadSpec:
+    """Add a head to the table; a second head under one name raises."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"head {name!r}: config class {config_cls!r} is not a dataclass")
+    if name in _HEADS:
+        raise ValueError(f"a head named {name!r} is already registered")
+    spec = HeadSpec(name, config_cls, build, description)
+    _HEADS[name] = spec
+    return spec
+
+
+def _import_builtins() -> None:
+    for module in BUILTIN_HEADS.values():
+        importlib.import_module(module)
+
+
+def get_head(name: str) -> HeadSpec:
+    """The head registered as ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    _import_builtins()
+    if name not in _HEADS:
+        raise ValueError(f"unknown head {name!r}; known heads: {', '.join(sorted(_HEADS))}")
+    return _HEADS[name]
+
+
+def list_heads() -> list[HeadSpec]:
+    """Every registered head, sorted by name."""
+    _import_builtins()
+    return [_HEADS[k] for k in sorted(_HEADS)]
+
+
+# -- configs ----------------------------------------------------------------------------------------
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` with strict keys and type coercion.
+
+    An unknown key raises ``ValueError`` naming it and the valid ones. Values are coerced to the
+    field's annotated type, so strings from the command line work: ``"0.5"`` -> 0.5, ``"true"`` -> True,
+    ``"0.1,1,10"`` or ``"[0.1, 1, 10]"`` -> ``[0.1, 1.0, 10.0]``, ``"none"`` -> None for optional fields.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__} has no field {unknown[0]!r}; valid fields: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{cls.__name__}.{key}: cannot read {value!r} as {_type_name(hints[key])} ({e})") from None
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The config as a JSON-able dict (the inverse of :func:`config_from_dict`)."""
+    return dataclasses.asdict(config)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is typing.Literal:
+        if isinstance(value, str) and value not in args:
+            for a in args:  # "3" for Literal[3]
+                if str(a) == value:
+                    return a
+        if value not in args:
+            raise ValueError(f"expected one of {', '.join(map(repr, args))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError("expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise TypeError("a bool is not an int")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError("a bool is not a float")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError("expected a string")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [v.strip() for v in text.split(",")] if text else []
+        if not isinstance(value, list | tuple):
+            raise TypeError("expected a list")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                raise ValueError(f"expected {len(args)} values")
+            return tuple(_coerce(v, a) for v, a in zip(value, args, strict=True))
+        item = args[0] if args else Any
+        items = [_coerce(v, item) for v in value]
+        return items if origin is list else tuple(items)
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            raise TypeError("expected a mapping")
+        return dict(value)
+    return value
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+def save_checkpoint(
+    directory: str | os.PathLike, head: Head, name: str, cache_keys: dict[str, str], extra: dict | None = None
+) -> Path:
+    """Write ``config.json`` (head, config, classes, cache keys, ``extra``) and ``model.safetensors``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    # One metadata entry: safetensors writes several in a random order, which would break bit-reproducibility.
+    meta = {"emo": json.dumps({"head": name, "cache_keys": cache_keys, "emo_version": __version__}, sort_keys=True)}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata=meta)
+    record = {
+        "head": name,
+        "config": config_to_dict(head.config),
+        "classes": head.classes,
+        "cache_keys": dict(cache_keys),
+        "selected": head.selected,
+        "emo_version": __version__,
+        **(extra or {}),
+    }
+    write_json_atomic(directory / CONFIG_FILE, record)
+    return directory
+
+
+def load_checkpoint(directory: str | os.PathLike, data: FeatureData | None = None) -> Head:
+    """The head saved in ``directory``; with ``data``, check it has the same cache keys and classes."""
+    directory = Path(directory)
+    with open(directory / CONFIG_FILE, encoding="utf-8") as f:
+        record = json.load(f)
+    for field in ("head", "config", "classes", "cache_keys"):
+        if field not in record:
+            raise CheckpointError(f"{directory / CONFIG_FILE} has no {field!r}; not a head checkpoint")
+    if data is not None:
+        check_features(record, data, where=str(directory))
+    spec = get_head(record["head"])
+    head = spec.build(config_from_dict(spec.config_cls, record["config"]), record["classes"])
+    head.selected = record.get("selected", {})
+    head.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    return head
+
+
+def check_features(record: dict, data: FeatureData, where: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` unless ``data`` holds every trained-on cache key and the classes."""
+    trained: dict[str, str] = record["cache_keys"]
+    have = data.keys
+    missing = {n: k for n, k in trained.items() if k not in set(have.values())}
+    if missing:
+        raise CheckpointError(
+            f"{where} was trained on features with cache keys {trained}, but these features have {have} "
+            f"(missing: {', '.join(missing)}); load the feature sets it was trained on"
+        )
+    if list(record["classes"]) != list(data.classes):
+        raise CheckpointError(f"{where} was trained on classes {record['classes']}, these features have {data.classes}")

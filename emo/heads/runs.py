@@ -1,0 +1,296 @@
+"""Run directories: train a registered head on one or more folds, evaluate on test, write everything.
+
+Layout of a run (always one sub-directory per fold, also for a single fold)::
+
+    out/summary.json                 head, split, folds, provenance, mean ± std over folds
+    out/<fold>/config.json           resolved config, classes, cache keys, feature-set provenance,
+                                     split, fold, seed, val ids, command line, versions (also the
+                                     checkpoint's config: load it with registry.load_checkpoint)
+    out/<fold>/model.safetensors
+    out/<fold>/metrics.json          emo.heads.metrics.classification_metrics on the test items
+    out/<fold>/predictions.csv       id, true, pred, score_<class>...
+    out/<fold>/confusion.png
+    out/<fold>/log.jsonl             one record per step / epoch / tuning candidate
+
+Protocol (SPEC §4): the head is fitted on the fold's train items; the validation part is the fold's
+official ``val`` items when it has some, else (with ``val_fraction > 0``) a stratified, seeded part
+of train held out; otherwise there is none. Test items are only ever predicted, never used to choose.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import os
+import platform
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+
+from emo import __version__
+from emo.cache.data import FeatureData
+from emo.cache.featureset import write_json_atomic
+from emo.cache.loader import load_features, set_roles
+from emo.cache.manifest import parse_split, read_manifest
+
+from .metrics import SCALAR_METRICS, classification_metrics, mean_std, plot_confusion
+from .registry import config_to_dict, get_head, save_checkpoint
+
+__all__ = [
+    "RunResult",
+    "train_head",
+    "train_from_cache",
+    "stratified_holdout",
+    "seed_everything",
+    "format_results_table",
+    "report_runs",
+    "RANDOM_BANNER",
+    "SUMMARY_FILE",
+]
+
+RANDOM_BANNER = "RANDOM WEIGHTS — these numbers say nothing about the papers"
+SUMMARY_FILE = "summary.json"
+TABLE_COLUMNS = (("top1", "top-1"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("uar", "UAR"))
+
+Loader = Callable[[str], FeatureData]  # fold -> features with that fold's roles set
+
+
+@dataclass
+class RunResult:
+    """What a run wrote: per-fold test metrics and their mean ± std (``metrics.mean_std``)."""
+
+    head: str
+    split: str  # "scheme:fold" for one fold, "scheme (k folds)" for several
+    out: Path
+    folds: dict[str, dict]  # fold -> classification_metrics
+    summary: dict  # mean_std over the folds
+    random_weights: bool
+
+    def row(self) -> dict:
+        """One row for :func:`format_results_table`."""
+        return {"name": self.head, "split": self.split, "random_weights": self.random_weights,
+                **{m: self.summary[m] for m in SCALAR_METRICS}}
+
+    def table(self) -> str:
+        return format_results_table([self.row()])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``[n]`` bool mask of a seeded, per-class ``round(fraction * n_c)`` part (at least one item of a
+    class stays out of the mask). Deterministic for a given (labels, fraction, seed)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(int(np.floor(fraction * len(idx) + 0.5)), len(idx) - 1)
+        mask[rng.permutation(idx)[:k]] = True
+    return mask
+
+
+def train_head(
+    name: str,
+    data: FeatureData | Loader,
+    *,
+    folds: list[str] | None = None,
+    out: str | os.PathLike,
+    overrides: dict[str, str] | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    command: list[str] | None = None,
+) -> RunResult:
+    """Train head ``name`` on every fold, evaluate on its test items, write ``out/<fold>/`` and ``out/summary.json``.
+
+    ``data`` is either a loader ``load(fold) -> FeatureData`` (roles set for that fold; called once per
+    fold, in order) or one ``FeatureData`` whose roles are already set (then at most one fold; its
+    name defaults to the fold part of ``data.split``). ``overrides`` are config fields as strings or
+    values (unknown keys raise before anything is trained). The run directory must not hold a run yet.
+    """
+    spec = get_head(name)
+    config = spec.config(overrides)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if isinstance(data, FeatureData):
+        fixed = data
+        folds = folds or [parse_split(data.split)[1] if data.split else "0"]
+        if len(folds) != 1:
+            raise ValueError("one FeatureData carries one fold's roles; pass a loader for several folds")
+        load: Loader = lambda fold: fixed  # noqa: E731
+    else:
+        load = data
+        if not folds:
+            raise ValueError("train_head with a loader needs the folds to run")
+    out = Path(out)
+    for path in [out / SUMMARY_FILE] + [out / f / "metrics.json" for f in folds]:
+        if path.exists():
+            raise ValueError(f"{path.parent} already holds a run; choose another output directory")
+    per_fold: dict[str, dict] = {}
+    first: FeatureData | None = None
+    for fold in folds:
+        fd = load(fold)
+        first = fd if first is None else first
+        per_fold[fold] = _run_fold(name, config, fd, fold, out / fold, val_fraction, seed, command)
+    summary = mean_std(list(per_fold.values()))
+    split = first.split if len(folds) == 1 else f"{first.split.partition(':')[0]} ({len(folds)} folds)"
+    result = RunResult(name, split, out, per_fold, summary, first.random_weights)
+    write_json_atomic(out / SUMMARY_FILE, {
+        "head": name,
+        "dataset": first.dataset,
+        "split": split,
+        "folds": list(folds),
+        "random_weights": first.random_weights,
+        "cache_keys": first.keys,
+        "config": config_to_dict(config),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "command": command,
+        "emo_version": __version__,
+        "per_fold": {f: {m: v[m] for m in SCALAR_METRICS} for f, v in per_fold.items()},
+        "summary": summary,
+    })
+    return result
+
+
+def train_from_cache(
+    name: str,
+    cache: str | os.PathLike,
+    *,
+    split: str,
+    out: str | os.PathLike,
+    feature_sets: list[str] | None = None,
+    overrides: dict[str, str] | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    command: list[str] | None = None,
+) -> RunResult:
+    """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``)."""
+    get_head(name).config(overrides)  # a typo in an option fails before the cache is read
+    manifest = read_manifest(Path(cache) / "manifest.jsonl")
+    scheme, fold = parse_split(split)
+    folds = manifest.folds(scheme) if fold == "all" else [fold]
+    data = load_features(cache, feature_sets=feature_sets)
+
+    def load(f: str) -> FeatureData:
+        return set_roles(dataclasses.replace(data), manifest, f"{scheme}:{f}")  # shallow copy, own roles
+
+    return train_head(name, load, folds=folds, out=out, overrides=overrides, val_fraction=val_fraction,
+                      seed=seed, command=command)
+
+
+def _run_fold(
+    name: str, config, fd: FeatureData, fold: str, out: Path, val_fraction: float, seed: int, command: list[str] | None
+) -> dict:
+    spec = get_head(name)
+    seed_everything(seed)
+    train, test = fd.role("train"), fd.role("test")
+    if len(test) == 0:
+        raise ValueError(f"split {fd.split or fold!r} has no test items")
+    val, val_source = fd.role("val"), "official"
+    if len(val) and val_fraction > 0:
+        raise ValueError(f"split {fd.split!r} has an official val part ({len(val)} items); drop val_fraction")
+    if len(val) == 0:
+        val, val_source = None, "none"
+        if val_fraction > 0:
+            held = stratified_holdout(train.labels.numpy(), val_fraction, seed)
+            train, val, val_source = train.select(~held), train.select(held), "fraction"
+    head = spec.build(copy.deepcopy(config), fd.classes)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "log.jsonl", "w", encoding="utf-8") as logf:
+
+        def log(record: dict) -> None:
+            logf.write(json.dumps(record, sort_keys=True) + "\n")
+            logf.flush()
+
+        head.fit(train, val, log=log)
+    scores = head.predict_scores(test)  # [n_test, C]
+    metrics = classification_metrics(test.labels.numpy(), scores, fd.classes)
+    save_checkpoint(out, head, name, fd.keys, extra={
+        "dataset": fd.dataset,
+        "split": fd.split,
+        "fold": fold,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "val_source": val_source,
+        "n": {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)},
+        "val_ids": list(val.ids) if val is not None else [],
+        "random_weights": fd.random_weights,
+        "feature_sets": fd.feature_sets,
+        "command": command,
+        "versions": {"emo": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "scikit-learn": sklearn.__version__, "python": platform.python_version()},
+    })
+    write_json_atomic(out / "metrics.json", metrics)
+    _write_predictions(out / "predictions.csv", test, scores)
+    plot_confusion(metrics["confusion"], fd.classes, out / "confusion.png",
+                   title=f"{name} · {fd.split or fold} · top-1 {100 * metrics['top1']:.1f}")
+    return metrics
+
+
+def _write_predictions(path: Path, data: FeatureData, scores: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "true", "pred", *(f"score_{c}" for c in data.classes)])
+        pred = scores.argmax(axis=1)
+        for i, item in enumerate(data.ids):
+            y = int(data.labels[i])
+            w.writerow([item, data.classes[y] if y >= 0 else "", data.classes[pred[i]],
+                        *(repr(float(s)) for s in scores[i])])
+    os.replace(tmp, path)
+
+
+# -- tables -----------------------------------------------------------------------------------------
+def format_results_table(rows: list[dict]) -> str:
+    """A Markdown table (head, split, top-1, macro-F1, weighted-F1, UAR; percent).
+
+    Each row: ``name``, ``split``, ``random_weights`` and per metric a float or ``{"mean", "std", "n"}``.
+    The first line is :data:`RANDOM_BANNER` whenever any row was trained on random-weight features.
+    """
+    lines = []
+    if any(r.get("random_weights") for r in rows):
+        lines += [RANDOM_BANNER, ""]
+    lines.append("| head | split | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |")
+    lines.append("|---|---|" + "---:|" * len(TABLE_COLUMNS))
+    for r in rows:
+        cells = [_percent(r.get(m)) for m, _ in TABLE_COLUMNS]
+        lines.append(f"| {r['name']} | {r['split']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _percent(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, dict):
+        return f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}" if v.get("n", 1) > 1 else f"{100 * v['mean']:.2f}"
+    return f"{100 * v:.2f}"
+
+
+def report_runs(path: str | os.PathLike) -> str:
+    """The results table of every run (a directory with ``summary.json``) at or under ``path``."""
+    path = Path(path)
+    found = sorted(path.rglob(SUMMARY_FILE))
+    if not found:
+        raise FileNotFoundError(f"no runs under {path} (a run directory holds {SUMMARY_FILE})")
+    rows = []
+    for p in found:
+        with open(p, encoding="utf-8") as f:
+            s = json.load(f)
+        rows.append({"name": s["head"], "split": s["split"], "random_weights": s["random_weights"],
+                     **{m: s["summary"][m] for m in SCALAR_METRICS}})
+    return format_results_table(rows)
