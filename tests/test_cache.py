@@ -38,6 +38,15 @@ def test_shard_roundtrip_fixed_and_ragged(tmp_path):
         np.testing.assert_array_equal(values[offsets[i] : offsets[i + 1]], ragged[i])
 
 
+def test_verify_and_loader_accept_a_shard_whose_items_all_failed(tmp_path):
+    m = make_manifest(tmp_path, n=8)
+    ids = [it.id for it in m.items]
+    fs, values = fake_feature_set(tmp_path, ids, failed=set(ids[:4]))  # shards 0 and 1 all failed
+    assert verify_feature_set(fs).ok
+    fd = load_features(tmp_path, arrays=["fake/cls"])
+    assert fd.ids == ids[4:]
+
+
 def test_shard_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="differing item shapes"):
         write_shard(tmp_path / "s.h5", ["a", "b"], {"x": [np.zeros(2), np.zeros(3)]})

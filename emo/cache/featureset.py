@@ -40,7 +40,7 @@ __all__ = [
     "write_json_atomic",
 ]
 
-_NOT_KEYED = ("key", "name", "created")
+_NOT_KEYED = ("key", "name", "created", "notes")  # bookkeeping, not part of the key
 
 
 class FeatureSetError(RuntimeError):

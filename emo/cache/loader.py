@@ -105,6 +105,8 @@ def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], 
     ids: list[str] = []
     for k in fs.done_indices():
         status = fs.done_record(k)["status"]
+        if not any(st == "ok" for st in status.values()):
+            continue  # every item of this shard failed: it holds ids only
         with open_shard(fs.shard_path(k)) as f:
             shard_ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
             keep = np.array([status.get(i) == "ok" for i in shard_ids], dtype=bool)
@@ -119,7 +121,7 @@ def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], 
                     raise FeatureSetError(f"{name!r} is ragged; load it with emo.cache.shard.read_shard")
                 arr = obj[()]  # one read per array per shard
                 chunks.setdefault(name, []).append(arr[keep] if not keep.all() else arr)
-        ids += [i for i, ok in zip(shard_ids, keep) if ok]
+        ids += [i for i, ok in zip(shard_ids, keep, strict=True) if ok]
     index = {i: r for r, i in enumerate(ids)}
     if len(index) != len(ids):
         raise FeatureSetError(f"feature set {fs.name}: an id is ok in two shards (run `emo cache verify`)")

@@ -39,6 +39,7 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "parse_split",
+    "split_schemes_of",
 ]
 
 MANIFEST_VERSION = 1
@@ -155,8 +156,10 @@ class Manifest:
             if bad:
                 return f"unknown class(es) {bad} (classes: {', '.join(self.classes)})"
         elif self.label_type == "continuous":
-            if not isinstance(label, list) or not all(isinstance(x, (int, float)) for x in label):
-                return f"label must be a list of numbers, got {label!r}"
+            if not isinstance(label, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in label
+            ):
+                return f"label must be a list of finite numbers, got {label!r}"
             if len(label) != len(self.classes):
                 return f"label has {len(label)} values, expected {len(self.classes)} ({', '.join(self.classes)})"
         return None
@@ -213,6 +216,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     header = _parse_line(path, 0, lines[0])
     if header.get("emo_manifest") != MANIFEST_VERSION:
         raise ManifestError(f"{path}: first line is not an emo manifest header (version {MANIFEST_VERSION})")
+    if not isinstance(header.get("dataset"), str):
+        raise ManifestError(f"{path}: header has no 'dataset' name")
     items = [_item_from(path, n, _parse_line(path, n, ln)) for n, ln in enumerate(lines[1:], start=1)]
     return Manifest(
         dataset=header["dataset"],

@@ -52,6 +52,8 @@ def write_shard(
             f.attrs[k] = v
         f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
         for name, items in arrays.items():
+            if n == 0:  # a shard whose items all failed holds ids only
+                continue
             if len(items) != n:
                 raise ValueError(f"array {name!r} has {len(items)} items, ids has {n}")
             gzip = dict(compression="gzip", compression_opts=4, shuffle=True) if name in compress else {}
@@ -67,8 +69,6 @@ def _write_fixed(f: h5py.File, name: str, items: list[np.ndarray], gzip: dict) -
     shapes = {a.shape for a in items}
     if len(shapes) > 1:
         raise ValueError(f"array {name!r} has differing item shapes {sorted(shapes)}; store it as ragged")
-    if not items:
-        return {"shape": [0], "dtype": "none"}
     stacked = np.stack(items)  # [n, ...]
     chunks = (1,) + stacked.shape[1:] if stacked.size else None
     f.create_dataset(name, data=stacked, chunks=chunks, **gzip)

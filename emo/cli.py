@@ -1,0 +1,350 @@
+"""The ``emo`` command line: parse options, build config objects, call one library function.
+
+Library modules are imported inside each command so that ``emo --help`` stays fast. Errors the user
+can fix (a malformed manifest, a bad option, weights that failed to load) print one line naming the
+problem and exit with status 2; set ``EMO_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+datasets_app = typer.Typer(no_args_is_help=True, help="Turn a dataset's release layout into a manifest.")
+prepare_app = typer.Typer(no_args_is_help=True, help="Write <out>/manifest.jsonl from a dataset's files.")
+extract_app = typer.Typer(no_args_is_help=True, help="Stage 1: run frozen encoders into the feature cache.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and check feature caches.")
+heads_app = typer.Typer(no_args_is_help=True, help="Stage 2: train and evaluate heads from a cache.")
+app.add_typer(datasets_app, name="datasets")
+datasets_app.add_typer(prepare_app, name="prepare")
+app.add_typer(extract_app, name="extract")
+app.add_typer(cache_app, name="cache")
+app.add_typer(heads_app, name="heads")
+
+EXIT_USAGE = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from emo.cache.featureset import FeatureSetError
+    from emo.cache.manifest import ManifestError
+
+    errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError]
+    try:
+        from emo.extract.clip import WeightsError
+
+        errors.append(WeightsError)
+    except ImportError:  # pragma: no cover - clip adapter always present in a full install
+        pass
+    return tuple(errors)
+
+
+def friendly(fn):
+    """Turn the errors a user can fix into one line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as e:
+            if os.environ.get("EMO_DEBUG"):
+                raise
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
+
+    return wrapper
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def _report_skipped(skipped) -> None:
+    for row, item_id, reason in skipped:
+        typer.echo(f"skipped manifest row {row} (id {item_id!r}): {reason}", err=True)
+
+
+# -- datasets -----------------------------------------------------------------------------------
+@prepare_app.command("folder")
+@friendly
+def prepare_folder(
+    root: Path = typer.Option(..., help="Dataset root holding one folder per class."),
+    out: Path = typer.Option(..., help="Cache directory to write manifest.jsonl into."),
+    test_ratio: float = typer.Option(0.33, help="Fraction of each class put in test."),
+    val_ratio: float = typer.Option(0.0, help="Fraction of the train part held out as val."),
+    folds: int = typer.Option(1, help="Number of seeded random splits (folds 0..K-1)."),
+    seed: int = typer.Option(0, help="Seed of fold 0; fold k uses seed + k."),
+    classes: str = typer.Option(None, help="Comma-separated class order (default: sorted folder names)."),
+    dataset: str = typer.Option(None, help="Dataset name (default: the out folder's name)."),
+    skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
+) -> None:
+    """A `root/<class>/<video>` tree, with seeded stratified train/test splits (scheme `folder`)."""
+    from emo.extract.datasets import prepare_folder as run
+
+    manifest, skipped = run(
+        root, out, dataset=dataset, test_ratio=test_ratio, val_ratio=val_ratio, folds=folds, seed=seed,
+        classes=_csv_list(classes), skip_invalid=skip_invalid,
+    )
+    _report_skipped(skipped)
+    typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes, folds {manifest.split_schemes}")
+
+
+@prepare_app.command("csv")
+@friendly
+def prepare_csv(
+    file: Path = typer.Option(..., help="CSV or JSONL with columns id, path, label[, start, end, text, speaker, split…]."),
+    out: Path = typer.Option(..., help="Cache directory to write manifest.jsonl into."),
+    classes: str = typer.Option(None, help="Comma-separated class order (default: sorted labels seen)."),
+    root: Path = typer.Option(None, help="Directory relative paths start from (default: the file's folder)."),
+    label_type: str = typer.Option("single", help="single | multi (';'-separated) | continuous | none."),
+    dataset: str = typer.Option(None, help="Dataset name (default: the out folder's name)."),
+    skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
+) -> None:
+    """Any CSV/JSONL item list (SPEC §3.1 columns)."""
+    from emo.extract.datasets import prepare_csv as run
+
+    manifest, skipped = run(
+        file, out, dataset=dataset, classes=_csv_list(classes), root=str(root) if root else None,
+        label_type=label_type, skip_invalid=skip_invalid,
+    )
+    _report_skipped(skipped)
+    typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes")
+
+
+@datasets_app.command("synth")
+@friendly
+def datasets_synth(
+    out: Path = typer.Argument(..., help="Folder to write <class>/<video>.mp4 into."),
+    classes: int = typer.Option(4, help="Number of classes."),
+    per_class: int = typer.Option(12, help="Videos per class."),
+    frames: int = typer.Option(48, help="Frames per video."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Generate emo's small synthetic dataset (appearance + event timing classes, with audio)."""
+    from emo.extract.synthetic import SynthConfig, generate
+
+    generate(out, SynthConfig(classes=classes, per_class=per_class, frames=frames, seed=seed))
+    typer.echo(f"{out}: {classes} classes × {per_class} videos")
+
+
+# -- extract ------------------------------------------------------------------------------------
+@extract_app.command("clip")
+@friendly
+def extract_clip_cmd(
+    cache: Path = typer.Argument(..., help="Dataset cache directory (holds manifest.jsonl)."),
+    model: str = typer.Option("ViT-B-32", help="open_clip model name."),
+    pretrained: str = typer.Option("openai", help="open_clip pretrained tag (downloads through open_clip)."),
+    checkpoint: Path = typer.Option(None, help="Local weights file for offline boxes (wins over --pretrained)."),
+    weights: str = typer.Option("pretrained", help="pretrained | random (random: tests and demo only)."),
+    segments: int = typer.Option(64, "--segments", "-M", help="Uniform segments per video (M)."),
+    frames_per_segment: int = typer.Option(1, "--frames-per-segment", "-N", help="Frames stored per segment (N)."),
+    views: int = typer.Option(1, "--views", "-V", help="Spatial views (V); view 0 = centre crop."),
+    tokens_layer: int = typer.Option(None, help="Also store all tokens after this block."),
+    pixels: bool = typer.Option(False, "--pixels", help="Also store the preprocessed uint8 frames."),
+    seed: int = typer.Option(0, help="Seed of the random crops (and of random weights)."),
+    shard_size: int = typer.Option(64, help="Items per shard."),
+    workers: int = typer.Option(4, help="Decode processes (0: decode in this process, no timeout)."),
+    timeout: float = typer.Option(120.0, help="Seconds allowed to decode one video."),
+    batch_size: int = typer.Option(256, help="Frames per encoder batch (frames of many videos)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32."),
+    backend: str = typer.Option("auto", help="Decoder: auto (decord, PyAV fallback) | decord | pyav."),
+    skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
+    retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """CLIP image embeddings of M×N×V sampled frames per video into a feature set of CACHE."""
+    from emo.extract.clip import ClipSpec
+    from emo.extract.pipeline import ExtractOptions, extract_clip
+    from emo.extract.sampling import SamplingConfig
+
+    if weights not in ("pretrained", "random"):
+        raise ValueError(f"--weights must be pretrained or random, got {weights!r}")
+    spec = ClipSpec(
+        model=model, pretrained=pretrained, checkpoint=str(checkpoint) if checkpoint else None,
+        weights=weights, random_seed=seed, tokens_layer=tokens_layer,
+    )
+    sampling = SamplingConfig(segments=segments, frames_per_segment=frames_per_segment, views=views, seed=seed)
+    options = ExtractOptions(
+        shard_size=shard_size, workers=workers, timeout=timeout, batch_size=batch_size, pixels=pixels,
+        backend=backend, skip_invalid=skip_invalid, retry_failed=retry_failed, progress=progress,
+    )
+    summary = extract_clip(cache, spec, sampling, options, device=device, precision=precision)
+    _report_skipped(summary.skipped_rows)
+    typer.echo(summary.line())
+    if summary.failed:
+        typer.echo(f"{summary.failed} item(s) failed: see {summary.path / 'failures.jsonl'}", err=True)
+        raise typer.Exit(1)
+
+
+@extract_app.command("preset")
+@friendly
+def extract_preset(
+    dataset: str = typer.Argument(..., help="Preset name in configs/datasets/ (unknown names use folder.json)."),
+    root: Path = typer.Option(..., help="The dataset's release root."),
+    cache: Path = typer.Option(None, help="Cache directory (default: cache/<dataset>)."),
+    weights: str = typer.Option(None, help="Override the preset's weights (random: tests and demo only)."),
+    workers: int = typer.Option(None, help="Override decode processes."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """`make extract`: prepare the manifest, then run every extraction the preset lists."""
+    from emo.extract.presets import run_preset
+
+    failed = run_preset(dataset, root, cache or Path("cache") / dataset, weights=weights, workers=workers, device=device, echo=typer.echo)
+    if failed:
+        raise typer.Exit(1)
+
+
+# -- cache --------------------------------------------------------------------------------------
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@cache_app.command("ls")
+@friendly
+def cache_ls(cache: Path = typer.Argument(..., help="Dataset cache directory.")) -> None:
+    """Feature sets of a dataset cache: name, key, items ok/failed, size, created."""
+    from emo.cache.featureset import list_feature_sets
+
+    sets = list_feature_sets(cache)
+    if not sets:
+        typer.echo(f"{cache}: no feature sets yet")
+        return
+    typer.echo(f"{'feature set':<44} {'key':<12} {'ok':>6} {'failed':>6} {'size':>9}  created")
+    for fs in sets:
+        status = fs.item_status()
+        ok = sum(1 for s in status.values() if s == "ok")
+        mark = "  [RANDOM WEIGHTS]" if fs.random_weights else ""
+        typer.echo(
+            f"{fs.name:<44} {fs.key[:12]:<12} {ok:>6} {len(status) - ok:>6} {_fmt_size(fs.size_bytes()):>9}  "
+            f"{fs.meta.get('created', '?')}{mark}"
+        )
+
+
+@cache_app.command("verify")
+@friendly
+def cache_verify(target: Path = typer.Argument(..., help="A dataset cache directory or one feature set.")) -> None:
+    """Check every shard against its .done.json; exit 1 on any fault."""
+    from emo.cache.featureset import FeatureSet, list_feature_sets
+    from emo.cache.verify import verify_feature_set
+
+    sets = [FeatureSet(target)] if (target / "config.json").exists() else list_feature_sets(target)
+    faults = 0
+    for fs in sets:
+        rep = verify_feature_set(fs)
+        for fault in rep.faults:
+            typer.echo(f"FAULT {fs.name}: {fault}")
+        extra = f", {len(rep.unfinished)} unfinished shards" if rep.unfinished else ""
+        typer.echo(f"{'ok   ' if rep.ok else 'BAD  '}{fs.name}: {rep.shards} shards, {rep.items_ok} ok, {rep.items_failed} failed{extra}")
+        faults += len(rep.faults)
+    if faults:
+        raise typer.Exit(1)
+
+
+@cache_app.command("info")
+@friendly
+def cache_info(feature_set: Path = typer.Argument(..., help="A feature-set directory.")) -> None:
+    """Config, key, counts and failures of one feature set."""
+    from emo.cache.featureset import FeatureSet
+
+    fs = FeatureSet(feature_set)
+    status = fs.item_status()
+    ok = sum(1 for s in status.values() if s == "ok")
+    if fs.random_weights:
+        typer.echo("RANDOM WEIGHTS — features from an untrained encoder (tests and demo only)")
+    typer.echo(f"name:    {fs.name}\nkey:     {fs.key}\ncreated: {fs.meta.get('created')}")
+    typer.echo(f"items:   {ok} ok, {len(status) - ok} failed, {len(fs.done_indices())} shards, {_fmt_size(fs.size_bytes())}")
+    typer.echo("config:")
+    typer.echo(json.dumps(fs.config, indent=2))
+    failures = {}
+    for k in fs.done_indices():  # the .done.json records are authoritative; failures.jsonl is their log
+        for i, err in fs.done_record(k).get("errors", {}).items():
+            if status.get(i) != "ok":
+                failures[i] = err
+    typer.echo(f"failures: {len(failures)}")
+    for i, err in failures.items():
+        typer.echo(f"  {i}: [{err['stage']}] {err['error']}")
+
+
+# -- heads --------------------------------------------------------------------------------------
+@heads_app.command("list")
+def heads_list() -> None:
+    """The registered heads."""
+    from emo.heads.registry import list_heads
+
+    for spec in list_heads():
+        typer.echo(f"{spec.name:<14} {spec.description}")
+
+
+def _parse_overrides(args: list[str], sets: list[str]) -> dict[str, str]:
+    """``--field value`` / ``--flag`` extra options and ``--set field=value`` -> {field: value}."""
+    out: dict[str, str] = {}
+    for s in sets:
+        k, eq, v = s.partition("=")
+        if not eq:
+            raise ValueError(f"--set expects FIELD=VALUE, got {s!r}")
+        out[k.replace("-", "_")] = v
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise ValueError(f"unexpected argument {a!r}")
+        k, eq, v = a[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                v, i = args[i + 1], i + 1
+            else:
+                v = "true"
+        out[k.replace("-", "_")] = v
+        i += 1
+    return out
+
+
+@heads_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_train(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Head name (see `emo heads list`)."),
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    split: str = typer.Option(..., help="SCHEME:FOLD, or SCHEME:all for every fold (mean ± std)."),
+    out: Path = typer.Option(..., help="Run directory to write."),
+    features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
+) -> None:
+    """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
+    from emo.heads.runs import train_from_cache
+
+    overrides = _parse_overrides(list(ctx.args), set_ or [])
+    result = train_from_cache(
+        name, cache, split=split, out=out, feature_sets=features or None, overrides=overrides,
+        val_fraction=val_fraction, seed=seed, command=sys.argv,
+    )
+    typer.echo(result.table())
+
+
+@app.command("report")
+@friendly
+def report(runs: Path = typer.Argument(..., help="A run directory or a folder of them.")) -> None:
+    """A results table of every run under RUNS (RANDOM WEIGHTS banner when any used random features)."""
+    from emo.heads.runs import report_runs
+
+    typer.echo(report_runs(runs))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

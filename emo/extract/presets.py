@@ -1,0 +1,82 @@
+"""Dataset presets (``configs/datasets/<name>.json``): the adapter and the extractions a paper used.
+
+``make extract DATASET=x ROOT=/data/x`` runs ``run_preset``: prepare the manifest with the preset's
+adapter, then each listed extraction. A dataset without a preset of its own uses ``folder.json``
+(a ``root/<class>/<video>`` tree). Unknown keys in a preset are errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from .clip import ClipSpec
+from .datasets import ADAPTERS
+from .pipeline import ExtractOptions, extract_clip
+from .sampling import SamplingConfig
+
+__all__ = ["PRESET_DIR", "load_preset", "run_preset"]
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+_TOP = {"adapter", "prepare", "extract", "description"}
+_CLIP = {"encoder", "model", "pretrained", "checkpoint", "weights", "segments", "frames_per_segment", "views",
+         "tokens_layer", "pixels", "seed", "shard_size", "batch_size"}
+
+
+def load_preset(name: str, preset_dir: Path = PRESET_DIR) -> dict:
+    path = preset_dir / f"{name}.json"
+    if not path.exists():
+        path = preset_dir / "folder.json"
+    preset = json.loads(path.read_text())
+    unknown = set(preset) - _TOP
+    if unknown:
+        raise ValueError(f"{path}: unknown preset key(s) {sorted(unknown)}; allowed: {sorted(_TOP)}")
+    if preset.get("adapter") not in ADAPTERS:
+        raise ValueError(f"{path}: adapter {preset.get('adapter')!r} is not one of {sorted(ADAPTERS)}")
+    for step in preset.get("extract", []):
+        if step.get("encoder") != "clip":
+            raise ValueError(f"{path}: encoder {step.get('encoder')!r} has no extractor yet (have: clip)")
+        bad = set(step) - _CLIP
+        if bad:
+            raise ValueError(f"{path}: unknown clip option(s) {sorted(bad)}; allowed: {sorted(_CLIP)}")
+    preset["_path"] = str(path)
+    return preset
+
+
+def run_preset(
+    name: str,
+    root: Path,
+    cache: Path,
+    *,
+    weights: str | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Prepare + extract as the preset says; returns the number of failed items (0 = all ok)."""
+    preset = load_preset(name)
+    echo(f"preset {preset['_path']} for {name}")
+    prepare = ADAPTERS[preset["adapter"]]
+    manifest, skipped = prepare(root, cache, dataset=name, **preset.get("prepare", {}))
+    echo(f"{cache / 'manifest.jsonl'}: {len(manifest.items)} items")
+    failed = 0
+    for step in preset.get("extract", []):
+        step = {k: v for k, v in step.items() if k != "encoder"}
+        if weights:
+            step["weights"] = weights
+        seed = step.pop("seed", 0)
+        spec = ClipSpec(
+            model=step.pop("model", "ViT-B-32"), pretrained=step.pop("pretrained", "openai"),
+            checkpoint=step.pop("checkpoint", None), weights=step.pop("weights", "pretrained"),
+            random_seed=seed, tokens_layer=step.pop("tokens_layer", None),
+        )
+        sampling = SamplingConfig(
+            segments=step.pop("segments", 64), frames_per_segment=step.pop("frames_per_segment", 1),
+            views=step.pop("views", 1), seed=seed,
+        )
+        opts = ExtractOptions(**step, **({"workers": workers} if workers is not None else {}))
+        summary = extract_clip(cache, spec, sampling, opts, device=device)
+        echo(summary.line())
+        failed += summary.failed
+    return failed
