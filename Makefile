@@ -25,7 +25,7 @@ setup: $(STAMP)
 demo: setup
 	rm -rf $(DEMO_DIR)
 	$(EMO) datasets synth $(DEMO_DIR)/videos --classes 4 --per-class 12
-	$(EMO) datasets prepare folder --root $(DEMO_DIR)/videos --out $(DEMO_DIR)/cache --test-ratio 0.5 --seed 0
+	$(EMO) datasets prepare folder --root $(DEMO_DIR)/videos --out $(DEMO_DIR)/cache --dataset synth --test-ratio 0.5 --seed 0
 	$(EMO) extract clip $(DEMO_DIR)/cache --weights random --model ViT-B-32 --segments 16 \
 		--workers 2 --device cpu --shard-size 16
 	$(EMO) cache verify $(DEMO_DIR)/cache

@@ -198,3 +198,19 @@ def test_sample_frames_eval_is_centre_view0_and_train_draws_one_view_per_video()
         frames_seen |= set(tr[..., 0].flatten().tolist())
         views_seen |= set(tr[..., 1].flatten().tolist())
     assert frames_seen == set(range(nf)) and views_seen == set(range(nv))
+
+
+def test_readers_open_every_file_read_only_with_hdf5_locking_off(tmp_path, monkeypatch):
+    m = make_manifest(tmp_path, n=6)
+    fs, _ = fake_feature_set(tmp_path, [it.id for it in m.items])
+    opened = []
+    real = h5py.File
+
+    def spy(name, mode="r", *args, **kwargs):
+        opened.append((str(name), mode, kwargs.get("locking")))
+        return real(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", spy)
+    load_features(tmp_path)
+    assert verify_feature_set(fs).ok
+    assert opened and all(mode == "r" and locking is False for _, mode, locking in opened), opened

@@ -205,7 +205,8 @@ def extract_clip(
     t0 = time.perf_counter()
     todo = sum(len(ids) for k, ids in enumerate(plan) if not fs.is_done(k))
     with DecodePool(options.workers, options.timeout) as pool, tqdm(
-        total=todo, unit="video", disable=not options.progress, desc=fs.name, dynamic_ncols=True
+        total=todo, unit="video", disable=None if options.progress else True,  # None: off when not a TTY
+        desc=fs.name, dynamic_ncols=True
     ) as bar:
         runner.run(plan, pool, bar, t0)
     status = fs.item_status()
