@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.emo-installed
 
 DATASET ?=
 ROOT    ?=
+CACHE   ?= cache/$(DATASET)
 EXTRACT_ARGS ?=
 DEMO_DIR ?= demo
 
@@ -40,7 +41,7 @@ test: setup
 # make extract DATASET=myvids ROOT=/data/myvids  (preset configs/datasets/$(DATASET).json, else folder.json)
 extract: setup
 	@test -n "$(DATASET)" -a -n "$(ROOT)" || (echo "usage: make extract DATASET=name ROOT=/path/to/release" && exit 2)
-	$(EMO) extract preset $(DATASET) --root $(ROOT) --cache cache/$(DATASET) $(EXTRACT_ARGS)
+	$(EMO) extract preset $(DATASET) --root $(ROOT) --cache $(CACHE) $(EXTRACT_ARGS)
 
 bench: setup
 	$(BIN)/python bench/extract.py

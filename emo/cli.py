@@ -191,11 +191,16 @@ def extract_preset(
     weights: str = typer.Option(None, help="Override the preset's weights (random: tests and demo only)."),
     workers: int = typer.Option(None, help="Override decode processes."),
     device: str = typer.Option("auto"),
+    set_: list[str] = typer.Option(None, "--set", help="Override a clip option in every step, e.g. --set segments=16."),
+    preset_dir: Path = typer.Option(None, help="Folder of preset files (default: configs/datasets)."),
 ) -> None:
     """`make extract`: prepare the manifest, then run every extraction the preset lists."""
-    from emo.extract.presets import run_preset
+    from emo.extract.presets import PRESET_DIR, parse_sets, run_preset
 
-    failed = run_preset(dataset, root, cache or Path("cache") / dataset, weights=weights, workers=workers, device=device, echo=typer.echo)
+    failed = run_preset(
+        dataset, root, cache or Path("cache") / dataset, weights=weights, workers=workers, device=device,
+        overrides=parse_sets(set_ or []), preset_dir=preset_dir or PRESET_DIR, echo=typer.echo,
+    )
     if failed:
         raise typer.Exit(1)
 

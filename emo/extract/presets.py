@@ -16,12 +16,29 @@ from .datasets import ADAPTERS
 from .pipeline import ExtractOptions, extract_clip
 from .sampling import SamplingConfig
 
-__all__ = ["PRESET_DIR", "load_preset", "run_preset"]
+__all__ = ["PRESET_DIR", "load_preset", "parse_sets", "run_preset"]
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 _TOP = {"adapter", "prepare", "extract", "description"}
 _CLIP = {"encoder", "model", "pretrained", "checkpoint", "weights", "segments", "frames_per_segment", "views",
-         "tokens_layer", "pixels", "seed", "shard_size", "batch_size"}
+         "tokens_layer", "pixels", "seed", "shard_size", "batch_size", "timeout", "precision"}
+
+
+def parse_sets(sets: list[str]) -> dict:
+    """``["segments=8", "model=ViT-B-16"]`` -> ``{"segments": 8, "model": "ViT-B-16"}`` (JSON values, else text)."""
+    out = {}
+    for s in sets:
+        key, eq, value = s.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise ValueError(f"--set expects OPTION=VALUE, got {s!r}")
+        if key not in _CLIP - {"encoder"}:
+            raise ValueError(f"--set {key}: not a clip extraction option; allowed: {sorted(_CLIP - {'encoder'})}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def load_preset(name: str, preset_dir: Path = PRESET_DIR) -> dict:
@@ -52,17 +69,22 @@ def run_preset(
     weights: str | None = None,
     workers: int | None = None,
     device: str = "auto",
+    overrides: dict | None = None,
+    preset_dir: Path = PRESET_DIR,
     echo: Callable[[str], None] = print,
 ) -> int:
-    """Prepare + extract as the preset says; returns the number of failed items (0 = all ok)."""
-    preset = load_preset(name)
+    """Prepare + extract as the preset says; returns the number of failed items (0 = all ok).
+
+    ``overrides`` (from ``parse_sets``) replace the same option in every extraction step.
+    """
+    preset = load_preset(name, preset_dir)
     echo(f"preset {preset['_path']} for {name}")
     prepare = ADAPTERS[preset["adapter"]]
     manifest, skipped = prepare(root, cache, dataset=name, **preset.get("prepare", {}))
     echo(f"{cache / 'manifest.jsonl'}: {len(manifest.items)} items")
     failed = 0
     for step in preset.get("extract", []):
-        step = {k: v for k, v in step.items() if k != "encoder"}
+        step = {k: v for k, v in step.items() if k != "encoder"} | (overrides or {})
         if weights:
             step["weights"] = weights
         seed = step.pop("seed", 0)
@@ -75,8 +97,9 @@ def run_preset(
             segments=step.pop("segments", 64), frames_per_segment=step.pop("frames_per_segment", 1),
             views=step.pop("views", 1), seed=seed,
         )
+        precision = step.pop("precision", "auto")
         opts = ExtractOptions(**step, **({"workers": workers} if workers is not None else {}))
-        summary = extract_clip(cache, spec, sampling, opts, device=device)
+        summary = extract_clip(cache, spec, sampling, opts, device=device, precision=precision)
         echo(summary.line())
         failed += summary.failed
     return failed

@@ -1,0 +1,115 @@
+"""The user's path through the command line, as the README documents it: synthetic videos ->
+`make extract` (a preset) -> `emo heads train` -> `emo report`, with the RANDOM WEIGHTS banner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from emo.cache.featureset import list_feature_sets
+from emo.cli import app
+from emo.extract.presets import load_preset, parse_sets
+from emo.heads.runs import RANDOM_BANNER
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "videos"
+    res = runner.invoke(app, ["datasets", "synth", str(root), "--classes", "2", "--per-class", "6"])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+@pytest.fixture(scope="module")
+def made_cache(videos, tmp_path_factory):
+    """`make extract` itself, with a tiny encoder so that it runs in seconds."""
+    cache = tmp_path_factory.mktemp("cache") / "synth"
+    args = "--weights random --workers 1 --device cpu --set model=emo-tiny-ViT --set segments=6 --set shard_size=5"
+    res = subprocess.run(
+        ["make", "-o", ".venv/.emo-installed", "extract", "DATASET=synth", f"ROOT={videos}", f"CACHE={cache}",
+         f"EMO={sys.executable} -m emo.cli", f"EXTRACT_ARGS={args}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return cache, res.stdout
+
+
+def test_make_extract_runs_the_folder_preset_with_overrides(made_cache):
+    cache, out = made_cache
+    assert "configs/datasets/folder.json" in out  # synth has no preset of its own
+    manifest = (cache / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 1 + 12 and json.loads(manifest[0])["dataset"] == "synth"
+    (fs,) = list_feature_sets(cache)
+    assert fs.random_weights and fs.config["model"] == "emo-tiny-ViT"
+    assert fs.config["sampling"]["segments"] == 6 and len(fs.done_indices()) == 3  # 12 items, 5 per shard
+    assert set(fs.item_status().values()) == {"ok"}
+
+
+def test_make_extract_without_dataset_prints_usage():
+    res = subprocess.run(["make", "-o", ".venv/.emo-installed", "extract"], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode != 0 and "usage: make extract DATASET=name ROOT=" in res.stdout
+
+
+def test_heads_train_and_report_from_the_command_line(made_cache, tmp_path):
+    cache, _ = made_cache
+    res = runner.invoke(app, ["heads", "list"])
+    assert res.exit_code == 0 and "linear" in res.output and "zero-shot" in res.output
+    lin = runner.invoke(app, ["heads", "train", "linear", str(cache), "--split", "folder:0",
+                              "--out", str(tmp_path / "runs" / "lin"), "--C", "0.5"])
+    assert lin.exit_code == 0, lin.output
+    assert lin.output.splitlines()[0] == RANDOM_BANNER
+    cfg = json.loads((tmp_path / "runs" / "lin" / "0" / "config.json").read_text())
+    (fs,) = list_feature_sets(cache)
+    assert cfg["config"]["C"] == 0.5 and cfg["cache_keys"] == {fs.name: fs.key} and cfg["random_weights"] is True
+    metrics = json.loads((tmp_path / "runs" / "lin" / "0" / "metrics.json").read_text())
+    assert {"top1", "macro_f1", "weighted_f1", "per_class_recall"} <= set(metrics)
+    assert (tmp_path / "runs" / "lin" / "0" / "confusion.png").stat().st_size > 0
+    zs = runner.invoke(app, ["heads", "train", "zero-shot", str(cache), "--split", "folder:0",
+                             "--out", str(tmp_path / "runs" / "zs")])
+    assert zs.exit_code == 0, zs.output
+    rep = runner.invoke(app, ["report", str(tmp_path / "runs")])
+    assert rep.exit_code == 0
+    lines = rep.output.splitlines()
+    assert lines[0] == RANDOM_BANNER
+    assert any(line.startswith("| linear |") for line in lines) and any(line.startswith("| zero-shot |") for line in lines)
+
+
+def test_heads_train_rejects_bad_options_naming_them(made_cache, tmp_path):
+    cache, _ = made_cache
+    base = ["heads", "train", "linear", str(cache), "--out", str(tmp_path / "r")]
+    bad_field = runner.invoke(app, [*base, "--split", "folder:0", "--bogus", "1"])
+    assert bad_field.exit_code == 2 and "bogus" in bad_field.output
+    bad_fold = runner.invoke(app, [*base, "--split", "folder:7"])
+    assert bad_fold.exit_code == 2 and "7" in bad_fold.output
+    bad_head = runner.invoke(app, ["heads", "train", "nope", str(cache), "--split", "folder:0", "--out", str(tmp_path / "n")])
+    assert bad_head.exit_code == 2 and "linear" in bad_head.output
+
+
+def test_preset_overrides_are_checked():
+    assert parse_sets(["segments=8", "model=ViT-B-16", "pixels=true"]) == {"segments": 8, "model": "ViT-B-16", "pixels": True}
+    with pytest.raises(ValueError, match="not a clip extraction option"):
+        parse_sets(["segmnets=8"])
+    with pytest.raises(ValueError, match="OPTION=VALUE"):
+        parse_sets(["segments"])
+
+
+def test_bad_preset_files_are_rejected(tmp_path):
+    (tmp_path / "folder.json").write_text(json.dumps({"adapter": "folder", "extract": [{"encoder": "clip"}]}))
+    assert load_preset("anything", tmp_path)["adapter"] == "folder"
+    (tmp_path / "x.json").write_text(json.dumps({"adapter": "folder", "extra": 1}))
+    with pytest.raises(ValueError, match="unknown preset key"):
+        load_preset("x", tmp_path)
+    (tmp_path / "y.json").write_text(json.dumps({"adapter": "nope"}))
+    with pytest.raises(ValueError, match="adapter 'nope'"):
+        load_preset("y", tmp_path)
+    (tmp_path / "z.json").write_text(json.dumps({"adapter": "folder", "extract": [{"encoder": "wav2vec"}]}))
+    with pytest.raises(ValueError, match="no extractor yet"):
+        load_preset("z", tmp_path)
