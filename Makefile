@@ -45,6 +45,7 @@ extract: setup
 
 bench: setup
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/cache_load.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench

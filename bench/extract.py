@@ -6,7 +6,7 @@ memory); a naive per-video loop (decode one video with PyAV, preprocess with PIL
 and the two ratios the SPEC sets targets for: end-to-end / min(decode, encode) ≥ 0.8 and
 end-to-end / naive ≥ 5. "Frames" are sampled frames (M × N × V per video), the unit the encoder sees.
 
-    python bench/extract.py --videos 24 --model ViT-B-32 --segments 16 --workers 2 --device cpu
+    python bench/extract.py --videos 48 --model ViT-B-32 --segments 16 --workers 2 --device cpu
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def naive_loop(videos: list[Path], encoder, sampling: SamplingConfig, out_dir: P
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=24)
+    ap.add_argument("--videos", type=int, default=48)
     ap.add_argument("--frames", type=int, default=96, help="frames per generated video")
     ap.add_argument("--size", default="320x240", help="generated video size WxH")
     ap.add_argument("--model", default="ViT-B-32")
