@@ -20,6 +20,7 @@ from emo.extract.clip import (
     register_tiny_model,
     resolve_device,
     resolve_dtype,
+    spec_from_config,
 )
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OPENAI_DATASET_MEAN / STD
@@ -314,3 +315,31 @@ def test_checkpoint_loads_strictly_and_hashes(tiny, tmp_path, fmt, offline):
         "path": str(path.resolve()),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
+
+
+def test_spec_from_config_rebuilds_the_encoder_of_a_feature_set(tmp_path, offline):
+    rnd = spec_from_config({"modality": "clip", "model": TINY_MODEL, "weights": {"kind": "random", "seed": 3}})
+    assert rnd == tiny_spec(random_seed=3)
+    tag = spec_from_config({"modality": "clip", "model": "ViT-B-32", "weights": {"kind": "pretrained", "tag": "openai"}})
+    assert tag == ClipSpec(model="ViT-B-32", pretrained="openai")
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    cfg = {"modality": "clip", "name": "fs", "model": TINY_MODEL, "weights": {"kind": "checkpoint", "sha256": digest},
+           "notes": {"checkpoint_path": str(path)}}
+    assert spec_from_config(cfg).checkpoint == str(path)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"other weights")
+    with pytest.raises(WeightsError, match="was extracted with"):
+        spec_from_config(cfg, checkpoint=str(other))
+    with pytest.raises(WeightsError, match="give its path"):
+        spec_from_config({**cfg, "notes": {}})
+    with pytest.raises(ValueError, match="not a clip feature set"):
+        spec_from_config({"modality": "audio", "name": "a"})
+
+
+def test_tokenize_matches_what_encode_text_embeds(tiny):
+    ids = tiny.tokenize(["a happy face", "sad"])
+    assert ids.shape == (2, 77) and ids.dtype == torch.int64
+    with torch.inference_mode():
+        assert torch.equal(tiny.model.encode_text(ids).float(), tiny.encode_text(["a happy face", "sad"]))

@@ -37,6 +37,7 @@ __all__ = [
     "TINY_MODEL",
     "MODEL_CONFIG_DIR",
     "file_sha256",
+    "spec_from_config",
 ]
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"  # repo-local architectures
@@ -298,14 +299,17 @@ class ClipEncoder:
             out["tokens"] = tokens.float().cpu()
         return out
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """``[T, D]`` projected text embeddings (not L2-normalised), float32 on the CPU."""
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """``[T, context_length]`` int64 token ids (start, text, end, zero padding), on the CPU."""
         import open_clip
 
-        tokenizer = open_clip.get_tokenizer(self.spec.model)
+        return open_clip.get_tokenizer(self.spec.model)(list(texts))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """``[T, D]`` projected text embeddings (not L2-normalised), float32 on the CPU."""
         parts = []
         for i in range(0, len(texts), _TEXT_BATCH):
-            ids = tokenizer(list(texts[i : i + _TEXT_BATCH])).to(self.device)  # [t, context_length]
+            ids = self.tokenize(texts[i : i + _TEXT_BATCH]).to(self.device)  # [t, context_length]
             with torch.inference_mode(), self._autocast():
                 parts.append(self.model.encode_text(ids).float().cpu())  # [t, D]
         return torch.cat(parts) if parts else torch.empty(0, self.embed_dim)
@@ -321,6 +325,39 @@ class ClipEncoder:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+
+def spec_from_config(config: dict, checkpoint: str | None = None) -> ClipSpec:
+    """The ``ClipSpec`` that made a clip feature set (its ``config.json``), for heads that need the
+    same encoder's text tower.
+
+    A checkpoint-made set is rebuilt from ``checkpoint`` (default: the path noted at extraction) and
+    the file must have the sha256 the set was keyed on, so a head never pairs features with another
+    encoder's text tower.
+    """
+    if config.get("modality") != "clip":
+        raise ValueError(f"feature set {config.get('name')!r} is not a clip feature set")
+    weights = config["weights"]
+    kind = weights.get("kind")
+    if kind == "random":
+        return ClipSpec(model=config["model"], weights="random", random_seed=int(weights["seed"]))
+    if kind == "pretrained":
+        return ClipSpec(model=config["model"], pretrained=weights["tag"])
+    if kind == "checkpoint":
+        path = checkpoint or config.get("notes", {}).get("checkpoint_path")
+        if not path:
+            raise WeightsError(f"feature set {config.get('name')!r} was made from a checkpoint; give its path")
+        try:
+            digest = file_sha256(Path(path).expanduser().resolve())
+        except OSError as e:
+            raise WeightsError(f"checkpoint {path} of feature set {config.get('name')!r}: {e}") from e
+        if digest != weights["sha256"]:
+            raise WeightsError(
+                f"checkpoint {path} has sha256 {digest[:12]}…, but feature set {config.get('name')!r} "
+                f"was extracted with {weights['sha256'][:12]}…; give the same weights file"
+            )
+        return ClipSpec(model=config["model"], checkpoint=str(path))
+    raise ValueError(f"feature set {config.get('name')!r}: unknown weights kind {kind!r}")
 
 
 def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> ClipEncoder:
