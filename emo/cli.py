@@ -338,13 +338,56 @@ def heads_train(
     typer.echo(result.table())
 
 
+@heads_app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_sweep(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Head name (see `emo heads list`)."),
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    split: str = typer.Option(..., help="SCHEME:FOLD, or SCHEME:all for every fold."),
+    grid: list[str] = typer.Option(..., help="FIELD=V1,V2,... (repeatable; every combination is run)."),
+    out: Path = typer.Option(..., help="Sweep directory: one run directory per grid cell."),
+    features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
+) -> None:
+    """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
+    from emo.heads.runs import format_results_table, sweep_from_cache
+
+    overrides = _parse_overrides(list(ctx.args), set_ or [])
+    results = sweep_from_cache(
+        name, cache, split=split, grid=grid, out=out, feature_sets=features or None, overrides=overrides,
+        val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo,
+    )
+    typer.echo(format_results_table([r.row() for r in results]))
+
+
+@heads_app.command("eval")
+@friendly
+def heads_eval(
+    run: Path = typer.Argument(..., help="A run directory (from `emo heads train`)."),
+    split: str = typer.Option(None, help="SCHEME:FOLD or SCHEME:all (default: the run's own split)."),
+    cache: Path = typer.Option(None, help="Dataset cache (default: the one the run was trained from)."),
+    features: list[str] = typer.Option(None, help="Feature set name(s) (default: the only one)."),
+) -> None:
+    """Reload a run's checkpoints and score the test items again (refuses other features)."""
+    from emo.heads.runs import evaluate_run
+
+    typer.echo(evaluate_run(run, split=split, cache=cache, feature_sets=features or None).table())
+
+
 @app.command("report")
 @friendly
-def report(runs: Path = typer.Argument(..., help="A run directory or a folder of them.")) -> None:
+def report(
+    runs: Path = typer.Argument(..., help="A run directory or a folder of them (e.g. a sweep)."),
+    csv: Path = typer.Option(None, "--csv", help="Also write the rows as CSV to this file."),
+    tsne: bool = typer.Option(False, "--tsne", help="t-SNE plot per fold (tsne.png) and silhouette column."),
+) -> None:
     """A results table of every run under RUNS (RANDOM WEIGHTS banner when any used random features)."""
     from emo.heads.runs import report_runs
 
-    typer.echo(report_runs(runs))
+    typer.echo(report_runs(runs, csv_path=csv, tsne=tsne))
 
 
 def main() -> None:

@@ -113,3 +113,58 @@ def test_bad_preset_files_are_rejected(tmp_path):
     (tmp_path / "z.json").write_text(json.dumps({"adapter": "folder", "extract": [{"encoder": "wav2vec"}]}))
     with pytest.raises(ValueError, match="no extractor yet"):
         load_preset("z", tmp_path)
+
+
+def test_sweep_runs_every_cell_resumes_and_reports_a_row_per_setting(made_cache, tmp_path):
+    cache, _ = made_cache
+    args = ["heads", "sweep", "linear", str(cache), "--split", "folder:0", "--grid", "C=0.1,10",
+            "--grid", "max_iter=200,300", "--out", str(tmp_path / "sweep")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cells = sorted(p.name for p in (tmp_path / "sweep").iterdir())
+    assert cells == ["C=0.1,max_iter=200", "C=0.1,max_iter=300", "C=10,max_iter=200", "C=10,max_iter=300"]
+    cfg = json.loads((tmp_path / "sweep" / "C=10,max_iter=300" / "0" / "config.json").read_text())
+    assert cfg["config"]["C"] == 10.0 and cfg["config"]["max_iter"] == 300
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("done earlier, kept") == 4
+    rep = runner.invoke(app, ["report", str(tmp_path / "sweep"), "--csv", str(tmp_path / "sweep.csv")])
+    assert rep.exit_code == 0
+    assert sum(line.startswith("| linear C=") for line in rep.output.splitlines()) == 4
+    rows = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("name,split,random_weights,top1_mean,top1_std,top1_n")
+    bad = runner.invoke(app, [*args[:6], "--grid", "bogus=1,2", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "bogus" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_eval_reloads_checkpoints_and_gets_the_same_metrics(made_cache, tmp_path):
+    cache, _ = made_cache
+    run = tmp_path / "lin"
+    assert runner.invoke(app, ["heads", "train", "linear", str(cache), "--split", "folder:0", "--out", str(run)]).exit_code == 0
+    trained = json.loads((run / "0" / "metrics.json").read_text())
+    res = runner.invoke(app, ["heads", "eval", str(run)])
+    assert res.exit_code == 0, res.output
+    assert f"{100 * trained['top1']:.2f}" in res.output
+    from emo.heads.runs import evaluate_run
+
+    again = evaluate_run(run)
+    assert again.folds["0"]["confusion"] == trained["confusion"]
+
+
+def test_report_tsne_writes_plots_and_a_silhouette_column(made_cache, tmp_path):
+    cache, _ = made_cache
+    run = tmp_path / "runs" / "lin"
+    assert runner.invoke(app, ["heads", "train", "linear", str(cache), "--split", "folder:0", "--out", str(run)]).exit_code == 0
+    assert (run / "0" / "embeddings.safetensors").exists()
+    res = runner.invoke(app, ["report", str(tmp_path / "runs"), "--tsne"])
+    assert res.exit_code == 0, res.output
+    assert "silhouette" in res.output and (run / "0" / "tsne.png").stat().st_size > 0
+    from safetensors.torch import load_file
+    from sklearn.metrics import silhouette_score
+
+    emb = load_file(str(run / "0" / "embeddings.safetensors"))["test"].double().numpy()
+    import csv as _csv
+
+    with open(run / "0" / "predictions.csv") as f:
+        true = [r["true"] for r in _csv.DictReader(f)]
+    expected = silhouette_score(emb, true, metric="cosine")
+    assert f"{expected:.3f}" in res.output

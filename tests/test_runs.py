@@ -98,9 +98,9 @@ def test_val_fraction_chooses_on_train_items_only(tmp_path, monkeypatch):
     train_head("linear", fd, out=tmp_path / "run", val_fraction=0.25, overrides={"c_grid": "0.01,1"})
     train_ids = set(fd.role("train").ids)
     test_ids = set(fd.role("test").ids)
-    fit_ids, val_ids, predicted = seen  # fit: train part, then val part; then the test prediction
+    fit_ids, val_ids, predicted, embedded = seen  # fit: train, then val; test prediction; test embeddings
     assert set(fit_ids) <= train_ids and set(val_ids) <= train_ids and not set(fit_ids) & set(val_ids)
-    assert set(predicted) == test_ids
+    assert set(predicted) == test_ids and embedded == predicted
     cfg = json.loads((tmp_path / "run" / "0" / "config.json").read_text())
     assert cfg["val_source"] == "fraction" and set(cfg["val_ids"]) == set(val_ids)
     assert (

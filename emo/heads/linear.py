@@ -123,6 +123,10 @@ class LinearHead(Head):
         x = pooled_video(data, self.config.feature).double().numpy()  # [n, D]
         return self._scores((x - self.mean) / self.scale)
 
+    def embed(self, data: FeatureData) -> np.ndarray:
+        """``[n, D]`` the features the probe sees (pooled, before standardising): for t-SNE / silhouette."""
+        return pooled_video(data, self.config.feature).numpy()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.coef is None:
             raise RuntimeError("linear head: nothing to save before fit()")

@@ -70,10 +70,16 @@ class Head(ABC):
     Hyper-parameters chosen on validation data go into ``selected`` (recorded in the run's config.json).
     """
 
+    needs_data = False  # True: load_checkpoint needs the features (prepare rebuilds frozen parts)
+
     def __init__(self, config: Any, classes: list[str]):
         self.config = config
         self.classes = list(classes)
         self.selected: dict[str, Any] = {}
+
+    def prepare(self, data: FeatureData) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Build what depends on the features (sizes, frozen encoders named by their provenance);
+        called with the whole dataset before ``fit`` and before ``load_state_dict``."""
 
     @abstractmethod
     def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
@@ -282,6 +288,13 @@ def load_checkpoint(directory: str | os.PathLike, data: FeatureData | None = Non
     spec = get_head(record["head"])
     head = spec.build(config_from_dict(spec.config_cls, record["config"]), record["classes"])
     head.selected = record.get("selected", {})
+    if data is not None:
+        head.prepare(data)
+    elif head.needs_data:
+        raise CheckpointError(
+            f"{directory}: a {record['head']} head rebuilds its frozen parts from the features it was "
+            "trained on; load it with those features (load_checkpoint(directory, data))"
+        )
     head.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return head
 

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import sklearn
 import torch
+from safetensors.torch import load_file, save_file
 
 from emo import __version__
 from emo.cache.data import FeatureData
@@ -41,12 +43,16 @@ from emo.cache.loader import load_features, set_roles
 from emo.cache.manifest import parse_split, read_manifest
 
 from .metrics import SCALAR_METRICS, classification_metrics, mean_std, plot_confusion
-from .registry import config_to_dict, get_head, save_checkpoint
+from .registry import config_to_dict, get_head, load_checkpoint, save_checkpoint
 
 __all__ = [
     "RunResult",
     "train_head",
     "train_from_cache",
+    "sweep_from_cache",
+    "evaluate_run",
+    "parse_grid",
+    "grid_cells",
     "stratified_holdout",
     "seed_everything",
     "format_results_table",
@@ -57,7 +63,9 @@ __all__ = [
 
 RANDOM_BANNER = "RANDOM WEIGHTS — these numbers say nothing about the papers"
 SUMMARY_FILE = "summary.json"
+EMBEDDINGS_FILE = "embeddings.safetensors"
 TABLE_COLUMNS = (("top1", "top-1"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("uar", "UAR"))
+OPTIONAL_COLUMNS = (("silhouette", "silhouette"),)  # shown when any row has them
 
 Loader = Callable[[str], FeatureData]  # fold -> features with that fold's roles set
 
@@ -114,6 +122,8 @@ def train_head(
     val_fraction: float = 0.0,
     seed: int = 0,
     command: list[str] | None = None,
+    label: str | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> RunResult:
     """Train head ``name`` on every fold, evaluate on its test items, write ``out/<fold>/`` and ``out/summary.json``.
 
@@ -121,6 +131,8 @@ def train_head(
     fold, in order) or one ``FeatureData`` whose roles are already set (then at most one fold; its
     name defaults to the fold part of ``data.split``). ``overrides`` are config fields as strings or
     values (unknown keys raise before anything is trained). The run directory must not hold a run yet.
+    ``label`` names the run's row in reports (default: the head's name); ``cache`` is recorded so that
+    ``emo heads eval`` finds the features again.
     """
     spec = get_head(name)
     config = spec.config(overrides)
@@ -148,9 +160,12 @@ def train_head(
         per_fold[fold] = _run_fold(name, config, fd, fold, out / fold, val_fraction, seed, command)
     summary = mean_std(list(per_fold.values()))
     split = first.split if len(folds) == 1 else f"{first.split.partition(':')[0]} ({len(folds)} folds)"
-    result = RunResult(name, split, out, per_fold, summary, first.random_weights)
+    result = RunResult(label or name, split, out, per_fold, summary, first.random_weights)
     write_json_atomic(out / SUMMARY_FILE, {
         "head": name,
+        "label": label or name,
+        "settings": {k: str(v) for k, v in (overrides or {}).items()},
+        "cache": str(Path(cache).resolve()) if cache is not None else None,
         "dataset": first.dataset,
         "split": split,
         "folds": list(folds),
@@ -167,6 +182,22 @@ def train_head(
     return result
 
 
+def _cache_folds(
+    cache: str | os.PathLike, split: str, feature_sets: list[str] | None
+) -> tuple[list[str], Loader, FeatureData]:
+    """Read the cache once; return the folds of ``split`` and a loader setting each fold's roles."""
+    manifest = read_manifest(Path(cache) / "manifest.jsonl")
+    scheme, fold = parse_split(split)
+    folds = manifest.folds(scheme) if fold == "all" else [fold]
+    data = load_features(cache, feature_sets=feature_sets)
+
+    def load(f: str) -> FeatureData:
+        return set_roles(dataclasses.replace(data), manifest, f"{scheme}:{f}")  # shallow copy, own roles
+
+    load(folds[0])  # an unknown scheme or fold fails here, before anything is trained
+    return folds, load, data
+
+
 def train_from_cache(
     name: str,
     cache: str | os.PathLike,
@@ -181,16 +212,125 @@ def train_from_cache(
 ) -> RunResult:
     """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``)."""
     get_head(name).config(overrides)  # a typo in an option fails before the cache is read
-    manifest = read_manifest(Path(cache) / "manifest.jsonl")
-    scheme, fold = parse_split(split)
-    folds = manifest.folds(scheme) if fold == "all" else [fold]
-    data = load_features(cache, feature_sets=feature_sets)
-
-    def load(f: str) -> FeatureData:
-        return set_roles(dataclasses.replace(data), manifest, f"{scheme}:{f}")  # shallow copy, own roles
-
+    folds, load, _ = _cache_folds(cache, split, feature_sets)
     return train_head(name, load, folds=folds, out=out, overrides=overrides, val_fraction=val_fraction,
-                      seed=seed, command=command)
+                      seed=seed, command=command, cache=cache)
+
+
+def parse_grid(grids: list[str]) -> list[tuple[str, list[str]]]:
+    """``["d=6,8,10", "bidirectional=on,off"]`` -> ``[("d", ["6", "8", "10"]), ("bidirectional", ["on", "off"])]``."""
+    out: list[tuple[str, list[str]]] = []
+    for g in grids:
+        key, eq, values = g.partition("=")
+        key = key.strip().replace("-", "_")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not eq or not key or not vals:
+            raise ValueError(f"--grid expects FIELD=V1,V2,..., got {g!r}")
+        if key in {k for k, _ in out}:
+            raise ValueError(f"--grid {key} given twice")
+        out.append((key, vals))
+    return out
+
+
+def grid_cells(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
+    """Every combination of the grid's values, first field slowest."""
+    cells: list[dict[str, str]] = [{}]
+    for key, values in grid:
+        cells = [{**c, key: v} for c in cells for v in values]
+    return cells
+
+
+def cell_name(cell: dict[str, str]) -> str:
+    """Directory name of a sweep cell: ``d=6,bidirectional=on`` (``default`` for an empty grid)."""
+    return ",".join(f"{k}={v}" for k, v in cell.items()) or "default"
+
+
+def sweep_from_cache(
+    name: str,
+    cache: str | os.PathLike,
+    *,
+    split: str,
+    grid: list[str],
+    out: str | os.PathLike,
+    feature_sets: list[str] | None = None,
+    overrides: dict[str, str] | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    command: list[str] | None = None,
+    echo: Callable[[str], None] = lambda line: None,
+) -> list[RunResult]:
+    """One run directory ``out/<cell>/`` per grid cell × every fold of ``split``; the cache is read once.
+
+    Every cell's config is checked before anything is trained. A cell whose run is already complete
+    (its ``summary.json`` exists) is kept and skipped, so an interrupted sweep resumes.
+    """
+    spec = get_head(name)
+    cells = grid_cells(parse_grid(grid))
+    for cell in cells:
+        spec.config({**(overrides or {}), **cell})
+    folds, load, _ = _cache_folds(cache, split, feature_sets)
+    out = Path(out)
+    results = []
+    for k, cell in enumerate(cells, 1):
+        where = out / cell_name(cell)
+        label = f"{name} {cell_name(cell)}" if cell else name
+        if (where / SUMMARY_FILE).exists():
+            echo(f"[{k}/{len(cells)}] {label}: done earlier, kept")
+            results.append(_result_of(where))
+            continue
+        if where.exists():  # a cell interrupted mid-run: its folds are redone from scratch
+            shutil.rmtree(where)
+        echo(f"[{k}/{len(cells)}] {label}")
+        results.append(train_head(name, load, folds=folds, out=where, overrides={**(overrides or {}), **cell},
+                                  val_fraction=val_fraction, seed=seed, command=command, label=label, cache=cache))
+    return results
+
+
+def _result_of(run: Path) -> RunResult:
+    with open(run / SUMMARY_FILE, encoding="utf-8") as f:
+        s = json.load(f)
+    folds = {}
+    for fold in s["folds"]:
+        with open(run / fold / "metrics.json", encoding="utf-8") as f:
+            folds[fold] = json.load(f)
+    return RunResult(s.get("label", s["head"]), s["split"], run, folds, s["summary"], s["random_weights"])
+
+
+def evaluate_run(
+    run: str | os.PathLike,
+    *,
+    split: str | None = None,
+    cache: str | os.PathLike | None = None,
+    feature_sets: list[str] | None = None,
+) -> RunResult:
+    """Reload every fold's checkpoint of ``run`` and score the test items of ``split`` (default: the
+    split it was trained on) in ``cache`` (default: the cache it was trained from). Checkpoints refuse
+    features with other cache keys. Nothing is written into the run."""
+    run = Path(run)
+    if not (run / SUMMARY_FILE).exists():
+        raise FileNotFoundError(f"{run} is not a run directory (no {SUMMARY_FILE})")
+    with open(run / SUMMARY_FILE, encoding="utf-8") as f:
+        s = json.load(f)
+    cache = cache or s.get("cache")
+    if not cache:
+        raise ValueError(f"{run} does not record its cache; pass --cache")
+    scheme = s["split"].partition(":")[0].split(" ")[0]
+    split = split or (f"{scheme}:all" if len(s["folds"]) > 1 else s["split"])
+    folds, load, _ = _cache_folds(cache, split, feature_sets)
+    missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
+    if missing:
+        raise ValueError(f"{run} has no checkpoint for fold(s) {missing} of {split}; it holds {s['folds']}")
+    per_fold = {}
+    first = None
+    for fold in folds:
+        fd = load(fold)
+        first = first or fd
+        head = load_checkpoint(run / fold, fd)
+        test = fd.role("test")
+        per_fold[fold] = classification_metrics(test.labels.numpy(), head.predict_scores(test), fd.classes)
+    label = s.get("label", s["head"])
+    shown = first.split if len(folds) == 1 else f"{scheme} ({len(folds)} folds)"
+    return RunResult(label, shown, run, per_fold, mean_std(list(per_fold.values())), first.random_weights)
 
 
 def _run_fold(
@@ -210,6 +350,7 @@ def _run_fold(
             held = stratified_holdout(train.labels.numpy(), val_fraction, seed)
             train, val, val_source = train.select(~held), train.select(held), "fraction"
     head = spec.build(copy.deepcopy(config), fd.classes)
+    head.prepare(fd)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.jsonl", "w", encoding="utf-8") as logf:
 
@@ -237,6 +378,9 @@ def _run_fold(
     })
     write_json_atomic(out / "metrics.json", metrics)
     _write_predictions(out / "predictions.csv", test, scores)
+    embed = getattr(head, "embed", None)
+    if callable(embed):  # the head's final features of the test items, in predictions.csv order (t-SNE)
+        save_file({"test": torch.as_tensor(embed(test)).float().contiguous()}, str(out / EMBEDDINGS_FILE))
     plot_confusion(metrics["confusion"], fd.classes, out / "confusion.png",
                    title=f"{name} · {fd.split or fold} · top-1 {100 * metrics['top1']:.1f}")
     return metrics
@@ -265,12 +409,19 @@ def format_results_table(rows: list[dict]) -> str:
     lines = []
     if any(r.get("random_weights") for r in rows):
         lines += [RANDOM_BANNER, ""]
-    lines.append("| head | split | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |")
-    lines.append("|---|---|" + "---:|" * len(TABLE_COLUMNS))
+    columns = TABLE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in rows))
+    lines.append("| head | split | " + " | ".join(title for _, title in columns) + " |")
+    lines.append("|---|---|" + "---:|" * len(columns))
     for r in rows:
-        cells = [_percent(r.get(m)) for m, _ in TABLE_COLUMNS]
+        cells = [_percent(r.get(m)) if m != "silhouette" else _plain(r.get(m)) for m, _ in columns]
         lines.append(f"| {r['name']} | {r['split']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _plain(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v['mean']:.3f} ± {v['std']:.3f}" if v.get("n", 1) > 1 else f"{v['mean']:.3f}"
 
 
 def _percent(v) -> str:
@@ -281,8 +432,14 @@ def _percent(v) -> str:
     return f"{100 * v:.2f}"
 
 
-def report_runs(path: str | os.PathLike) -> str:
-    """The results table of every run (a directory with ``summary.json``) at or under ``path``."""
+def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = None, tsne: bool = False) -> str:
+    """The results table of every run (a directory with ``summary.json``) at or under ``path``.
+
+    One row per run (a sweep cell is a run), mean ± std over its folds. ``csv_path`` also writes the
+    rows as CSV (fractions, with ``_mean``/``_std`` columns). ``tsne`` adds, for runs whose head saved
+    test embeddings, a ``tsne.png`` per fold and the silhouette score (cosine) of the embeddings by
+    true class, mean over folds.
+    """
     path = Path(path)
     found = sorted(path.rglob(SUMMARY_FILE))
     if not found:
@@ -291,6 +448,62 @@ def report_runs(path: str | os.PathLike) -> str:
     for p in found:
         with open(p, encoding="utf-8") as f:
             s = json.load(f)
-        rows.append({"name": s["head"], "split": s["split"], "random_weights": s["random_weights"],
-                     **{m: s["summary"][m] for m in SCALAR_METRICS}})
+        row = {"name": s.get("label", s["head"]), "split": s["split"], "random_weights": s["random_weights"],
+               **{m: s["summary"][m] for m in SCALAR_METRICS}}
+        if tsne:
+            sil = [tsne_plot(p.parent / fold) for fold in s["folds"]]
+            sil = [v for v in sil if v is not None]
+            row["silhouette"] = {"mean": float(np.mean(sil)), "std": float(np.std(sil, ddof=1)) if len(sil) > 1 else 0.0,
+                                 "n": len(sil)} if sil else None
+        rows.append(row)
+    if csv_path is not None:
+        _write_rows_csv(Path(csv_path), rows)
     return format_results_table(rows)
+
+
+def _write_rows_csv(path: Path, rows: list[dict]) -> None:
+    metrics = [m for m in (*SCALAR_METRICS, "silhouette") if any(m in r for r in rows)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "split", "random_weights", *(f"{m}_{k}" for m in metrics for k in ("mean", "std", "n"))])
+        for r in rows:
+            cells = []
+            for m in metrics:
+                v = r.get(m)
+                cells += [v["mean"], v["std"], v["n"]] if isinstance(v, dict) else ["", "", ""]
+            w.writerow([r["name"], r["split"], r["random_weights"], *cells])
+
+
+def tsne_plot(fold_dir: Path, seed: int = 0) -> float | None:
+    """t-SNE of a fold's saved test embeddings coloured by true class -> ``tsne.png``; returns the
+    silhouette score (cosine distance, true classes) of the embeddings, or None when the fold saved
+    none or has fewer than two classes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.manifold import TSNE
+    from sklearn.metrics import silhouette_score
+
+    emb_path = fold_dir / EMBEDDINGS_FILE
+    if not emb_path.exists():
+        return None
+    x = load_file(str(emb_path))["test"].double().numpy()  # [n, D]
+    with open(fold_dir / "predictions.csv", encoding="utf-8") as f:
+        true = [r["true"] for r in csv.DictReader(f)]
+    classes = sorted(set(true))
+    y = np.array([classes.index(t) for t in true])
+    if len(classes) < 2 or len(y) < 4:
+        return None
+    score = float(silhouette_score(x, y, metric="cosine"))
+    xy = TSNE(n_components=2, perplexity=min(30.0, (len(y) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
+    fig = Figure(figsize=(5.5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for c, name in enumerate(classes):
+        ax.scatter(xy[y == c, 0], xy[y == c, 1], s=12, label=name)
+    ax.legend(fontsize=7, markerscale=1.5)
+    ax.set_title(f"{fold_dir.parent.name}/{fold_dir.name} · silhouette {score:.3f}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(fold_dir / "tsne.png", format="png", dpi=100, metadata={"Software": None})
+    return score
