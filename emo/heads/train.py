@@ -1,0 +1,238 @@
+"""The training entry point every gradient-trained head shares (SPEC §4 "Common to all heads").
+
+A head subclasses :class:`TorchHead`, builds its ``nn.Module`` in ``build_module`` and says how a batch
+becomes a loss and scores; ``TorchHead.fit`` does the rest: Adam/AdamW, a per-step schedule (constant,
+cosine, step) with optional linear warm-up, epochs and batches, AMP on CUDA, gradient clipping, a
+seeded generator for shuffling and frame/view sampling (CPU runs are bit-reproducible), one log
+record per epoch.
+
+Protocol (SPEC §4): by default a fixed schedule on the whole train part and the LAST epoch is kept
+(the papers' protocol). With a validation part, each epoch is scored on it; with ``patience > 0``
+training stops when validation top-1 has not improved for ``patience`` epochs and the best epoch's
+weights are restored (recorded in ``selected``). The test split never reaches ``fit``.
+
+Frozen parts (a CLIP text tower, fixed prompt embeddings) are not learned and not saved: a module
+lists them in ``frozen_prefixes`` and ``prepare(data)`` rebuilds them from the features' provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emo.cache.data import FeatureData
+
+from .registry import Head, LogFn
+
+__all__ = ["TrainConfig", "TorchHead", "resolve_device", "lr_factor", "trainable_parameters"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation fields shared by every torch head (a head's config inherits them)."""
+
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 2e-4
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 30  # "step" schedule: lr × 0.1 every step_epochs
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    patience: int = 0  # early stopping on val top-1 (needs a val part); 0 = fixed schedule, last epoch
+    amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16); ignored on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_batch_size: int = 64
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device; use --device cpu")
+    return dev
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``lr`` at optimiser step ``step`` (0-based): linear warm-up, then the schedule."""
+    epoch = step / steps_per_epoch  # fractional epochs done
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if warm > 0 and step < warm:
+        return (step + 1) / warm
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return 0.1 ** int(epoch // cfg.step_epochs)
+    if cfg.schedule == "cosine":
+        span = max(total - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def trainable_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class TorchHead(Head):
+    """A head whose learned part is an ``nn.Module`` trained by gradient descent.
+
+    Subclasses implement ``build_module(data)``, ``inputs(data, idx, train, generator)`` (a batch of
+    model inputs from a FeatureData), ``loss(batch, labels) -> (loss, {name: float})`` and
+    ``scores(batch) -> [B, C]``. ``prepare(data)`` must be called before ``fit`` or
+    ``load_state_dict`` (``runs`` and ``registry.load_checkpoint`` do).
+    """
+
+    frozen_prefixes: tuple[str, ...] = ()  # state-dict names not learned, not saved (rebuilt by prepare)
+    needs_data = True  # load_checkpoint must be given the features: prepare() sizes and rebuilds the module
+
+    def __init__(self, config: Any, classes: list[str]):
+        super().__init__(config, classes)
+        self.module: nn.Module | None = None
+        self.device = torch.device("cpu")
+
+    # -- what a head provides -----------------------------------------------------------------------
+    @abstractmethod
+    def build_module(self, data: FeatureData) -> nn.Module:
+        """The model, sized from ``data`` (feature width, frozen encoders named by its provenance)."""
+
+    @abstractmethod
+    def inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
+        """Model inputs of items ``idx`` (on the CPU); train=True samples frames/views at random."""
+
+    @abstractmethod
+    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar training loss of a batch, and named parts of it for the log."""
+
+    @abstractmethod
+    def scores(self, batch: dict) -> torch.Tensor:
+        """``[B, C]`` class scores (argmax = prediction)."""
+
+    # -- the shared machinery -----------------------------------------------------------------------
+    def prepare(self, data: FeatureData) -> None:
+        self.device = resolve_device(self.config.device)
+        self.module = self.build_module(data).to(self.device)
+
+    def _autocast(self):
+        if self.device.type != "cuda" or not self.config.amp:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(self).__name__}: no trainable parameters")
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.config.optimizer]
+        return cls(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
+        log = log or (lambda record: None)
+        cfg = self.config
+        if self.module is None:
+            self.prepare(train)
+        labels = train.labels
+        if (labels < 0).any():
+            raise ValueError(f"{int((labels < 0).sum())} train items have no single label")
+        if cfg.patience and (val is None or len(val) == 0):
+            raise ValueError("patience (early stopping) needs a validation part: pass --val-fraction")
+        gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**63))
+        opt = self._optimizer()
+        n = len(train)
+        steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
+        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp
+                                      and not torch.cuda.is_bf16_supported())
+        best = None  # (val_top1, epoch, state)
+        since_best = 0
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            self.module.train()
+            order = torch.randperm(n, generator=gen).numpy()
+            sums: dict[str, float] = {}
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                batch = self._to_device(self.inputs(train, idx, True, gen))
+                y = labels[torch.from_numpy(idx)].to(self.device)
+                with self._autocast():
+                    loss, parts = self.loss(batch, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {epoch}: training loss is {loss.item()}")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+            record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3),
+                      **{k: v / n for k, v in sums.items()}}
+            if val is not None and len(val):
+                sv = torch.from_numpy(self.predict_scores(val))
+                yv = val.labels
+                record["val_top1"] = float((sv.argmax(1) == yv).float().mean())
+                record["val_loss"] = float(F.cross_entropy(sv, yv))
+                if cfg.patience:
+                    if best is None or record["val_top1"] > best[0]:
+                        best = (record["val_top1"], epoch, {k: v.clone() for k, v in self.state_dict().items()})
+                        since_best = 0
+                    else:
+                        since_best += 1
+            log(record)
+            if cfg.patience and since_best >= cfg.patience:
+                break
+        if best is not None:
+            self.load_state_dict(best[2])
+            self.selected = {"epoch": best[1], "val_top1": best[0]}
+
+    @torch.no_grad()
+    def predict_scores(self, data: FeatureData) -> np.ndarray:
+        if self.module is None:
+            raise RuntimeError(f"{type(self).__name__}: prepare() and fit() or load_state_dict() first")
+        self.module.eval()
+        out = []
+        gen = torch.Generator().manual_seed(0)  # eval sampling is deterministic; the generator is unused
+        for start in range(0, len(data), self.config.eval_batch_size):
+            idx = np.arange(start, min(start + self.config.eval_batch_size, len(data)))
+            with self._autocast():
+                out.append(self.scores(self._to_device(self.inputs(data, idx, False, gen))).float().cpu())
+        if not out:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return torch.cat(out).numpy()
+
+    # -- state: learned values only ------------------------------------------------------------------
+    def _learned(self, name: str) -> bool:
+        return not any(name == p or name.startswith(p + ".") for p in self.frozen_prefixes)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.module is None:
+            raise RuntimeError(f"{type(self).__name__}: nothing to save before prepare()")
+        return {k: v.detach().cpu() for k, v in self.module.state_dict().items() if self._learned(k)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.module is None:
+            raise RuntimeError(f"{type(self).__name__}: prepare(data) before load_state_dict()")
+        own = {k for k in self.module.state_dict() if self._learned(k)}
+        if set(state) != own:
+            missing, extra = sorted(own - set(state)), sorted(set(state) - own)
+            raise ValueError(f"{type(self).__name__} state does not fit: missing {missing[:5]}, unexpected {extra[:5]}")
+        result = self.module.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"unexpected keys {result.unexpected_keys[:5]}")
