@@ -301,9 +301,7 @@ class ClipEncoder:
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """``[T, context_length]`` int64 token ids (start, text, end, zero padding), on the CPU."""
-        import open_clip
-
-        return open_clip.get_tokenizer(self.spec.model)(list(texts))
+        return _tokenizer(self.spec.model)(list(texts))
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """``[T, D]`` projected text embeddings (not L2-normalised), float32 on the CPU."""
@@ -358,6 +356,14 @@ def spec_from_config(config: dict, checkpoint: str | None = None) -> ClipSpec:
             )
         return ClipSpec(model=config["model"], checkpoint=str(path))
     raise ValueError(f"feature set {config.get('name')!r}: unknown weights kind {kind!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(model: str):
+    """open_clip's tokenizer of ``model`` (reading its BPE vocabulary takes ~0.2 s: once per process)."""
+    import open_clip
+
+    return open_clip.get_tokenizer(model)
 
 
 def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> ClipEncoder:

@@ -51,7 +51,7 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # Modules whose import registers the built-in heads (name -> module).
-BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot"}
+BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot", "pe-clip": "emo.heads.pe_clip"}
 
 LogFn = Callable[[dict], None]  # receives one JSON-able record per step / epoch / candidate
 

@@ -11,8 +11,9 @@ Protocol (SPEC §4): by default a fixed schedule on the whole train part and the
 training stops when validation top-1 has not improved for ``patience`` epochs and the best epoch's
 weights are restored (recorded in ``selected``). The test split never reaches ``fit``.
 
-Frozen parts (a CLIP text tower, fixed prompt embeddings) are not learned and not saved: a module
-lists them in ``frozen_prefixes`` and ``prepare(data)`` rebuilds them from the features' provenance.
+Frozen parts (a CLIP text tower, fixed prompt embeddings) are not learned and not saved: checkpoints
+hold trainable parameters and persistent buffers only (minus any ``frozen_prefixes``), and
+``prepare(data)`` rebuilds the rest from the features' provenance.
 """
 
 from __future__ import annotations
@@ -218,18 +219,22 @@ class TorchHead(Head):
         return torch.cat(out).numpy()
 
     # -- state: learned values only ------------------------------------------------------------------
-    def _learned(self, name: str) -> bool:
-        return not any(name == p or name.startswith(p + ".") for p in self.frozen_prefixes)
+    def _learned_names(self) -> set[str]:
+        """State-dict names of trainable parameters and persistent buffers, minus ``frozen_prefixes``."""
+        frozen = {n for n, p in self.module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+        return {k for k in self.module.state_dict() if k not in frozen
+                and not any(k == p or k.startswith(p + ".") for p in self.frozen_prefixes)}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__}: nothing to save before prepare()")
-        return {k: v.detach().cpu() for k, v in self.module.state_dict().items() if self._learned(k)}
+        learned = self._learned_names()
+        return {k: v.detach().cpu() for k, v in self.module.state_dict().items() if k in learned}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__}: prepare(data) before load_state_dict()")
-        own = {k for k in self.module.state_dict() if self._learned(k)}
+        own = self._learned_names()
         if set(state) != own:
             missing, extra = sorted(own - set(state)), sorted(set(state) - own)
             raise ValueError(f"{type(self).__name__} state does not fit: missing {missing[:5]}, unexpected {extra[:5]}")

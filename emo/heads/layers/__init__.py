@@ -1,0 +1,1 @@
+"""Layers shared by the heads (the selective scan, MH-Mamba, temporal modules, ...)."""

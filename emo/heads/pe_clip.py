@@ -1,0 +1,295 @@
+"""PE-CLIP (seed 000; SPEC §4.1): frozen CLIP frame embeddings -> temporal encoder (MH-Mamba) -> a
+prototype-evolution decoder made of the top layers of the frozen CLIP text tower with trainable
+cross-attention -> cosine against category-aggregated (CA) prompt embeddings, trained with
+bidirectional supervision.
+
+Forward, for a video with frames ``z [M, D]`` and classes ``e_1..e_C``::
+
+    mem  = temporal(z)                                  # [M, D]
+    v_0  = decoder(prototype, mem)                      # prototype: neutral prompt p_0 or S tokens
+    w_i  = CLIP_text(p_i)                               # p_i = "without e_1; ...; with e_i; ...", frozen
+    s_i  = cos(v_0, w_i) / τ                            # forward logits (the prediction)
+    L_fwd = CE(s, y)
+    v_j  = decoder(p_j, mem)   for every class j        # each class prompt as the prototype
+    L_bwd = CE([cos(v_j, w_y) / τ]_j, y)                # the true class's prototype should fit best
+    L    = λ L_fwd + (1 - λ) L_bwd                      # λ = 0.7, τ = 0.01
+
+Every ablation switch of the paper's tables is a config field (``temporal``, ``decoder``, ``d``,
+``prototype``/``prototype_tokens``, ``bidirectional``, ``classifier``, ``segments``, prompt wording).
+The frozen text tower is the one that made the features: rebuilt in ``prepare`` from the clip feature
+set's provenance (its random seed, pretrained tag, or checkpoint file with the same sha256), so
+checkpoints hold only the learned parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emo.cache.data import FeatureData, sample_frames
+
+from .layers.prompts import ca_prompts, check_fits, coop_prompts, emotional_prompts, neutral_prompt
+from .layers.temporal import build_temporal
+from .layers.text_tower import (
+    CoOpClassifier,
+    FrozenTextTower,
+    LearnablePrototype,
+    PrototypeDecoder,
+    RandomDecoder,
+    TrainableTextEncoder,
+    prompt_states,
+)
+from .registry import register_head
+from .train import TorchHead, TrainConfig
+
+__all__ = [
+    "PEClipConfig",
+    "PEClipModel",
+    "PEClipHead",
+    "cosine_logits",
+    "forward_loss",
+    "backward_loss",
+    "bidirectional_loss",
+    "subsample_segments",
+]
+
+
+@dataclass
+class PEClipConfig(TrainConfig):
+    """The paper's defaults (Adam, lr 2e-4, 50 epochs, batch 16; d = 8; CA prompts; λ = 0.7, τ = 0.01)."""
+
+    feature: str = "clip/cls"
+    segments: int = 0  # 0: every segment of the cache; else subsample the cache's M evenly to this many
+    temporal: Literal["identity", "lstm", "gru", "transformer", "mamba"] = "mamba"
+    temporal_layers: int = 3
+    heads: int = 8  # MH-Mamba / Transformer heads
+    mamba_inner: int = 384  # d_inner, all heads together (48 per head)
+    mamba_dt_rank: int = 16
+    mamba_state: int = 4
+    mamba_conv: int = 4
+    scan_backend: Literal["auto", "ref", "cuda"] = "auto"
+    decoder: Literal["pretrained", "random"] = "pretrained"
+    d: int = 8  # first modified text layer (pretrained decoder): layers d..L-1 get cross-attention
+    random_layers: int = 4  # depth of the random decoder
+    prototype: Literal["ca", "learnable"] = "ca"
+    prototype_tokens: int = 26  # S, with prototype = learnable
+    bidirectional: bool = True
+    classifier: Literal["ca", "linear", "emotional", "coop"] = "ca"
+    coop_ctx: int = 16
+    prompt_prefix: Literal["with/without", "only/no"] = "with/without"
+    prompt_separator: Literal["; ", ", "] = "; "
+    prompt_reverse: bool = False
+    lam: float = 0.7  # weight of the forward loss
+    tau: float = 0.01
+    text_checkpoint: str | None = None  # weights file, when the features came from --checkpoint elsewhere
+
+    def __post_init__(self):
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"lam must be in [0, 1], got {self.lam}")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.segments < 0 or self.prototype_tokens < 1 or self.coop_ctx < 1:
+            raise ValueError("segments must be >= 0, prototype_tokens and coop_ctx >= 1")
+
+
+# -- losses ------------------------------------------------------------------------------------------
+def cosine_logits(v: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
+    """``cos(v, w_i) / τ``: ``v [..., D]``, ``w [C, D]`` -> ``[..., C]``."""
+    return F.normalize(v, dim=-1) @ F.normalize(w, dim=-1).T / tau
+
+
+def forward_loss(v0: torch.Tensor, w: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """``L_fwd``: cross-entropy of ``cos(v_0, w_i)/τ`` over classes ``i``; ``v0 [B, D]``, ``y [B]``."""
+    return F.cross_entropy(cosine_logits(v0, w, tau), y)
+
+
+def backward_loss(vj: torch.Tensor, w: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """``L_bwd``: for video ``b``, logits over prototypes ``j`` are ``cos(v_bj, w_{y_b})/τ``; CE towards
+    ``j = y_b``. ``vj [B, C, D]`` (class ``j``'s prompt as the prototype), ``w [C, D]``, ``y [B]``."""
+    target = F.normalize(w[y], dim=-1)  # [B, D]  w_+ of each video
+    logits = torch.einsum("bjd,bd->bj", F.normalize(vj, dim=-1), target) / tau  # [B, C]
+    return F.cross_entropy(logits, y)
+
+
+def bidirectional_loss(
+    v0: torch.Tensor, vj: torch.Tensor | None, w: torch.Tensor, y: torch.Tensor, lam: float, tau: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``λ L_fwd + (1 - λ) L_bwd`` (just ``L_fwd`` when ``vj`` is None: bidirectional off)."""
+    fwd = forward_loss(v0, w, y, tau)
+    if vj is None:
+        return fwd, {"loss_fwd": float(fwd.detach())}
+    bwd = backward_loss(vj, w, y, tau)
+    return lam * fwd + (1 - lam) * bwd, {"loss_fwd": float(fwd.detach()), "loss_bwd": float(bwd.detach())}
+
+
+def subsample_segments(m: int, k: int) -> torch.Tensor:
+    """``[k]`` indices of ``k`` of ``m`` segments, evenly spread (centre of each of k equal parts)."""
+    if not 1 <= k <= m:
+        raise ValueError(f"cannot take {k} segments from a cache with M = {m}")
+    return ((torch.arange(k, dtype=torch.float64) + 0.5) * m / k).floor().long()
+
+
+# -- the model ---------------------------------------------------------------------------------------
+class PEClipModel(nn.Module):
+    """Temporal encoder + decoder + classifier weights. ``forward(z [B, M, D]) -> v_0 [B, D]``."""
+
+    def __init__(self, cfg: PEClipConfig, classes: list[str], tower: FrozenTextTower, tokenize, feat_dim: int):
+        super().__init__()
+        self.cfg, self.n_classes = cfg, len(classes)
+        ctx = tower.context_length
+        words = {"prefix": cfg.prompt_prefix, "separator": cfg.prompt_separator, "reverse": cfg.prompt_reverse}
+        ca_ids = check_fits(tokenize, ca_prompts(classes, **words), ctx)  # [C, L]
+        neutral_ids = check_fits(tokenize, [neutral_prompt(classes, **words)], ctx)  # [1, L]
+        mamba = {"d_inner": cfg.mamba_inner, "dt_rank": cfg.mamba_dt_rank, "d_state": cfg.mamba_state,
+                 "d_conv": cfg.mamba_conv, "scan_backend": cfg.scan_backend} if cfg.temporal == "mamba" else {}
+        self.temporal = build_temporal(cfg.temporal, d_model=feat_dim, layers=cfg.temporal_layers, heads=cfg.heads,
+                                       **mamba)
+        self.tower = tower  # frozen; shared by the decoder and the classifier
+        if cfg.decoder == "pretrained":
+            self.decoder = PrototypeDecoder(tower, d=cfg.d, memory_dim=feat_dim)
+            states = self.decoder.precompute  # prompts -> states after layers 0..d-1 (video-independent)
+        else:
+            self.decoder = RandomDecoder(cfg.random_layers, tower.width, tower.heads, feat_dim, tower.embed_dim)
+            states = functools.partial(prompt_states, tower, layers=0)  # token + positional embeddings
+        if cfg.prototype == "learnable":
+            self.prototype = LearnablePrototype(cfg.prototype_tokens, tower.width)
+        else:
+            self.prototype = states(neutral_ids)  # PrefixStates [1, L, W], not saved
+        self.class_prototypes = states(ca_ids) if cfg.bidirectional else None  # [C, L, W] for L_bwd
+        if cfg.classifier == "ca":
+            with torch.no_grad():
+                self.register_buffer("ca_weights", tower.encode(ca_ids), persistent=False)  # [C, D]
+        elif cfg.classifier == "linear":
+            self.linear = nn.Linear(tower.embed_dim, self.n_classes)
+        elif cfg.classifier == "emotional":
+            self.text_encoder = TrainableTextEncoder(tower)
+            self.register_buffer("emotional_ids", check_fits(tokenize, emotional_prompts(classes), ctx), persistent=False)
+        else:
+            ids = check_fits(tokenize, coop_prompts(classes, cfg.coop_ctx), ctx)
+            self.coop = CoOpClassifier(tower, ids, n_ctx=cfg.coop_ctx)
+
+    def class_weights(self) -> torch.Tensor:
+        """``[C, D]`` classifier weights ``w_i`` (frozen CA embeddings, or the trainable variants)."""
+        kind = self.cfg.classifier
+        if kind == "ca":
+            return self.ca_weights
+        if kind == "linear":
+            return self.linear.weight
+        if kind == "emotional":
+            return self.text_encoder(self.emotional_ids)
+        return self.coop()
+
+    def memory(self, z: torch.Tensor) -> torch.Tensor:
+        return self.temporal(z)  # [B, M, D]
+
+    def evolve(self, memory: torch.Tensor) -> torch.Tensor:
+        """``v_0 [B, D]``: the prototype evolved against each video."""
+        return self.decoder(self.prototype, memory)[:, 0]
+
+    def evolve_classes(self, memory: torch.Tensor) -> torch.Tensor:
+        """``v_j [B, C, D]``: every class prompt evolved against each video (for ``L_bwd``)."""
+        return self.decoder(self.class_prototypes, memory)
+
+    def logits(self, v0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.cfg.classifier == "linear":  # the conventional classifier: W v + b on the unit feature
+            return self.linear(F.normalize(v0, dim=-1))
+        return cosine_logits(v0, w, self.cfg.tau)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.evolve(self.memory(z))
+
+
+@functools.lru_cache(maxsize=2)
+def _clip_text(spec) -> tuple[FrozenTextTower, object]:
+    """The frozen text tower and tokenizer of a CLIP spec (built once per process: folds share it)."""
+    from emo.extract.clip import load_clip  # the open_clip adapter; a head needs it only for the text tower
+
+    enc = load_clip(spec, device="cpu", precision="fp32")
+    return FrozenTextTower(enc.model), enc.tokenize
+
+
+def clip_text_of(data: FeatureData, feature: str, checkpoint: str | None = None):
+    """The text tower of the CLIP model that made ``data``'s ``feature`` array."""
+    from emo.extract.clip import spec_from_config
+
+    modality = feature.split("/")[0]
+    configs = [c for c in data.feature_sets.values() if c.get("modality") == modality]
+    if len(configs) != 1:
+        raise ValueError(
+            f"PE-CLIP needs exactly one {modality} feature set to rebuild its text tower, got "
+            f"{[c.get('name') for c in configs]}; choose one with --features"
+        )
+    return _clip_text(spec_from_config(configs[0], checkpoint=checkpoint))
+
+
+class PEClipHead(TorchHead):
+    """PE-CLIP trained by the shared :class:`~emo.heads.train.TorchHead` loop."""
+
+    def build_module(self, data: FeatureData) -> nn.Module:
+        cfg = self.config
+        if cfg.feature not in data.arrays:
+            raise ValueError(f"features have no array {cfg.feature!r} (have: {', '.join(sorted(data.arrays))})")
+        x = data.arrays[cfg.feature]
+        if x.ndim != 5:
+            raise ValueError(f"{cfg.feature!r} must be [n, M, N, V, D], got {tuple(x.shape)}")
+        if cfg.segments:
+            subsample_segments(x.shape[1], cfg.segments)  # fails now if the cache has fewer segments
+        tower, tokenize = clip_text_of(data, cfg.feature, cfg.text_checkpoint)
+        if cfg.decoder == "pretrained" and not 0 <= cfg.d < tower.n_layers:
+            raise ValueError(
+                f"d must be in 0..{tower.n_layers - 1} for this {tower.n_layers}-layer text tower, got {cfg.d} "
+                f"(d = {tower.n_layers} modifies no layer: the video would never reach the prediction)"
+            )
+        return PEClipModel(cfg, self.classes, tower, tokenize, feat_dim=x.shape[-1])
+
+    def inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
+        x = data.arrays[self.config.feature][torch.from_numpy(np.asarray(idx))]  # [B, M, N, V, D]
+        z = sample_frames(x, train, generator).float()  # [B, M, D]
+        if self.config.segments:
+            z = z[:, subsample_segments(z.shape[1], self.config.segments)]  # [B, segments, D]
+        return {"z": z}
+
+    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        m: PEClipModel = self.module
+        mem = m.memory(batch["z"])  # [B, M, D]
+        w = m.class_weights()  # [C, D]
+        v0 = m.evolve(mem)  # [B, D]
+        if m.cfg.classifier == "linear":
+            fwd = F.cross_entropy(m.logits(v0, w), labels)
+            if not m.cfg.bidirectional:
+                return fwd, {"loss_fwd": float(fwd.detach())}
+            bwd = backward_loss(m.evolve_classes(mem), w, labels, m.cfg.tau)
+            loss = m.cfg.lam * fwd + (1 - m.cfg.lam) * bwd
+            return loss, {"loss_fwd": float(fwd.detach()), "loss_bwd": float(bwd.detach())}
+        vj = m.evolve_classes(mem) if m.cfg.bidirectional else None  # [B, C, D]
+        return bidirectional_loss(v0, vj, w, labels, m.cfg.lam, m.cfg.tau)
+
+    def scores(self, batch: dict) -> torch.Tensor:
+        m: PEClipModel = self.module
+        return m.logits(m(batch["z"]), m.class_weights())  # [B, C]
+
+    @torch.no_grad()
+    def embed(self, data: FeatureData) -> np.ndarray:
+        """``[n, D]`` the evolved prototypes ``v_0`` (unit length): the final features, for t-SNE."""
+        self.module.eval()
+        out = []
+        for start in range(0, len(data), self.config.eval_batch_size):
+            idx = np.arange(start, min(start + self.config.eval_batch_size, len(data)))
+            z = self._to_device(self.inputs(data, idx, False, torch.Generator()))["z"]
+            with self._autocast():
+                out.append(F.normalize(self.module(z).float(), dim=-1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.module.tower.embed_dim), np.float32)
+
+
+register_head(
+    "pe-clip",
+    PEClipConfig,
+    PEClipHead,
+    "PE-CLIP: MH-Mamba + prototype-evolution decoder on the CLIP text tower, CA prompts, bidirectional loss",
+)
