@@ -32,6 +32,7 @@ demo: setup
 	$(EMO) cache verify $(DEMO_DIR)/cache
 	$(EMO) heads train linear $(DEMO_DIR)/cache --split folder:0 --out $(DEMO_DIR)/runs/linear
 	$(EMO) heads train zero-shot $(DEMO_DIR)/cache --split folder:0 --out $(DEMO_DIR)/runs/zero-shot
+	$(EMO) heads train pe-clip $(DEMO_DIR)/cache --split folder:0 --out $(DEMO_DIR)/runs/pe-clip --epochs 30 --lr 1e-3 --batch-size 8
 	@echo
 	$(EMO) report $(DEMO_DIR)/runs
 
