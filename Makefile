@@ -47,6 +47,7 @@ extract: setup
 bench: setup
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/cache_load.py
+	$(BIN)/python bench/heads.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench

@@ -290,6 +290,19 @@ def heads_list() -> None:
         typer.echo(f"{spec.name:<14} {spec.description}")
 
 
+@heads_app.command("config")
+@friendly
+def heads_config(name: str = typer.Argument(..., help="Head name (see `emo heads list`).")) -> None:
+    """Every config field of head NAME with its default (each is a `--field` option), and its presets."""
+    from emo.heads.registry import HEAD_PRESET_DIR, config_to_dict, get_head
+
+    spec = get_head(name)
+    typer.echo(json.dumps(config_to_dict(spec.config()), indent=2))
+    presets = sorted(p.stem for p in (HEAD_PRESET_DIR / name).glob("*.json"))
+    if presets:
+        typer.echo(f"presets (--preset): {', '.join(presets)}")
+
+
 def _parse_overrides(args: list[str], sets: list[str]) -> dict[str, str]:
     """``--field value`` / ``--flag`` extra options and ``--set field=value`` -> {field: value}."""
     out: dict[str, str] = {}
@@ -314,6 +327,12 @@ def _parse_overrides(args: list[str], sets: list[str]) -> dict[str, str]:
     return out
 
 
+def _preset_overrides(name: str, preset: str | None) -> dict:
+    from emo.heads.registry import head_preset
+
+    return {k: v for k, v in head_preset(name, preset).items()} if preset else {}
+
+
 @heads_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def heads_train(
@@ -326,11 +345,12 @@ def heads_train(
     val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
     seed: int = typer.Option(0),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
+    preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
 ) -> None:
     """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
     from emo.heads.runs import train_from_cache
 
-    overrides = _parse_overrides(list(ctx.args), set_ or [])
+    overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
     result = train_from_cache(
         name, cache, split=split, out=out, feature_sets=features or None, overrides=overrides,
         val_fraction=val_fraction, seed=seed, command=sys.argv,
@@ -351,11 +371,12 @@ def heads_sweep(
     val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
     seed: int = typer.Option(0),
     set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
+    preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
 ) -> None:
     """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
     from emo.heads.runs import format_results_table, sweep_from_cache
 
-    overrides = _parse_overrides(list(ctx.args), set_ or [])
+    overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
     results = sweep_from_cache(
         name, cache, split=split, grid=grid, out=out, feature_sets=features or None, overrides=overrides,
         val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo,

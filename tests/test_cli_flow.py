@@ -168,3 +168,35 @@ def test_report_tsne_writes_plots_and_a_silhouette_column(made_cache, tmp_path):
         true = [r["true"] for r in _csv.DictReader(f)]
     expected = silhouette_score(emb, true, metric="cosine")
     assert f"{expected:.3f}" in res.output
+
+
+SMALL_PE = ["--d", "1", "--mamba-inner", "32", "--heads", "4", "--mamba-dt-rank", "4", "--epochs", "2"]
+
+
+def test_pe_clip_from_the_command_line_with_a_preset_and_a_verbatim_grid(made_cache, tmp_path):
+    cache, _ = made_cache
+    run = runner.invoke(app, ["heads", "train", "pe-clip", str(cache), "--split", "folder:0", "--out",
+                              str(tmp_path / "pe"), "--temporal", "gru", "--prototype", "learnable",
+                              "--prototype-tokens", "14", *SMALL_PE])
+    assert run.exit_code == 0, run.output
+    cfg = json.loads((tmp_path / "pe" / "0" / "config.json").read_text())["config"]
+    assert (cfg["temporal"], cfg["prototype"], cfg["prototype_tokens"], cfg["bidirectional"]) == ("gru", "learnable", 14, True)
+    sweep = runner.invoke(app, ["heads", "sweep", "pe-clip", str(cache), "--split", "folder:0", "--preset", "table4",
+                                "--grid", "prompt_separator=; |, ", "--out", str(tmp_path / "sw"), *SMALL_PE])
+    assert sweep.exit_code == 0, sweep.output
+    cells = sorted(p.name for p in (tmp_path / "sw").iterdir())
+    assert cells == ["prompt_separator=%2C%20", "prompt_separator=%3B%20"]
+    cfg = json.loads((tmp_path / "sw" / "prompt_separator=%2C%20" / "0" / "config.json").read_text())["config"]
+    assert cfg["prompt_separator"] == ", " and cfg["prototype"] == "learnable" and cfg["bidirectional"] is False
+    rep = runner.invoke(app, ["report", str(tmp_path / "sw")])
+    assert '| pe-clip prompt_separator=", " |' in rep.output and '| pe-clip prompt_separator="; " |' in rep.output
+
+
+def test_heads_config_lists_fields_defaults_and_presets():
+    res = runner.invoke(app, ["heads", "config", "pe-clip"])
+    assert res.exit_code == 0
+    body, presets = res.output.rsplit("}", 1)
+    cfg = json.loads(body + "}")
+    assert cfg["d"] == 8 and cfg["lam"] == 0.7 and cfg["tau"] == 0.01 and cfg["epochs"] == 50
+    assert "table5" in presets
+    assert runner.invoke(app, ["heads", "config", "nope"]).exit_code == 2

@@ -21,7 +21,7 @@ from emo.heads.pe_clip import (
     forward_loss,
     subsample_segments,
 )
-from emo.heads.registry import get_head, load_checkpoint
+from emo.heads.registry import HEAD_PRESET_DIR, get_head, head_preset, load_checkpoint
 from emo.heads.runs import train_head
 from emo.heads.train import trainable_parameters
 
@@ -240,3 +240,22 @@ def test_trainable_parameter_count_of_the_papers_configuration(vitb32_features):
     wide.prepare(vitb32_features)
     assert trainable_parameters(wide.module) == 3 * _mamba_block_params(inner=768) + 4 * _cross_attention_params()
     assert 7.8e6 < trainable_parameters(wide.module) < 7.9e6
+
+
+@pytest.mark.parametrize("path", sorted((HEAD_PRESET_DIR / "pe-clip").glob("*.json")), ids=lambda p: p.stem)
+def test_every_ablation_preset_is_a_valid_config(path):
+    overrides = head_preset("pe-clip", path.stem)
+    cfg = get_head("pe-clip").config(overrides)
+    if path.stem in ("table4", "table5", "table8"):  # the paper runs these without bidirectional, learnable tokens
+        assert cfg.prototype == "learnable" and cfg.bidirectional is False
+    if path.stem == "table7":
+        assert cfg.segments == 16
+
+
+def test_unknown_preset_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="presets: table3-baseline, table4"):
+        head_preset("pe-clip", "table99")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"overrides": {"temporl": "gru"}}')
+    with pytest.raises(ValueError, match="temporl"):
+        head_preset("pe-clip", str(bad))

@@ -45,9 +45,12 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "CONFIG_FILE",
+    "head_preset",
+    "HEAD_PRESET_DIR",
     "WEIGHTS_FILE",
 ]
 
+HEAD_PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "heads"  # <head>/<preset>.json
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # Modules whose import registers the built-in heads (name -> module).
@@ -145,6 +148,22 @@ def list_heads() -> list[HeadSpec]:
     """Every registered head, sorted by name."""
     _import_builtins()
     return [_HEADS[k] for k in sorted(_HEADS)]
+
+
+def head_preset(name: str, preset: str, preset_dir: Path = HEAD_PRESET_DIR) -> dict[str, Any]:
+    """The config overrides of a named preset (``configs/heads/<head>/<preset>.json``, e.g. a paper's
+    ablation table) or of a JSON file path. The file holds ``{"description", "overrides"}``; its
+    overrides are checked against the head's config."""
+    path = Path(preset) if preset.endswith(".json") else preset_dir / name / f"{preset}.json"
+    if not path.is_file():
+        have = sorted(p.stem for p in (preset_dir / name).glob("*.json"))
+        raise ValueError(f"no preset {preset!r} for head {name!r} ({path}); presets: {', '.join(have) or 'none'}")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or set(data) - {"description", "overrides"} or not isinstance(data.get("overrides"), dict):
+        raise ValueError(f"{path}: a head preset is {{\"description\": ..., \"overrides\": {{field: value}}}}")
+    get_head(name).config(data["overrides"])  # unknown or ill-typed fields fail here, naming the file's field
+    return dict(data["overrides"])
 
 
 # -- configs ----------------------------------------------------------------------------------------

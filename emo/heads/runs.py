@@ -30,6 +30,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import sklearn
@@ -218,12 +219,19 @@ def train_from_cache(
 
 
 def parse_grid(grids: list[str]) -> list[tuple[str, list[str]]]:
-    """``["d=6,8,10", "bidirectional=on,off"]`` -> ``[("d", ["6", "8", "10"]), ("bidirectional", ["on", "off"])]``."""
+    """``["d=6,8,10", "bidirectional=on,off"]`` -> ``[("d", ["6", "8", "10"]), ("bidirectional", ["on", "off"])]``.
+
+    Values holding commas or spaces are separated by ``|`` instead, and then kept verbatim:
+    ``"prompt_separator=; |, "`` -> ``("prompt_separator", ["; ", ", "])``.
+    """
     out: list[tuple[str, list[str]]] = []
     for g in grids:
         key, eq, values = g.partition("=")
         key = key.strip().replace("-", "_")
-        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if "|" in values:
+            vals = [v for v in values.split("|") if v]
+        else:
+            vals = [v.strip() for v in values.split(",") if v.strip()]
         if not eq or not key or not vals:
             raise ValueError(f"--grid expects FIELD=V1,V2,..., got {g!r}")
         if key in {k for k, _ in out}:
@@ -241,8 +249,10 @@ def grid_cells(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
 
 
 def cell_name(cell: dict[str, str]) -> str:
-    """Directory name of a sweep cell: ``d=6,bidirectional=on`` (``default`` for an empty grid)."""
-    return ",".join(f"{k}={v}" for k, v in cell.items()) or "default"
+    """Directory name of a sweep cell: ``d=6,bidirectional=on`` (``default`` for an empty grid). Values are
+    percent-encoded where a character is unsafe in a file name (``with/without`` -> ``with%2Fwithout``,
+    ``"; "`` -> ``%3B%20``), so distinct cells never share a directory."""
+    return ",".join(f"{k}={quote(v, safe='+')}" for k, v in cell.items()) or "default"
 
 
 def sweep_from_cache(
@@ -273,7 +283,7 @@ def sweep_from_cache(
     results = []
     for k, cell in enumerate(cells, 1):
         where = out / cell_name(cell)
-        label = f"{name} {cell_name(cell)}" if cell else name
+        label = f"{name} " + ",".join(f"{k}={_shown(v)}" for k, v in cell.items()) if cell else name
         if (where / SUMMARY_FILE).exists():
             echo(f"[{k}/{len(cells)}] {label}: done earlier, kept")
             results.append(_result_of(where))
@@ -284,6 +294,11 @@ def sweep_from_cache(
         results.append(train_head(name, load, folds=folds, out=where, overrides={**(overrides or {}), **cell},
                                   val_fraction=val_fraction, seed=seed, command=command, label=label, cache=cache))
     return results
+
+
+def _shown(value: str) -> str:
+    """A grid value as a report shows it: quoted when it holds spaces, commas, ``;`` or ``|``."""
+    return json.dumps(value) if any(c in value for c in " ,;|") else value
 
 
 def _result_of(run: Path) -> RunResult:
