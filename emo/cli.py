@@ -182,6 +182,30 @@ def extract_clip_cmd(
         raise typer.Exit(1)
 
 
+@extract_app.command("au")
+@friendly
+def extract_au(
+    cache: Path = typer.Argument(..., help="Dataset cache directory (holds manifest.jsonl and a clip feature set)."),
+    openface_dir: Path = typer.Option(..., help="OpenFace 2.x FeatureExtraction CSVs, one per video (<stem>.csv)."),
+    align_to: str = typer.Option(None, help="The clip feature set whose sampled frames are looked up (default: the only one)."),
+    confidence: float = typer.Option(0.7, help="OpenFace confidence below which a frame's AUs are invalid."),
+    tolerance: float = typer.Option(None, help="Seconds between a sampled frame and its CSV row (default: half a frame)."),
+    shard_size: int = typer.Option(64, help="Items per shard."),
+    retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Facial action units from OpenFace CSVs, at the sampled frames of a clip feature set."""
+    from emo.extract.au import import_openface
+
+    summary = import_openface(cache, openface_dir, align_to=align_to, confidence=confidence, tolerance=tolerance,
+                              shard_size=shard_size, retry_failed=retry_failed, progress=progress)
+    _report_skipped(summary.skipped_rows)
+    typer.echo(summary.line())
+    if summary.failed:
+        typer.echo(f"{summary.failed} item(s) failed: see {summary.path / 'failures.jsonl'}", err=True)
+        raise typer.Exit(1)
+
+
 @extract_app.command("preset")
 @friendly
 def extract_preset(

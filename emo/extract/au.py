@@ -1,0 +1,547 @@
+"""Facial action units: OpenFace 2.x CSVs imported into an ``au`` feature set (SPEC §3.3), and the py-feat stub.
+
+An ``au`` feature set stores, per item, the AUs **at the sampled frames of one clip feature set** (the one
+it is aligned to), so ``au/au_r[i, m, n]`` describes the frame behind ``clip/cls[i, m, n]``::
+
+    au/au_r        float16 [M, N, 17]  intensities 0..5 of AU_INTENSITY (AUxx_r), zeros where invalid
+    au/au_c        uint8   [M, N, 18]  presence 0/1 of AU_PRESENCE (AUxx_c), zeros where invalid
+    au/valid       bool    [M, N]      a row matched AND success == 1 AND confidence >= the threshold
+    au/timestamp   float64 [M, N]      seconds of the matched OpenFace row; -1 where none matched
+    au/confidence  float32 [M, N]      OpenFace confidence of the matched row; 0 where none matched
+
+Shapes are fixed; nothing is dropped: a sampled frame without a usable row is kept, marked invalid.
+
+**Which CSV belongs to which item.** OpenFace's FeatureExtraction names its output after the input video's
+stem (``clips/v001.mp4`` -> ``v001.csv``). For an item with path ``P`` (relative to the manifest root):
+
+1. ``<openface_dir>/<P without suffix>.csv`` (a layout mirroring the dataset's folders) if it exists;
+2. else ``<openface_dir>/<stem of P>.csv``, unless items with *different* paths share that stem
+   (``anger/v1.mp4`` and ``joy/v1.mp4``): then the item fails as ambiguous (use the mirrored layout).
+   Items cut from one file (same path, other ``start``/``end``) share its CSV: timestamps count from the
+   start of the file on both sides.
+
+A missing CSV, an ambiguous stem, a CSV lacking a needed column, or one with no usable row is a recorded
+failure of the item (stage ``au``); the other items import.
+
+**Parsing.** The csv module with ``skipinitialspace``, so both the OpenFace 2.0 style (``frame, timestamp,
+confidence, success, ...`` with a space after each comma) and the plain-comma style of later versions
+read. Needed columns: ``timestamp``, ``confidence``, ``success`` and the 35 AU columns; ``face_id`` is
+optional (FaceLandmarkVidMulti writes one row per face and frame). A row with the wrong number of
+fields, a non-number or NaN in a needed column, ``success`` or ``AUxx_c`` not 0/1, or an intensity
+outside [0, 5] is a *bad row*: skipped and counted in the shard's ``.done.json`` (``openface[id]``).
+
+**Several faces in a frame.** Per timestamp the row kept is the one with ``success == 1`` first, then the
+highest ``confidence``, then the lowest ``face_id`` (``FACE_RULE``). The choice is per frame: with two
+people on screen the stored face may switch between them.
+
+**Alignment.** For each sampled time ``clip/frame_time[m, n]`` the row with the nearest timestamp is
+taken (ties: the earlier). It counts as found when ``|t_row - t| <= tolerance``. By default the tolerance is
+half of the CSV's own frame step (median difference of its distinct timestamps) plus 1 ms for OpenFace's
+3-decimal rounding: the match must be the same frame, a neighbouring frame is never borrowed. OpenFace
+stamps frame ``k`` of a video file ``k / fps`` (SequenceCapture), which equals our decoded presentation
+times for constant-frame-rate videos; for variable-frame-rate files the two clocks drift apart and
+samples may come out invalid. OpenFace output for an image sequence (every timestamp 0) cannot be
+aligned and fails with that reason.
+
+**Confidence threshold.** Default 0.7: OpenFace's author reads confidence below 0.7 as a failed landmark
+detection (TadasBaltrusaitis/OpenFace issue #270). OpenDBM uses 0.8; pass ``confidence=0.8`` for that.
+
+**Key.** The feature set's config (``au_config``) holds the tool, the AU names in order, the aligned clip
+set's key and grid, the tolerance rule, the threshold, the face rule and a sha256 over ``(relative name,
+size, sha256 of content)`` of every CSV matched to a manifest item: editing, adding or removing such a
+CSV gives a new feature set. The directory the CSVs were read from is an unkeyed note. Each CSV is
+hashed again when it is parsed; one that changed in between fails its items instead of mixing versions.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from emo.cache.featureset import FeatureSet, FeatureSetError, list_feature_sets, open_feature_set
+from emo.cache.manifest import Item, Manifest, read_manifest
+from emo.cache.shard import read_shard, write_shard
+
+from .pipeline import ExtractSummary
+
+__all__ = [
+    "AU_INTENSITY",
+    "AU_PRESENCE",
+    "FACE_RULE",
+    "DEFAULT_CONFIDENCE",
+    "OpenFaceFormatError",
+    "AUTable",
+    "read_openface_csv",
+    "align_au",
+    "match_csvs",
+    "csv_digest",
+    "au_config",
+    "import_openface",
+    "detect_au",
+]
+
+# OpenFace 2.x AU sets (wiki "Action-Units" and "Output-Format"): intensities for 17 AUs, presence for
+# the same 17 plus AU28 (lip suck, presence only). Column order as OpenFace writes them (sorted names).
+_AU_NUMBERS_R = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45)
+_AU_NUMBERS_C = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 28, 45)
+AU_INTENSITY = tuple(f"AU{k:02d}_r" for k in _AU_NUMBERS_R)
+AU_PRESENCE = tuple(f"AU{k:02d}_c" for k in _AU_NUMBERS_C)
+_BASE_COLUMNS = ("timestamp", "confidence", "success")
+FACE_RULE = "per timestamp: success == 1 first, then highest confidence, then lowest face_id"
+DEFAULT_CONFIDENCE = 0.7  # OpenFace's author: confidence < 0.7 = failed landmark detection (issue #270)
+TOOL = "openface-2.x"
+STAGE = "au"
+_ROUNDING_S = 1e-3  # OpenFace writes timestamps with 3 decimals
+_WAIT_S = 1.0  # poll interval while other processes hold the last shards
+
+
+class OpenFaceFormatError(ValueError):
+    """An OpenFace CSV cannot be used (missing column, no usable row, no timestamps); names the file."""
+
+
+@dataclass
+class AUTable:
+    """One CSV reduced to one row per distinct timestamp (the chosen face), sorted by time."""
+
+    time: np.ndarray  # float64 [K] seconds, strictly increasing
+    success: np.ndarray  # bool [K]
+    confidence: np.ndarray  # float64 [K]
+    intensity: np.ndarray  # float32 [K, 17] AU_INTENSITY order
+    presence: np.ndarray  # uint8 [K, 18] AU_PRESENCE order
+    face_id: np.ndarray  # int64 [K] face kept (0 when the CSV has no face_id column)
+    rows: int  # data rows in the file (good + bad)
+    bad_rows: int
+    first_bad: str | None  # "line 7: ..." of the first bad row
+    faces: int  # most faces seen in one frame
+
+    def report(self) -> dict:
+        return {"rows": self.rows, "bad_rows": self.bad_rows, "first_bad": self.first_bad, "faces": self.faces}
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+def read_openface_csv(source: str | os.PathLike | bytes, name: str | None = None) -> AUTable:
+    """Parse an OpenFace 2.x FeatureExtraction / FaceLandmarkVidMulti CSV (path or raw bytes).
+
+    Raises ``OpenFaceFormatError`` naming the file and the problem: no header, missing columns
+    (all of them listed), no usable row, or every row at one timestamp (image-sequence output).
+    """
+    if isinstance(source, bytes):
+        data, name = source, name or "<bytes>"
+    else:
+        data, name = Path(source).read_bytes(), name or str(source)
+    text = data.decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+    header = [h.strip() for h in next(reader, [])]
+    if not any(header):
+        raise OpenFaceFormatError(f"{name}: empty file (no header line)")
+    where = {}
+    for k, h in enumerate(header):
+        where.setdefault(h, k)
+    needed = (*_BASE_COLUMNS, *AU_INTENSITY, *AU_PRESENCE)
+    missing = [c for c in needed if c not in where]
+    if missing:
+        raise OpenFaceFormatError(
+            f"{name}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            "(run OpenFace FeatureExtraction with -aus, or all outputs)"
+        )
+    cols = [where[c] for c in needed]
+    optional = [where.get("face_id"), where.get("frame")]  # absent: 0
+    good: list[list[float]] = []
+    rows = bad = 0
+    first_bad = None
+    for line, row in enumerate(reader, start=2):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line
+        rows += 1
+        values, problem = _parse_row(row, len(header), cols, optional)
+        if problem is not None:
+            bad += 1
+            first_bad = first_bad or f"line {line}: {problem}"
+            continue
+        good.append(values)
+    if not good:
+        raise OpenFaceFormatError(f"{name}: no usable row ({rows} data rows, {bad} bad; first: {first_bad})")
+    table = np.asarray(good, dtype=np.float64)  # [R, 3 + 17 + 18 + 2]: needed, face_id, frame
+    return _one_face_per_frame(table, name, rows, bad, first_bad)
+
+
+def _parse_row(row: list[str], width: int, cols: list[int], optional: list[int | None]) -> tuple[list[float], str | None]:
+    """``(values, None)`` for a good row: needed columns, face_id, frame; ``([], reason)`` for a bad one."""
+    if len(row) != width:
+        return [], f"{len(row)} fields, the header has {width}"
+    try:
+        values = [float(row[c]) for c in cols] + [float(row[c]) if c is not None else 0.0 for c in optional]
+    except ValueError as e:
+        return [], f"not a number ({e})"
+    v = np.asarray(values)
+    if not np.isfinite(v).all():
+        return [], "NaN or inf in a needed column"
+    n_r = len(AU_INTENSITY)
+    success, r, c = v[2], v[3 : 3 + n_r], v[3 + n_r : 3 + n_r + len(AU_PRESENCE)]
+    if success not in (0.0, 1.0):
+        return [], f"success is {row[cols[2]]!r}, not 0 or 1"
+    if ((r < 0) | (r > 5)).any():
+        return [], "an AU intensity outside [0, 5]"
+    if not np.isin(c, (0.0, 1.0)).all():
+        return [], "an AU presence value that is not 0 or 1"
+    return values, None
+
+
+def _one_face_per_frame(table: np.ndarray, name: str, rows: int, bad: int, first_bad: str | None) -> AUTable:
+    """Keep one row per distinct timestamp (``FACE_RULE``) and sort by time."""
+    t, conf, success, face, frame = table[:, 0], table[:, 1], table[:, 2], table[:, -2], table[:, -1]
+    if len(np.unique(frame)) > 1 and len(np.unique(t)) == 1:
+        raise OpenFaceFormatError(
+            f"{name}: all {len(table)} rows have timestamp {t[0]:g} (OpenFace output of an image "
+            "sequence?); timestamps are needed to align AUs with the sampled frames"
+        )
+    order = np.lexsort((face, -conf, -success, t))  # last key is primary: time, then the face rule
+    table = table[order]
+    t = table[:, 0]
+    first = np.concatenate([[True], t[1:] != t[:-1]])  # first row of each timestamp = the chosen face
+    starts = np.flatnonzero(first)
+    faces = int(np.diff(np.append(starts, len(t))).max())
+    kept = table[first]  # [K, ...]
+    n_r = len(AU_INTENSITY)
+    return AUTable(
+        time=kept[:, 0].copy(),
+        success=kept[:, 2] == 1.0,
+        confidence=kept[:, 1].copy(),
+        intensity=kept[:, 3 : 3 + n_r].astype(np.float32),
+        presence=kept[:, 3 + n_r : 3 + n_r + len(AU_PRESENCE)].astype(np.uint8),
+        face_id=kept[:, -2].astype(np.int64),
+        rows=rows,
+        bad_rows=bad,
+        first_bad=first_bad,
+        faces=faces,
+    )
+
+
+# -- alignment --------------------------------------------------------------------------------------
+def _tolerance(table: AUTable, tolerance: float | None) -> float:
+    """Seconds within which a row matches: given, or half the CSV's median frame step + rounding."""
+    if tolerance is not None:
+        return float(tolerance)
+    step = float(np.median(np.diff(table.time))) if len(table.time) > 1 else 0.0
+    return 0.5 * step + _ROUNDING_S
+
+
+def align_au(
+    table: AUTable, frame_time: np.ndarray, confidence: float = DEFAULT_CONFIDENCE, tolerance: float | None = None
+) -> dict[str, np.ndarray]:
+    """AUs at the sampled times ``frame_time [M, N]`` (seconds): the arrays of the module docstring."""
+    grid = frame_time.shape  # (M, N)
+    q = frame_time.reshape(-1).astype(np.float64)  # [M*N]
+    t = table.time  # [K] sorted
+    right = np.clip(np.searchsorted(t, q), 0, len(t) - 1)  # first row at or after q
+    left = np.clip(right - 1, 0, len(t) - 1)
+    k = np.where(np.abs(t[left] - q) <= np.abs(t[right] - q), left, right)  # nearest; ties: the earlier
+    found = np.abs(t[k] - q) <= _tolerance(table, tolerance) + 1e-9
+    valid = found & table.success[k] & (table.confidence[k] >= confidence)  # [M*N]
+    r = np.where(valid[:, None], table.intensity[k], 0.0)  # [M*N, 17]
+    c = np.where(valid[:, None], table.presence[k], 0)  # [M*N, 18]
+    return {
+        "au_r": r.reshape(*grid, len(AU_INTENSITY)).astype(np.float16),
+        "au_c": c.reshape(*grid, len(AU_PRESENCE)).astype(np.uint8),
+        "valid": valid.reshape(grid),
+        "timestamp": np.where(found, t[k], -1.0).reshape(grid),
+        "confidence": np.where(found, table.confidence[k], 0.0).reshape(grid).astype(np.float32),
+    }
+
+
+# -- which CSV is whose -----------------------------------------------------------------------------
+def _relative(manifest: Manifest, item: Item) -> Path:
+    p = Path(item.path)
+    if p.is_absolute():
+        try:
+            p = p.relative_to(manifest.root)
+        except ValueError:
+            return Path(p.name)
+    return Path(p.name) if ".." in p.parts else p  # a mirrored CSV must stay inside the OpenFace folder
+
+
+def _stem(manifest: Manifest, item: Item) -> str:
+    p = manifest.resolve(item)
+    return p.name if p.is_dir() else p.stem  # OpenFace -fdir names its output after the folder
+
+
+def match_csvs(manifest: Manifest, openface_dir: str | os.PathLike) -> tuple[dict[str, Path], dict[str, str]]:
+    """``(id -> CSV path, id -> reason it has none)`` by the rule of the module docstring."""
+    root = Path(openface_dir)
+    by_stem: dict[str, set[Path]] = {}
+    for it in manifest.items:
+        by_stem.setdefault(_stem(manifest, it), set()).add(manifest.resolve(it))
+    found, reasons = {}, {}
+    for it in manifest.items:
+        rel, stem = _relative(manifest, it), _stem(manifest, it)
+        mirrored, flat = root / rel.parent / f"{stem}.csv", root / f"{stem}.csv"
+        if mirrored.is_file():
+            found[it.id] = mirrored
+        elif len(by_stem[stem]) > 1:
+            reasons[it.id] = (
+                f"ambiguous OpenFace CSV: {len(by_stem[stem])} videos share the stem {stem!r}; "
+                f"put this one's output at {mirrored}"
+            )
+        elif flat.is_file():
+            found[it.id] = flat
+        else:
+            where = f"{flat}" if mirrored == flat else f"{mirrored} or {flat}"
+            reasons[it.id] = f"no OpenFace CSV: looked for {where}"
+    return found, reasons
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def csv_digest(paths: list[Path], openface_dir: str | os.PathLike) -> tuple[str, dict[Path, str]]:
+    """sha256 over ``(relative name, size, sha256)`` of each distinct CSV, and each file's own sha256."""
+    root = Path(openface_dir)
+    per_file: dict[Path, str] = {}
+    h = hashlib.sha256()
+    for p in sorted(set(paths), key=lambda q: q.relative_to(root).as_posix()):
+        data = p.read_bytes()
+        per_file[p] = _sha256(data)
+        h.update(f"{p.relative_to(root).as_posix()}\0{len(data)}\0{per_file[p]}\n".encode())
+    return h.hexdigest(), per_file
+
+
+# -- the feature set --------------------------------------------------------------------------------
+def _clip_set(cache_dir: Path, align_to: str | None) -> FeatureSet:
+    if align_to is not None:
+        fs = open_feature_set(cache_dir, align_to)
+        if fs.meta.get("modality") != "clip":
+            raise FeatureSetError(f"--align-to {align_to}: {fs.name} is a {fs.meta.get('modality')!r} set, not clip")
+        return fs
+    clips = [fs for fs in list_feature_sets(cache_dir) if fs.meta.get("modality") == "clip"]
+    if len(clips) != 1:
+        have = ", ".join(fs.name for fs in clips) or "none (run `emo extract clip` first)"
+        raise FeatureSetError(f"{cache_dir} holds {len(clips)} clip feature sets; pick one with --align-to (have: {have})")
+    return clips[0]
+
+
+def _frame_times(clip: FeatureSet) -> dict[str, np.ndarray]:
+    """id -> ``clip/frame_time [M, N]`` (seconds) of every item ok in a finished shard of ``clip``."""
+    out: dict[str, np.ndarray] = {}
+    for k in clip.done_indices():
+        status = clip.done_record(k)["status"]
+        if not any(s == "ok" for s in status.values()):
+            continue
+        ids, arrays = read_shard(clip.shard_path(k), ["clip/frame_time"])
+        for i, t in zip(ids, arrays["clip/frame_time"], strict=True):
+            if status.get(i) == "ok":
+                out[i] = t
+    return out
+
+
+def au_config(clip: FeatureSet, digest: str, n_csv: int, confidence: float, tolerance: float | None) -> dict:
+    """Everything that affects the stored values; its sha256 is the au feature set's key."""
+    s = clip.meta["sampling"]
+    return {
+        "modality": "au",
+        "model": TOOL,
+        "weights": {"kind": "csv"},  # values imported from the tool's CSVs; no weights loaded here
+        "tool": TOOL,
+        "au_intensity": list(AU_INTENSITY),
+        "au_presence": list(AU_PRESENCE),
+        "align_to": {"modality": "clip", "key": clip.key, "segments": s["segments"], "frames_per_segment": s["frames_per_segment"]},
+        "match": {
+            "by": "nearest timestamp",
+            "tolerance_s": tolerance,
+            "tolerance_rule": "tolerance_s" if tolerance is not None else "half the CSV's median frame step + 1 ms",
+        },
+        "confidence_threshold": confidence,
+        "require_success": True,
+        "face_rule": FACE_RULE,
+        "csv": {"sha256": digest, "files": n_csv},
+        "dtype": {"au_r": "float16", "au_c": "uint8", "valid": "bool", "timestamp": "float64", "confidence": "float32"},
+    }
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def import_openface(
+    cache_dir: str | os.PathLike,
+    openface_dir: str | os.PathLike,
+    *,
+    align_to: str | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    tolerance: float | None = None,
+    shard_size: int = 64,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Import OpenFace CSVs of ``openface_dir`` into the au feature set of ``cache_dir``'s manifest.
+
+    ``align_to``: the clip feature set (name or unique prefix) whose sampled frames are looked up; None =
+    the only clip set. ``confidence``: the threshold of ``au/valid``. ``tolerance``: seconds, None = half
+    a frame (module docstring). Items not ok in the clip set are not planned (a later run picks them up)
+    and come back as ``skipped_rows``; items without a usable CSV are failures of the au set.
+    """
+    if not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"--confidence must be in [0, 1], got {confidence}")
+    if tolerance is not None and not (np.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"--tolerance must be ≥ 0 seconds, got {tolerance}")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be ≥ 1, got {shard_size}")
+    cache_dir, openface_dir = Path(cache_dir), Path(openface_dir)
+    if not openface_dir.is_dir():
+        raise FileNotFoundError(f"--openface-dir {openface_dir} is not a directory")
+    manifest = read_manifest(cache_dir / "manifest.jsonl")
+    rows = {it.id: row for row, it in enumerate(manifest.items, start=1)}  # manifest row numbers
+    skipped = manifest.validate(check_files=False, skip_invalid=True)
+    total = len(manifest.items) + len(skipped)
+    clip = _clip_set(cache_dir, align_to)
+    times = _frame_times(clip)
+    found, reasons = match_csvs(manifest, openface_dir)
+    digest, hashes = csv_digest(list(found.values()), openface_dir)
+    config = au_config(clip, digest, len(hashes), confidence, tolerance)
+    fs = FeatureSet.create(cache_dir, {**config, "notes": {"openface_dir": str(openface_dir.resolve()), "align_to": clip.name}})
+    ids = [it.id for it in manifest.items if it.id in times]
+    reason = f"no sampled frames: not ok (yet) in clip feature set {clip.name}"
+    skipped += [(rows[it.id], it.id, reason) for it in manifest.items if it.id not in times]
+    t0 = time.perf_counter()
+    runner = _Importer(fs, manifest, times, found, reasons, hashes, openface_dir, confidence, tolerance)
+    if ids:
+        plan = fs.extend_plan(ids, shard_size, retry_failed)
+        todo = sum(len(s) for k, s in enumerate(plan) if not fs.is_done(k))
+        with tqdm(total=todo, unit="video", disable=None if progress else True, desc=fs.name, dynamic_ncols=True) as bar:
+            runner.run(plan, bar)
+    status = fs.item_status()
+    return ExtractSummary(
+        feature_set=fs.name,
+        path=fs.path,
+        total=total,
+        ok=sum(1 for s in status.values() if s == "ok"),
+        failed=sum(1 for s in status.values() if s != "ok"),
+        done_here=runner.videos,
+        frames_here=runner.frames,
+        seconds=time.perf_counter() - t0,
+        skipped_rows=skipped,
+    )
+
+
+class _Importer:
+    """Claims unfinished shards of the au set one at a time and fills them (as the clip pipeline does)."""
+
+    def __init__(self, fs, manifest, times, found, reasons, hashes, openface_dir, confidence, tolerance):
+        self.fs, self.manifest, self.times = fs, manifest, times
+        self.found, self.reasons, self.hashes, self.openface_dir = found, reasons, hashes, openface_dir
+        self.confidence, self.tolerance = confidence, tolerance
+        self.items = manifest.by_id()
+        self.videos = self.frames = 0
+
+    def run(self, plan: list[list[str]], bar: tqdm) -> None:
+        remaining = [k for k in range(len(plan)) if not self.fs.is_done(k)]
+        while remaining:
+            held_elsewhere = []
+            for k in remaining:
+                claim = self.fs.try_claim(k)
+                if claim is None:
+                    held_elsewhere.append(k)
+                    continue
+                try:
+                    if not self.fs.is_done(k):  # another process may have finished it meanwhile
+                        self._fill(k, plan[k], bar)
+                finally:
+                    claim.release()
+            remaining = [k for k in held_elsewhere if not self.fs.is_done(k)]
+            if remaining:
+                bar.set_description(f"{self.fs.name} (waiting for {len(remaining)} shards held elsewhere)")
+                time.sleep(_WAIT_S)
+
+    def _table(self, path: Path, cache: dict[Path, AUTable | str]) -> AUTable | str:
+        """The parsed CSV, or the reason it cannot be used (parsed once per shard: clips share files)."""
+        if path not in cache:
+            name = path.relative_to(self.openface_dir).as_posix()
+            data = path.read_bytes() if path.is_file() else b""
+            if _sha256(data) != self.hashes[path]:
+                cache[path] = f"{name} changed (or vanished) since this import started; run it again"
+            else:
+                try:
+                    cache[path] = read_openface_csv(data, name)
+                except OpenFaceFormatError as e:
+                    cache[path] = str(e)
+        return cache[path]
+
+    def _fill(self, k: int, ids: list[str], bar: tqdm) -> None:
+        started = time.perf_counter()
+        tables: dict[Path, AUTable | str] = {}
+        out: dict[str, dict[str, np.ndarray]] = {}
+        reports: dict[str, dict] = {}
+        errors: dict[str, tuple[str, str]] = {}
+        for i in ids:
+            bar.update(1)
+            if i not in self.items:  # planned by an earlier manifest, absent from this one
+                errors[i] = ("manifest", "not in the current manifest")
+            elif i not in self.times:
+                errors[i] = (STAGE, "no sampled frames: not ok in the aligned clip feature set")
+            elif i not in self.found:
+                errors[i] = (STAGE, self.reasons[i])
+            else:
+                table = self._table(self.found[i], tables)
+                if isinstance(table, str):
+                    errors[i] = (STAGE, table)
+                    continue
+                out[i] = align_au(table, self.times[i], self.confidence, self.tolerance)
+                csv_name = self.found[i].relative_to(self.openface_dir).as_posix()
+                reports[i] = {"csv": csv_name, **table.report(), "valid": int(out[i]["valid"].sum())}
+                self.videos += 1
+                self.frames += out[i]["valid"].size
+        self._write(k, ids, out, reports, errors, time.perf_counter() - started)
+
+    def _write(self, k, ids, out, reports, errors, seconds) -> None:
+        ok = [i for i in ids if i in out]
+        names = ("au_r", "au_c", "valid", "timestamp", "confidence")
+        arrays = {f"au/{n}": [out[i][n] for i in ok] for n in names}  # each [M, N, ...] per item
+        shapes = write_shard(
+            self.fs.shard_path(k), ok, arrays, attrs={"key": self.fs.key, "feature_set": self.fs.name, "shard": k}
+        )
+        self.fs.write_done(
+            k,
+            {
+                "file": self.fs.shard_path(k).name,
+                "ids": ids,
+                "status": {i: ("ok" if i in out else "failed") for i in ids},
+                "errors": {i: {"stage": st, "error": e} for i, (st, e) in errors.items()},
+                "openface": reports,
+                "counts": {"ok": len(ok), "failed": len(ids) - len(ok)},
+                "arrays": shapes,
+                "timings": {"seconds": round(seconds, 3)},
+                "versions": {d: _version(d) for d in ("emo", "numpy", "h5py")},
+                "host": os.uname().nodename,
+                "pid": os.getpid(),
+            },
+        )
+        for i, (stage, error) in errors.items():  # after .done.json: a killed run re-records nothing twice
+            self.fs.record_failure(i, stage, error, shard=k)
+
+
+# -- py-feat ----------------------------------------------------------------------------------------
+def detect_au(video: str | os.PathLike, **detector_kwargs):
+    """Run py-feat's ``Detector`` on a video and return its ``Fex`` table (one row per frame and face).
+
+    py-feat reports AU *presence probabilities* for its own AU set, not OpenFace's 0-5 intensities, so
+    its output is not imported into the OpenFace-schema au feature set; this is the entry point for a
+    py-feat feature set of its own. Raises ``ImportError`` saying what to install when py-feat is absent.
+    """
+    try:
+        import feat  # optional: only this file touches the AU tool library
+    except ImportError as e:
+        raise ImportError("py-feat is not installed: pip install py-feat (and its model weights)") from e
+    detector = feat.Detector(**detector_kwargs)
+    return detector.detect_video(str(video))
