@@ -116,6 +116,73 @@ def prepare_csv(
     typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes")
 
 
+PAPER_DATASETS = {  # key -> one-line help; each reads the official release layout (DATASETS.md)
+    "ve8": "VideoEmotion-8: class folders; 10 seeded 2:1 splits, or VAANet-style list files under root/splits.",
+    "ek6": "Ekman-6: class folders + the official 1:1 split lists (root/splits/train.txt, test.txt).",
+    "mv6": "MusicVideo-6: class folders; 3 seeded 2:1 splits, or list files under root/splits.",
+    "meld": "MELD.Raw: utterance clips with text and speaker; official train/dev(val)/test.",
+    "dfew": "DFEW: EmoLabel_DataSplit set_1..5 (single-labeled) and the clip folders; 5 folds.",
+    "ferv39k": "FERV39k: 4_setups/All_scenes train/test lists and 2_ClipsforFaceCrop.",
+    "mafw": "MAFW: clips, 5 folds (single) and the with_caption folds with every caption.",
+    "emvidcap": "EmVidCap: caption tables; ECPA's train/test needs --set split_file=PATH.",
+    "subtitles": "Videos with .srt/.vtt beside them: one item per subtitle cue, with its text and span.",
+}
+
+
+def _adapter_value(fn, key: str, text: str):
+    """``--set key=text`` coerced by the adapter's default for ``key`` (bool, int, float, list, text)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    extra = [n for n, p in params.items() if p.kind == p.KEYWORD_ONLY and n not in ("dataset", "skip_invalid")]
+    if key not in extra:
+        raise ValueError(f"--set {key}: not an option of this adapter; options: {', '.join(extra)}")
+    default = params[key].default
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"--set {key} expects true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes", "on")
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        try:
+            return type(default)(text)
+        except ValueError:
+            kind = "an integer" if isinstance(default, int) else "a number"
+            raise ValueError(f"--set {key} expects {kind}, got {text!r}") from None
+    if isinstance(default, tuple | list) or key == "captions":
+        return [v.strip() for v in text.split(",") if v.strip()]
+    return text
+
+
+def _paper_dataset_command(key: str, help_text: str):
+    def command(
+        root: Path = typer.Option(..., help="The dataset's release root."),
+        out: Path = typer.Option(..., help="Cache directory to write manifest.jsonl into."),
+        dataset: str = typer.Option(None, help="Dataset name (default: the out folder's name)."),
+        set_: list[str] = typer.Option(None, "--set", help="Adapter option OPTION=VALUE (see docs; repeatable)."),
+        skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
+    ) -> None:
+        from emo.extract.datasets import ADAPTERS
+
+        fn = ADAPTERS[key]
+        options = {}
+        for s in set_ or []:
+            k, eq, v = s.partition("=")
+            if not eq:
+                raise ValueError(f"--set expects OPTION=VALUE, got {s!r}")
+            options[k.strip().replace("-", "_")] = _adapter_value(fn, k.strip().replace("-", "_"), v)
+        manifest, skipped = fn(root, out, dataset=dataset, skip_invalid=skip_invalid, **options)
+        _report_skipped(skipped)
+        typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes, "
+                   f"folds {manifest.split_schemes}")
+
+    command.__doc__ = help_text
+    prepare_app.command(key)(friendly(command))
+
+
+for _key, _help in PAPER_DATASETS.items():
+    _paper_dataset_command(_key, _help)
+
+
 @datasets_app.command("synth")
 @friendly
 def datasets_synth(

@@ -259,3 +259,17 @@ def test_unknown_preset_lists_the_known_ones(tmp_path):
     bad.write_text('{"overrides": {"temporl": "gru"}}')
     with pytest.raises(ValueError, match="temporl"):
         head_preset("pe-clip", str(bad))
+
+
+def test_one_joint_decoder_pass_equals_the_two_separate_ones():
+    fd = tiny_features()
+    head = build(fd)
+    m: PEClipModel = head.module
+    with torch.no_grad():
+        for blk in m.decoder.xattn:  # leave the zero init so that the memory matters
+            torch.nn.init.normal_(blk.attn.out_proj.weight, std=0.2)
+    mem = m.memory(fd.arrays["clip/cls"][:4, :, 0, 0].float())
+    v0, vj = m.evolve_both(mem)
+    torch.testing.assert_close(v0, m.evolve(mem), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vj, m.evolve_classes(mem), rtol=1e-5, atol=1e-5)
+    assert m.joint_prototypes.states.shape[0] == 1 + len(fd.classes)

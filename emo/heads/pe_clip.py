@@ -162,6 +162,10 @@ class PEClipModel(nn.Module):
         else:
             self.prototype = states(neutral_ids)  # PrefixStates [1, L, W], not saved
         self.class_prototypes = states(ca_ids) if cfg.bidirectional else None  # [C, L, W] for L_bwd
+        # Training with the CA prototype and L_bwd evolves p_0 and every p_j: one decoder pass over 1 + C
+        # prompts (positions after a prompt's [EOS] never reach it, so sharing one padded length is exact).
+        self.joint_prototypes = (states(torch.cat([neutral_ids, ca_ids])) if cfg.bidirectional
+                                 and cfg.prototype == "ca" else None)  # [1 + C, L, W]
         if cfg.classifier == "ca":
             with torch.no_grad():
                 self.register_buffer("ca_weights", tower.encode(ca_ids), persistent=False)  # [C, D]
@@ -195,6 +199,13 @@ class PEClipModel(nn.Module):
     def evolve_classes(self, memory: torch.Tensor) -> torch.Tensor:
         """``v_j [B, C, D]``: every class prompt evolved against each video (for ``L_bwd``)."""
         return self.decoder(self.class_prototypes, memory)
+
+    def evolve_both(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(v_0 [B, D], v_j [B, C, D])`` for the bidirectional loss, in one decoder pass when possible."""
+        if self.joint_prototypes is not None:
+            v = self.decoder(self.joint_prototypes, memory)  # [B, 1 + C, D]
+            return v[:, 0], v[:, 1:]
+        return self.evolve(memory), self.evolve_classes(memory)
 
     def logits(self, v0: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.cfg.classifier == "linear":  # the conventional classifier: W v + b on the unit feature
@@ -259,15 +270,14 @@ class PEClipHead(TorchHead):
         m: PEClipModel = self.module
         mem = m.memory(batch["z"])  # [B, M, D]
         w = m.class_weights()  # [C, D]
-        v0 = m.evolve(mem)  # [B, D]
+        v0, vj = m.evolve_both(mem) if m.cfg.bidirectional else (m.evolve(mem), None)  # [B, D], [B, C, D]
         if m.cfg.classifier == "linear":
             fwd = F.cross_entropy(m.logits(v0, w), labels)
-            if not m.cfg.bidirectional:
+            if vj is None:
                 return fwd, {"loss_fwd": float(fwd.detach())}
-            bwd = backward_loss(m.evolve_classes(mem), w, labels, m.cfg.tau)
+            bwd = backward_loss(vj, w, labels, m.cfg.tau)
             loss = m.cfg.lam * fwd + (1 - m.cfg.lam) * bwd
             return loss, {"loss_fwd": float(fwd.detach()), "loss_bwd": float(bwd.detach())}
-        vj = m.evolve_classes(mem) if m.cfg.bidirectional else None  # [B, C, D]
         return bidirectional_loss(v0, vj, w, labels, m.cfg.lam, m.cfg.tau)
 
     def scores(self, batch: dict) -> torch.Tensor:
