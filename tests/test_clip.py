@@ -343,3 +343,143 @@ def test_tokenize_matches_what_encode_text_embeds(tiny):
     assert ids.shape == (2, 77) and ids.dtype == torch.int64
     with torch.inference_mode():
         assert torch.equal(tiny.model.encode_text(ids).float(), tiny.encode_text(["a happy face", "sad"]))
+
+
+# -- EmotionCLIP's subject-aware prompt (SPEC §4.4) ----------------------------------------------
+def _with_tokens(enc: ClipEncoder, layer: int) -> ClipEncoder:
+    return ClipEncoder(enc.model, dataclasses.replace(enc.spec, tokens_layer=layer), enc.device, enc.dtype)
+
+
+def _batch_major(x: torch.Tensor, visual) -> torch.Tensor:
+    return x if visual.transformer.batch_first else x.transpose(0, 1)  # [B, L, W]
+
+
+def test_patch_geometry_attributes(tiny, vitb32):
+    assert (tiny.patch_size, tiny.grid_size, tiny.n_tokens) == (8, 4, 17)
+    assert (vitb32.patch_size, vitb32.grid_size, vitb32.n_tokens) == (32, 7, 50)
+
+
+@pytest.mark.parametrize("name", ["tiny", "vitb32"])
+def test_stepwise_forward_is_open_clips_forward(name, request):
+    """The prompted path rebuilds VisionTransformer.forward from its modules; without a prompt it must be
+    bit for bit open_clip's own forward."""
+    enc = request.getfixturevalue(name)
+    x = enc._normalise(frames(2, enc.image_size, seed=5))
+    with torch.inference_mode():
+        assert torch.equal(enc._vit_forward(x), enc.model.encode_image(x))
+
+
+@pytest.mark.parametrize("name", ["tiny", "vitb32"])
+def test_zero_coverage_is_exactly_the_plain_output(name, request):
+    enc = _with_tokens(request.getfixturevalue(name), 1)
+    px = frames(2, enc.image_size, seed=6)
+    plain = enc.encode_images(px)
+    for zeros in (torch.zeros(2, enc.grid_size**2), np.zeros((2, enc.grid_size**2), dtype=np.float32)):
+        got = enc.encode_images(px, coverage=zeros)
+        assert got.keys() == plain.keys() == {"cls", "tokens"}
+        assert all(torch.equal(got[k], plain[k]) for k in plain)
+
+
+def test_prompt_token_is_the_coverage_weighted_sum_of_patch_positions(tiny):
+    """Captured at the input of ln_pre (after + pos) and of block 1: the image tokens are untouched and
+    one more token, sum_p a_p pos[1+p], follows them; it changes the output but not the tokens' shape."""
+    enc = _with_tokens(tiny, 1)
+    visual = enc.model.visual
+    cover = torch.zeros(3, 16)
+    cover[0, 6] = 1.0  # one patch (row 1, col 2): the token is pos[7]
+    cover[1] = torch.linspace(0.0, 1.0, 16)
+    cover[2, [0, 15]] = torch.tensor([0.25, 0.5])
+    pre_ln, into_block = [], []
+    hooks = [
+        visual.ln_pre.register_forward_pre_hook(lambda _m, args: pre_ln.append(args[0].clone())),
+        visual.transformer.resblocks[0].register_forward_pre_hook(
+            lambda _m, args: into_block.append(_batch_major(args[0], visual).clone())
+        ),
+    ]
+    px = frames(3, 32, seed=7)
+    try:
+        plain = enc.encode_images(px)
+        out = enc.encode_images(px, coverage=cover)
+    finally:
+        for h in hooks:
+            h.remove()
+    pos = visual.positional_embedding.detach()  # [17, W]; pos[0] is the class token's
+    before = pre_ln[1]  # [3, 18, W]
+    assert before.shape == (3, 18, enc.width)
+    assert torch.equal(before[:, :17], pre_ln[0])  # class and patch tokens as in the plain forward
+    assert torch.equal(before[0, 17], pos[7])
+    for b in (1, 2):
+        want = sum(float(cover[b, p]) * pos[1 + p] for p in range(16))
+        torch.testing.assert_close(before[b, 17], want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(into_block[1][:, :17], into_block[0])
+    with torch.no_grad():
+        torch.testing.assert_close(into_block[1][0, 17], visual.ln_pre(pos[7]))  # ln_pre sees the token too
+    assert out["tokens"].shape == plain["tokens"].shape == (3, 17, enc.width)  # the prompt token left out
+    for b in range(3):  # every block attends to it
+        assert not torch.allclose(out["cls"][b], plain["cls"][b], atol=1e-4)
+        assert not torch.allclose(out["tokens"][b], plain["tokens"][b], atol=1e-4)
+
+
+def test_the_prompt_depends_on_where_the_subject_is(tiny):
+    px = np.repeat(frames(1, 32, seed=9), 3, axis=0)
+    cover = torch.zeros(3, 16)
+    cover[0, 0], cover[1, 15], cover[2, :2] = 1.0, 1.0, 0.5
+    cls = tiny.encode_images(px, coverage=cover)["cls"]
+    assert not torch.allclose(cls[0], cls[1], atol=1e-4)
+    assert not torch.allclose(cls[0], cls[2], atol=1e-4)
+
+
+def test_mixed_batch_gives_plain_rows_their_plain_output(vitb32):
+    px = frames(4, 224, seed=8)
+    cover = torch.zeros(4, 49)
+    cover[1, 24] = 1.0  # the centre patch
+    cover[3, :7] = 0.5  # half the top row
+    out = vitb32.encode_images(px, coverage=cover)
+    plain_rows = vitb32.encode_images(px[[0, 2]])
+    prompted_rows = vitb32.encode_images(px[[1, 3]], coverage=cover[[1, 3]])
+    for key in ("cls", "tokens"):
+        assert out[key].shape == (4, *plain_rows[key].shape[1:])
+        assert torch.equal(out[key][[0, 2]], plain_rows[key])
+        assert torch.equal(out[key][[1, 3]], prompted_rows[key])
+    plain = vitb32.encode_images(px[[1, 3]])
+    assert not torch.allclose(out["cls"][[1, 3]], plain["cls"], atol=1e-3)
+
+
+def test_item_coverage_feeds_the_encoder(tiny):
+    """emo.extract.boxes -> encode_images: frames without a subject keep their plain embedding."""
+    from emo.extract.boxes import coverage_for_item
+    from emo.extract.sampling import SamplingConfig, crop_boxes
+
+    crops = crop_boxes(48, 64, SamplingConfig(views=2, image_size=32), "clip")  # [V=2, 4]
+    index = np.array([[0], [40]])  # [M=2, N=1]
+    cover = coverage_for_item([{"frame": 0, "box": [20, 10, 44, 40]}], index, crops, 32, tiny.patch_size)
+    assert cover.shape == (2, 1, 2, 16)
+    px = frames(4, 32, seed=10)  # [M*N*V, S, S, 3]
+    out = tiny.encode_images(px, coverage=cover.reshape(-1, 16))
+    plain = tiny.encode_images(px)
+    assert torch.equal(out["cls"][2:], plain["cls"][2:])  # frame 40: no subject
+    assert not torch.allclose(out["cls"][:2], plain["cls"][:2], atol=1e-4)
+
+
+def test_prompt_under_bf16_autocast_close_to_fp32(tiny):
+    low = ClipEncoder(tiny.model, tiny.spec, tiny.device, resolve_dtype("bf16", tiny.device))
+    px = frames(4, 32, seed=11)
+    cover = torch.rand(4, 16, generator=torch.Generator().manual_seed(0))
+    a, b = tiny.encode_images(px, coverage=cover)["cls"], low.encode_images(px, coverage=cover)["cls"]
+    assert b.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
+
+
+@pytest.mark.parametrize(
+    "cover, message",
+    [
+        (torch.zeros(2, 15), r"\[B, G\*G\] = \[2, 16\]"),
+        (torch.zeros(3, 16), r"\[B, G\*G\] = \[2, 16\]"),
+        (torch.full((2, 16), 1.5), r"in \[0, 1\]"),
+        (torch.full((2, 16), -0.1), r"in \[0, 1\]"),
+        (torch.full((2, 16), float("nan")), r"in \[0, 1\]"),
+    ],
+)
+def test_bad_coverage_raises(tiny, cover, message):
+    with pytest.raises(ValueError, match=message):
+        tiny.encode_images(frames(2, 32), coverage=cover)

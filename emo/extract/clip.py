@@ -2,7 +2,9 @@
 
 ``load_clip(ClipSpec(...))`` builds an open_clip ViT, loads its weights by the weights policy
 (SPEC §3.3) and wraps it in a ``ClipEncoder`` that turns uint8 frames into projected image
-embeddings (and optionally all tokens after block ``k``) and prompts into text embeddings.
+embeddings (and optionally all tokens after block ``k``) and prompts into text embeddings. Given the
+patches' subject coverage (``emo.extract.boxes``), ``encode_images`` adds EmotionCLIP's subject-aware
+prompt (SPEC §4.4; see ``ClipEncoder.encode_images``).
 
 Weights policy, strict:
 - ``weights="pretrained"`` with ``pretrained=TAG`` downloads through open_clip as usual;
@@ -232,6 +234,7 @@ class ClipEncoder:
 
     Attributes: ``image_size`` S (square input), ``mean``/``std`` from the model's preprocess config,
     ``embed_dim`` D (projected), ``width`` W (transformer), ``n_tokens`` L (1 + patches), ``n_blocks``,
+    ``patch_size`` P and ``grid_size`` G (``G x G`` patches, ``L = 1 + G*G``),
     ``device``, ``dtype`` (compute dtype; fp16/bf16 run under autocast over fp32 weights).
     """
 
@@ -255,6 +258,10 @@ class ClipEncoder:
         self.width = int(visual.transformer.width)
         self.n_tokens = int(visual.positional_embedding.shape[0])
         self.n_blocks = len(resblocks)
+        patch = getattr(visual, "patch_size", None)
+        patch = (patch, patch) if isinstance(patch, int) else tuple(patch or (0, 0))
+        self.patch_size = int(patch[0]) if patch[0] == patch[1] else 0  # 0: no square patch grid
+        self.grid_size = self.image_size // self.patch_size if self.patch_size else 0
         self._batch_first = getattr(visual.transformer, "batch_first", True)
         if spec.tokens_layer is not None and not 1 <= spec.tokens_layer <= self.n_blocks:
             raise ValueError(
@@ -278,10 +285,54 @@ class ClipEncoder:
         x = x.float().div_(255.0)  # [0, 1]
         return (x - self._mean) / self._std
 
-    def encode_images(self, pixels: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+    def encode_images(
+        self, pixels: torch.Tensor | np.ndarray, coverage: torch.Tensor | np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
         """``{"cls": [B, D]}`` projected image embeddings (not L2-normalised), plus ``"tokens": [B, L, W]``
-        (all tokens after block ``tokens_layer``) when asked; float32 on the CPU."""
-        x = self._normalise(pixels)
+        (all tokens after block ``tokens_layer``) when asked; float32 on the CPU.
+
+        ``coverage`` ``[B, G*G]`` (a_p in [0, 1], patches row-major; ``emo.extract.boxes``) turns on
+        EmotionCLIP's subject-aware prompt: the token ``h = Σ_p a_p · pos[1+p]`` is appended after the
+        class and patch tokens once the positional embedding is added, before ``ln_pre`` (as EmotionCLIP's
+        code does); it goes through every block, and the output is still the class token, pooled and
+        projected. ``"tokens"`` holds the ``L`` class and patch tokens only, not the prompt token.
+        ``ln_pre`` normalises the token, so only the direction of ``h`` counts: coverage ``c · a`` for any
+        ``c > 0`` prompts like ``a``.
+        A row whose coverage is all zero (no subject) is encoded without the token, by the plain
+        forward, so it gets exactly what ``encode_images(pixels)`` gives it (EmotionCLIP's code would
+        append ``ln_pre(0)`` instead); a mixed batch is split into its plain and prompted rows.
+        """
+        x = self._normalise(pixels)  # [B, 3, S, S]
+        if coverage is None:
+            return self._encode(x, None)
+        cover = self._coverage(coverage, x.shape[0])  # [B, G*G] float32 on the device
+        subject = cover.ne(0).any(dim=1)  # [B] rows that get the prompt token
+        if not subject.any():
+            return self._encode(x, None)
+        if subject.all():
+            return self._encode(x, cover)
+        plain, prompted = self._encode(x[~subject], None), self._encode(x[subject], cover[subject])
+        rows = subject.cpu()
+        out = {}
+        for key, value in plain.items():
+            out[key] = value.new_empty((len(rows), *value.shape[1:]))
+            out[key][~rows], out[key][rows] = value, prompted[key]
+        return out
+
+    def _coverage(self, coverage: torch.Tensor | np.ndarray, batch: int) -> torch.Tensor:
+        """Validated ``[B, G*G]`` float32 coverage on the device."""
+        if not self.patch_size:
+            raise ValueError(f"model {self.spec.model!r}: the subject prompt needs square patches")
+        cover = torch.as_tensor(coverage).to(self.device, torch.float32)
+        n = self.grid_size**2
+        if tuple(cover.shape) != (batch, n):
+            raise ValueError(f"coverage must be [B, G*G] = [{batch}, {n}], got {tuple(cover.shape)}")
+        if not bool(((cover >= 0) & (cover <= 1)).all()):  # NaN fails too
+            raise ValueError("coverage values must lie in [0, 1] (the share of a patch the subject covers)")
+        return cover
+
+    def _encode(self, x: torch.Tensor, cover: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Normalised ``[B, 3, S, S]`` -> outputs; the plain forward, or the prompted one given ``cover``."""
         captured: list[torch.Tensor] = []
         handle = None
         if self.spec.tokens_layer is not None:
@@ -289,15 +340,39 @@ class ClipEncoder:
             handle = block.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
             with torch.inference_mode(), self._autocast():
-                cls = self.model.encode_image(x)  # [B, D]
+                if cover is None:
+                    cls = self.model.encode_image(x)  # [B, D]
+                else:
+                    cls = self._vit_forward(x, self._subject_token(cover))  # [B, D]
         finally:
             if handle is not None:
                 handle.remove()
         out = {"cls": cls.float().cpu()}
         if handle is not None:
-            tokens = captured[0] if self._batch_first else captured[0].transpose(0, 1)  # [B, L, W]
-            out["tokens"] = tokens.float().cpu()
+            tokens = captured[0] if self._batch_first else captured[0].transpose(0, 1)  # [B, L(+1), W]
+            out["tokens"] = tokens[:, : self.n_tokens].float().cpu()  # without the prompt token
         return out
+
+    def _subject_token(self, cover: torch.Tensor) -> torch.Tensor:
+        """EmotionCLIP's prompt ``Σ_p a_p · pos[1+p]``: ``[B, G*G] -> [B, W]`` (pos[0] is the class token's)."""
+        pos = self.model.visual.positional_embedding  # [L, W]
+        return cover.to(pos.dtype) @ pos[1:]  # [B, W]
+
+    def _vit_forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """open_clip 3.3's ``VisionTransformer.forward`` step by step through its own modules, with
+        ``extra`` ``[B, W]`` appended as token ``L`` after the positional embedding. ``extra=None`` gives
+        exactly ``model.encode_image(x)`` (tested). ``[B, 3, S, S] -> [B, D]``."""
+        v = self.model.visual
+        h = v.conv1(x)  # [B, W, G, G]
+        h = h.reshape(h.shape[0], h.shape[1], -1).permute(0, 2, 1)  # [B, G*G, W]
+        cls = v.class_embedding.view(1, 1, -1).expand(h.shape[0], -1, -1).to(h.dtype)  # [B, 1, W]
+        h = torch.cat([cls, h], dim=1) + v.positional_embedding.to(h.dtype)  # [B, L, W]
+        h = v.patch_dropout(h)  # identity in eval mode
+        if extra is not None:
+            h = torch.cat([h, extra.to(h.dtype)[:, None]], dim=1)  # [B, L+1, W]
+        h = v.transformer(v.ln_pre(h))  # [B, L(+1), W]
+        pooled, _ = v._pool(h[:, : self.n_tokens])  # the prompt token leaves before pooling
+        return pooled @ v.proj if v.proj is not None else pooled  # [B, D]
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """``[T, context_length]`` int64 token ids (start, text, end, zero padding), on the CPU."""
