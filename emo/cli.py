@@ -249,6 +249,82 @@ def extract_clip_cmd(
         raise typer.Exit(1)
 
 
+@extract_app.command("audio")
+@friendly
+def extract_audio_cmd(
+    cache: Path = typer.Argument(..., help="Dataset cache directory (holds manifest.jsonl)."),
+    model: str = typer.Option("facebook/wav2vec2-base", help="transformers hub id of a Wav2Vec2Model."),
+    checkpoint: Path = typer.Option(None, help="Local save_pretrained directory (wins over --model), e.g. SEGUE's."),
+    weights: str = typer.Option("pretrained", help="pretrained | random (random: tests and demo only)."),
+    seed: int = typer.Option(0, help="Seed of random weights."),
+    layers: str = typer.Option("9,12", help="Hidden-state layers to store (0 = the input of block 1)."),
+    max_seconds: float = typer.Option(600.0, help="Longer items are refused (recorded), never cut."),
+    shard_size: int = typer.Option(64, help="Items per shard."),
+    workers: int = typer.Option(4, help="Decode processes (0: decode in this process, no timeout)."),
+    timeout: float = typer.Option(120.0, help="Seconds allowed to decode one item's audio."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("auto", help="auto (fp16 on CUDA) | fp16 | bf16 | fp32."),
+    skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
+    retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """wav2vec 2.0 hidden states of each item's 16 kHz mono audio (its start/end span), exact lengths."""
+    from emo.extract.audio import AudioSpec, extract_audio
+    from emo.extract.runner import ExtractOptions
+
+    spec = AudioSpec(model=model, checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
+                     random_seed=seed, layers=tuple(int(v) for v in _csv_list(layers) or []), max_seconds=max_seconds)
+    options = ExtractOptions(shard_size=shard_size, workers=workers, timeout=timeout, skip_invalid=skip_invalid,
+                             retry_failed=retry_failed, progress=progress)
+    _finish(extract_audio(cache, spec, options, device=device, precision=precision))
+
+
+@extract_app.command("text")
+@friendly
+def extract_text_cmd(
+    cache: Path = typer.Argument(..., help="Dataset cache directory (holds manifest.jsonl)."),
+    sentiment: str = typer.Option("j-hartmann/emotion-english-distilroberta-base", help="Sentiment classifier hub id."),
+    sentiment_checkpoint: Path = typer.Option(None, help="Local save_pretrained directory (wins over --sentiment)."),
+    clip_model: str = typer.Option(None, help="CLIP to embed with (default: the cache's clip feature set's)."),
+    clip_pretrained: str = typer.Option("openai", help="With --clip-model: open_clip pretrained tag."),
+    clip_checkpoint: Path = typer.Option(None, help="Weights file of the CLIP (or of a checkpoint-made clip set that moved)."),
+    clip_set: str = typer.Option(None, help="The clip feature set whose CLIP to use, when the cache has several."),
+    weights: str = typer.Option("pretrained", help="pretrained | random: models not given as a checkpoint (tests, demo)."),
+    seed: int = typer.Option(0, help="Seed of random weights."),
+    batch_size: int = typer.Option(256, help="Captions per sentiment batch."),
+    shard_size: int = typer.Option(64, help="Items per shard."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("auto", help="auto (fp16 on CUDA) | fp16 | bf16 | fp32."),
+    skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
+    retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Utterance/caption CLIP tokens and text embeddings (all references) and 7-way sentiment logits."""
+    from emo.extract.clip import ClipSpec
+    from emo.extract.runner import ExtractOptions
+    from emo.extract.text import TextSpec, extract_text
+
+    clip = None
+    if clip_model:
+        clip = ClipSpec(model=clip_model, pretrained=clip_pretrained,
+                        checkpoint=str(clip_checkpoint) if clip_checkpoint else None, weights=weights, random_seed=seed)
+    spec = TextSpec(clip=clip, clip_set=clip_set, clip_checkpoint=None if clip_model or not clip_checkpoint else str(clip_checkpoint),
+                    sentiment=sentiment, sentiment_checkpoint=str(sentiment_checkpoint) if sentiment_checkpoint else None,
+                    sentiment_weights="pretrained" if sentiment_checkpoint else weights, random_seed=seed)
+    options = ExtractOptions(shard_size=shard_size, batch_size=batch_size, skip_invalid=skip_invalid,
+                             retry_failed=retry_failed, progress=progress)
+    _finish(extract_text(cache, spec, options, device=device, precision=precision))
+
+
+def _finish(summary) -> None:
+    """Print an extraction's summary; exit 1 (with the count) when any item failed."""
+    _report_skipped(summary.skipped_rows)
+    typer.echo(summary.line())
+    if summary.failed:
+        typer.echo(f"{summary.failed} item(s) failed: see {summary.path / 'failures.jsonl'}", err=True)
+        raise typer.Exit(1)
+
+
 @extract_app.command("au")
 @friendly
 def extract_au(

@@ -3,6 +3,11 @@
 A cache of a few thousand videos is read once, whole: each array of each finished shard in one read,
 then scattered into one preallocated array per name. Only ``ok`` items of finished shards (those with
 a ``.done.json``) are seen; items missing from any requested feature set are left out and counted.
+
+Ragged arrays (variable length per item: ``audio/layer09``, ``text/clip``, ...) load as a
+``RaggedArray``: one ``values [sum_len, ...]`` tensor plus ``offsets [n + 1]``, indexed like the other
+arrays (``arr[rows]`` keeps items ``rows``; ``arr[i]`` is item ``i``'s ``[len_i, ...]`` tensor), with
+``lengths`` and ``padded()`` -> ``(values [n, max_len, ...], lengths [n])`` for batching.
 """
 
 from __future__ import annotations
@@ -19,10 +24,94 @@ from .featureset import FeatureSet, FeatureSetError, list_feature_sets, open_fea
 from .manifest import Manifest, ManifestError, parse_split, read_manifest
 from .shard import array_names, open_shard
 
-__all__ = ["load_features", "read_class_text", "LARGE_ARRAYS", "CLASS_TEXT_FILE"]
+__all__ = ["load_features", "read_class_text", "RaggedArray", "LARGE_ARRAYS", "CLASS_TEXT_FILE"]
 
-LARGE_ARRAYS = ("tokens", "pixels")  # loaded only when asked for by name
+LARGE_ARRAYS = ("clip/tokens", "clip/pixels")  # loaded only when asked for by name
 CLASS_TEXT_FILE = "class_text.h5"
+
+
+class RaggedArray:
+    """Items of different lengths: item ``i`` is ``values[offsets[i]:offsets[i + 1]]`` (``[len_i, ...]``).
+
+    Indexing by an int gives that item's tensor (a view); by a slice, a boolean mask or an index list /
+    array / tensor it gives a new ``RaggedArray`` of those items in that order, so ``FeatureData.select``
+    works on it as on a tensor.
+    """
+
+    def __init__(self, values: torch.Tensor, offsets: torch.Tensor):
+        offsets = torch.as_tensor(offsets, dtype=torch.int64)
+        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(values):
+            raise ValueError(f"offsets must run from 0 to len(values) = {len(values)}")
+        if torch.any(offsets[1:] < offsets[:-1]):
+            raise ValueError("offsets must not decrease")
+        self.values, self.offsets = values, offsets
+
+    @classmethod
+    def from_list(cls, items: list[torch.Tensor]) -> RaggedArray:
+        offsets = torch.tensor([0] + [len(a) for a in items], dtype=torch.int64).cumsum(0)
+        return cls(torch.cat(items) if items else torch.empty(0), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``[n]`` int64 rows per item."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """Shape of one row (``[H]`` for ``[len_i, H]`` items)."""
+        return tuple(self.values.shape[1:])
+
+    def __getitem__(self, index) -> torch.Tensor | RaggedArray:
+        if isinstance(index, (int, np.integer)) or (
+            torch.is_tensor(index) and index.ndim == 0 and index.dtype != torch.bool
+        ):
+            i = int(index)
+            i = i + len(self) if i < 0 else i
+            if not 0 <= i < len(self):
+                raise IndexError(f"item {int(index)} of {len(self)}")
+            return self.values[self.offsets[i] : self.offsets[i + 1]]
+        if isinstance(index, slice):
+            rows = torch.arange(len(self))[index]
+        else:
+            rows = index if torch.is_tensor(index) else torch.as_tensor(np.asarray(index))
+            if rows.dtype == torch.bool:
+                rows = torch.nonzero(rows).reshape(-1)
+        rows = rows.to(torch.int64).reshape(-1)
+        lengths = self.lengths[rows]  # [m]
+        offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
+        offsets[1:] = lengths.cumsum(0)
+        starts = self.offsets[:-1][rows]  # [m]
+        # position of every kept row in values: its item's start + its index inside the item
+        within = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], lengths)
+        return RaggedArray(self.values[torch.repeat_interleave(starts, lengths) + within], offsets)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def tolist(self) -> list[torch.Tensor]:
+        return list(self)
+
+    def padded(self, value: float = 0.0, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x [n, L, ...], lengths [n])`` with ``L = max_len`` or the longest item; rows past an item's
+        length are ``value`` (items longer than ``max_len`` are cut, and their lengths say so)."""
+        lengths = self.lengths if max_len is None else self.lengths.clamp(max=max_len)
+        width = int(lengths.max()) if len(self) and max_len is None else (max_len or 0)
+        out = self.values.new_full((len(self), width, *self.item_shape), value)
+        rows = torch.repeat_interleave(torch.arange(len(self)), lengths)  # [sum kept]
+        within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+        src = torch.repeat_interleave(self.offsets[:-1], lengths) + within
+        out[rows, within] = self.values[src]
+        return out, lengths
+
+    def __repr__(self) -> str:
+        return f"RaggedArray(n={len(self)}, rows={len(self.values)}, item_shape={self.item_shape}, dtype={self.dtype})"
 
 
 def load_features(
@@ -35,30 +124,38 @@ def load_features(
 
     ``feature_sets``: names (or unique prefixes) in ``cache_dir``; None = the only one there.
     ``split``: ``"scheme:fold"`` sets ``roles``; None leaves them empty. ``arrays``: names to load
-    (``"clip/cls"``…); None = all but the large ones (tokens, pixels).
+    (``"clip/cls"``…), each from the chosen set whose modality is its group (``audio/...`` from the
+    audio set), so joined sets can be asked for by name; None = all but the large ones (tokens,
+    pixels). Ragged arrays come as ``RaggedArray`` (see the module doc).
     """
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir / "manifest.jsonl")
     sets = _choose_sets(cache_dir, feature_sets)
-    loaded: dict[str, np.ndarray] = {}
+    loaded: dict[str, np.ndarray | RaggedArray] = {}
     present: set[str] | None = None
-    per_set: list[tuple[dict[str, int], dict[str, np.ndarray]]] = []
+    per_set: list[tuple[dict[str, int], dict[str, np.ndarray | RaggedArray]]] = []
     for fs in sets:
-        index, data = _load_set(fs, arrays)
+        index, data = _load_set(fs, _names_for(fs, arrays, len(sets)))
         clash = set(data) & set(loaded)
         if clash:
             raise FeatureSetError(f"arrays {sorted(clash)} come from more than one feature set; choose one")
         loaded.update(data)
         per_set.append((index, data))
         present = set(index) if present is None else present & set(index)
+    unknown = [n for n in arrays or [] if n not in loaded]
+    if unknown:
+        raise FeatureSetError(f"no chosen feature set has array(s) {unknown} (sets: {', '.join(s.name for s in sets)})")
     order = [it for it in manifest.items if it.id in (present or set())]
     ids = [it.id for it in order]
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor | RaggedArray] = {}
     for index, data in per_set:
         rows = np.array([index[i] for i in ids], dtype=np.int64)
         in_order = len(rows) == len(index) and np.array_equal(rows, np.arange(len(rows)))
         for name, arr in data.items():
-            out[name] = torch.from_numpy(arr if in_order else arr[rows])  # no copy when already in order
+            if isinstance(arr, RaggedArray):
+                out[name] = arr if in_order else arr[torch.from_numpy(rows)]
+            else:
+                out[name] = torch.from_numpy(arr if in_order else arr[rows])  # no copy when already in order
     labels = torch.tensor(_label_indices(manifest, order), dtype=torch.int64)
     fd = FeatureData(
         dataset=manifest.dataset,
@@ -89,6 +186,14 @@ def set_roles(fd: FeatureData, manifest: Manifest, split: str) -> FeatureData:
     return fd
 
 
+def _names_for(fs: FeatureSet, names: list[str] | None, n_sets: int) -> list[str] | None:
+    """The requested names that ``fs`` holds: those under its modality's group when several sets join."""
+    modality = fs.meta.get("modality")
+    if names is None or n_sets == 1 or not modality:
+        return names
+    return [n for n in names if n.split("/", 1)[0] == modality]
+
+
 def _choose_sets(cache_dir: Path, names: list[str] | None) -> list[FeatureSet]:
     if names:
         return [open_feature_set(cache_dir, n) for n in names]
@@ -99,9 +204,10 @@ def _choose_sets(cache_dir: Path, names: list[str] | None) -> list[FeatureSet]:
     return sets
 
 
-def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """(id -> row, name -> [n_ok, ...]) over the finished shards of one feature set."""
-    chunks: dict[str, list[np.ndarray]] = {}
+def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], dict[str, np.ndarray | RaggedArray]]:
+    """(id -> row, name -> [n_ok, ...] or a RaggedArray of n_ok items) over the finished shards of one set."""
+    chunks: dict[str, list] = {}
+    ragged: set[str] = set()
     ids: list[str] = []
     for k in fs.done_indices():
         status = fs.done_record(k)["status"]
@@ -110,22 +216,38 @@ def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], 
         with open_shard(fs.shard_path(k)) as f:
             shard_ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
             keep = np.array([status.get(i) == "ok" for i in shard_ids], dtype=bool)
-            wanted = names if names is not None else [n for n in array_names(f) if n.rsplit("/", 1)[-1] not in LARGE_ARRAYS]
+            wanted = names if names is not None else [n for n in array_names(f) if n not in LARGE_ARRAYS]
             for name in wanted:
                 if name not in f:
                     if names is not None:
                         raise FeatureSetError(f"feature set {fs.name} has no array {name!r}")
                     continue
                 obj = f[name]
-                if isinstance(obj, h5py.Group):
-                    raise FeatureSetError(f"{name!r} is ragged; load it with emo.cache.shard.read_shard")
+                if isinstance(obj, h5py.Group):  # ragged: values [sum_len, ...] + offsets [n + 1], one read each
+                    part = RaggedArray(torch.from_numpy(obj["values"][()]), torch.from_numpy(obj["offsets"][()]))
+                    chunks.setdefault(name, []).append(part if keep.all() else part[torch.from_numpy(keep)])
+                    ragged.add(name)
+                    continue
                 arr = obj[()]  # one read per array per shard
                 chunks.setdefault(name, []).append(arr[keep] if not keep.all() else arr)
         ids += [i for i, ok in zip(shard_ids, keep, strict=True) if ok]
     index = {i: r for r, i in enumerate(ids)}
     if len(index) != len(ids):
         raise FeatureSetError(f"feature set {fs.name}: an id is ok in two shards (run `emo cache verify`)")
-    return index, {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in chunks.items()}
+    out: dict[str, np.ndarray | RaggedArray] = {}
+    for name, parts in chunks.items():
+        if name in ragged:
+            out[name] = parts[0] if len(parts) == 1 else _concat_ragged(parts)
+        else:
+            out[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return index, out
+
+
+def _concat_ragged(parts: list[RaggedArray]) -> RaggedArray:
+    """One RaggedArray of the items of ``parts`` in order (offsets shifted by the rows before)."""
+    shift = torch.tensor([0] + [len(p.values) for p in parts[:-1]], dtype=torch.int64).cumsum(0)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64)] + [p.offsets[1:] + s for p, s in zip(parts, shift, strict=True)])
+    return RaggedArray(torch.cat([p.values for p in parts]), offsets)
 
 
 def _label_indices(manifest: Manifest, items) -> list[int]:

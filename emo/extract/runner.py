@@ -1,0 +1,268 @@
+"""The modality-agnostic half of an extraction: plan, shard claims, atomic writes, failures, summary.
+
+Every modality (``clip`` in ``pipeline.py``, ``audio``, ``text``) supplies one *fill* function that
+turns the manifest items of one shard into per-item arrays (or per-item errors); ``run_extraction``
+does the rest the same way for all of them:
+
+1. extend the feature set's plan with the manifest's ids (``FeatureSet.extend_plan``);
+2. claim each unfinished shard exclusively, skip it if another process finished it meanwhile, and
+   wait for shards held elsewhere;
+3. call ``fill(shard, items, progress) -> Filled``;
+4. reject items whose float arrays hold NaN or inf (stage ``encode``), write the shard (``.tmp``, then
+   rename), then its ``.done.json``, and only then append the failures to ``failures.jsonl``;
+5. return an ``ExtractSummary`` counted over the whole feature set.
+
+This module imports no model library and no torch, so decode workers that import a modality's
+decoding function stay light.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from emo.cache.featureset import FeatureSet
+from emo.cache.manifest import Item, Manifest
+from emo.cache.shard import write_shard
+
+__all__ = ["ExtractOptions", "ExtractSummary", "Filled", "Progress", "ShardRunner", "run_extraction", "versions"]
+
+_WAIT_S = 1.0  # poll interval while other processes hold the last shards
+
+
+@dataclass
+class ExtractOptions:
+    shard_size: int = 64  # items per shard
+    workers: int = 4  # decode processes (0 = decode in this process, no timeout)
+    timeout: float = 120.0  # seconds per video
+    batch_size: int = 256  # frames per encoder batch (text: captions per batch)
+    pixels: bool = False  # also store the preprocessed uint8 frames (clip only)
+    backend: str = "auto"  # video decoder: auto (decord, PyAV fallback) | decord | pyav (clip only)
+    skip_invalid: bool = False
+    retry_failed: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("shard_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be ≥ 0, got {self.workers}")
+        if self.timeout <= 0:
+            raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
+        if self.backend not in ("auto", "decord", "pyav"):
+            raise ValueError(f"--backend must be auto, decord or pyav, got {self.backend!r}")
+
+
+@dataclass
+class ExtractSummary:
+    feature_set: str
+    path: Path
+    total: int  # items in the manifest
+    ok: int  # ok in the feature set now (all runs)
+    failed: int  # failed in the feature set now
+    done_here: int  # items this process extracted
+    frames_here: int  # encoder inputs this process encoded (clip: frames; audio: wav2vec2 frames; text: captions)
+    seconds: float
+    skipped_rows: list[tuple[int, str, str]] = field(default_factory=list)
+    random_weights: bool = False
+    units: tuple[str, str] = ("videos", "frames")  # words for done_here and frames_here in ``line()``
+
+    def line(self) -> str:
+        item, sub = self.units
+        vps = self.done_here / self.seconds if self.seconds else 0.0
+        fps = self.frames_here / self.seconds if self.seconds else 0.0
+        text = (
+            f"{self.feature_set}: {self.ok} ok, {self.failed} failed of {self.total} items; this run "
+            f"{self.done_here} {item} in {self.seconds:.1f} s ({vps:.2f} {item}/s, {fps:.1f} {sub}/s)"
+        )
+        if self.skipped_rows:
+            text += f"; {len(self.skipped_rows)} manifest rows skipped"
+        return ("RANDOM WEIGHTS — " if self.random_weights else "") + text
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+def versions(dists: Iterable[str]) -> dict[str, str]:
+    """``{distribution: version}`` (``"absent"`` when not installed), for configs and done records."""
+    return {d: _version(d) for d in dists}
+
+
+@dataclass
+class Filled:
+    """What a fill function made of one shard's items.
+
+    ``arrays``: id -> {array name -> that item's array}, every ok item with the same names (insertion
+    order is the write order). ``errors``: id -> (stage, readable reason). ``records``: extra per-item
+    fields of the ``.done.json`` (e.g. ``"decoder"``), kept for the items that end ok.
+    """
+
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    errors: dict[str, tuple[str, str]] = field(default_factory=dict)
+    records: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+class Progress:
+    """Counts what this process extracted and drives the progress bar (items/s and sub-units/s)."""
+
+    def __init__(self, bar: tqdm, t0: float, units: tuple[str, str] = ("videos", "frames")):
+        self.bar, self.t0, self.units = bar, t0, units
+        self.items = self.sub = 0
+
+    def done(self, sub: int) -> None:
+        """One item extracted, made of ``sub`` encoder inputs (frames, audio frames, captions)."""
+        self.items += 1
+        self.sub += sub
+        self.bar.update(1)
+        el = time.perf_counter() - self.t0
+        item, unit = (u.replace(" ", "_") for u in self.units)
+        self.bar.set_postfix({f"{item}_s": f"{self.items / el:.2f}", f"{unit}_s": f"{self.sub / el:.1f}"})
+
+    def failed(self) -> None:
+        self.bar.update(1)
+
+
+FillFn = Callable[[int, list[Item], Progress], Filled]
+
+
+class ShardRunner:
+    """Claims unfinished shards one at a time, fills them with ``fill``, writes them; waits for shards
+    other processes hold. ``ragged`` / ``compress``: array names stored ragged / gzip-compressed;
+    ``dists``: the libraries whose versions go into every ``.done.json``."""
+
+    def __init__(
+        self,
+        fs: FeatureSet,
+        manifest: Manifest,
+        fill: FillFn,
+        *,
+        ragged: Iterable[str] = (),
+        compress: Iterable[str] = (),
+        dists: Iterable[str] = ("emo", "torch", "h5py"),
+    ):
+        self.fs, self.fill = fs, fill
+        self.items = manifest.by_id()
+        self.ragged, self.compress, self.dists = frozenset(ragged), frozenset(compress), tuple(dists)
+
+    def run(self, plan: list[list[str]], progress: Progress) -> None:
+        remaining = [k for k in range(len(plan)) if not self.fs.is_done(k)]
+        while remaining:
+            held_elsewhere = []
+            for k in remaining:
+                claim = self.fs.try_claim(k)
+                if claim is None:
+                    held_elsewhere.append(k)
+                    continue
+                try:
+                    if not self.fs.is_done(k):  # another process may have finished it meanwhile
+                        self._shard(k, plan[k], progress)
+                finally:
+                    claim.release()
+            remaining = [k for k in held_elsewhere if not self.fs.is_done(k)]
+            if remaining:
+                progress.bar.set_description(f"{self.fs.name} (waiting for {len(remaining)} shards held elsewhere)")
+                time.sleep(_WAIT_S)
+
+    def _shard(self, k: int, ids: list[str], progress: Progress) -> None:
+        started = time.perf_counter()
+        errors: dict[str, tuple[str, str]] = {
+            i: ("manifest", "not in the current manifest") for i in ids if i not in self.items
+        }  # planned by an earlier manifest, absent from this one
+        filled = self.fill(k, [self.items[i] for i in ids if i in self.items], progress)
+        errors.update(filled.errors)
+        ok = []
+        for i in ids:
+            if i in errors or i not in filled.arrays:
+                continue
+            floats = [v for v in filled.arrays[i].values() if v.dtype.kind == "f"]
+            if not all(np.isfinite(v).all() for v in floats):
+                errors[i] = ("encode", "encoder output holds NaN or inf")
+                continue
+            ok.append(i)
+        self._write(k, ids, ok, filled, errors, time.perf_counter() - started)
+
+    def _write(self, k: int, ids: list[str], ok: list[str], filled: Filled, errors, seconds: float) -> None:
+        names = list(filled.arrays[ok[0]]) if ok else []
+        arrays = {name: [filled.arrays[i][name] for i in ok] for name in names}
+        shapes = write_shard(
+            self.fs.shard_path(k),
+            ok,
+            arrays,
+            ragged=self.ragged & set(names),
+            attrs={"key": self.fs.key, "feature_set": self.fs.name, "shard": k},
+            compress=self.compress & set(names),
+        )
+        record = {
+            "file": self.fs.shard_path(k).name,
+            "ids": ids,
+            "status": {i: ("ok" if i in ok else "failed") for i in ids},
+            "errors": {i: {"stage": st, "error": e} for i, (st, e) in errors.items()},
+        }
+        for field_name, per_item in filled.records.items():
+            record[field_name] = {i: per_item[i] for i in ok if i in per_item}
+        record |= {
+            "counts": {"ok": len(ok), "failed": len(ids) - len(ok)},
+            "arrays": shapes,
+            "timings": {"seconds": round(seconds, 3)},
+            "versions": versions(self.dists),
+            "host": os.uname().nodename,
+            "pid": os.getpid(),
+        }
+        self.fs.write_done(k, record)
+        for i, (stage, error) in errors.items():  # after .done.json: a killed run re-records nothing twice
+            self.fs.record_failure(i, stage, error, shard=k)
+
+
+def run_extraction(
+    fs: FeatureSet,
+    manifest: Manifest,
+    options: ExtractOptions,
+    fill: FillFn,
+    *,
+    skipped: list[tuple[int, str, str]] = (),
+    ragged: Iterable[str] = (),
+    compress: Iterable[str] = (),
+    dists: Iterable[str] = ("emo", "torch", "h5py"),
+    units: tuple[str, str] = ("videos", "frames"),
+) -> ExtractSummary:
+    """Plan, claim and fill every unfinished shard of ``fs`` for ``manifest``'s items; count the result.
+
+    ``skipped``: manifest rows dropped by ``--skip-invalid`` (counted as failed). The summary's ``ok`` and
+    ``failed`` count the whole feature set (all runs); ``done_here`` what this process extracted.
+    """
+    plan = fs.extend_plan([it.id for it in manifest.items], options.shard_size, options.retry_failed)
+    runner = ShardRunner(fs, manifest, fill, ragged=ragged, compress=compress, dists=dists)
+    t0 = time.perf_counter()
+    todo = sum(len(ids) for k, ids in enumerate(plan) if not fs.is_done(k))
+    with tqdm(
+        total=todo, unit=units[0].rstrip("s"), disable=None if options.progress else True,  # None: off when not a TTY
+        desc=fs.name, dynamic_ncols=True,
+    ) as bar:
+        progress = Progress(bar, t0, units)
+        runner.run(plan, progress)
+    status = fs.item_status()
+    return ExtractSummary(
+        feature_set=fs.name,
+        path=fs.path,
+        total=len(manifest.items) + len(skipped),
+        ok=sum(1 for s in status.values() if s == "ok"),
+        failed=sum(1 for s in status.values() if s != "ok") + len(skipped),
+        done_here=progress.items,
+        frames_here=progress.sub,
+        seconds=time.perf_counter() - t0,
+        skipped_rows=list(skipped),
+        random_weights=fs.random_weights,
+        units=units,
+    )
