@@ -56,22 +56,20 @@ hashed again when it is parsed; one that changed in between fails its items inst
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import os
-import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from emo.cache.featureset import FeatureSet, FeatureSetError, list_feature_sets, open_feature_set
 from emo.cache.manifest import Item, Manifest, read_manifest
-from emo.cache.shard import read_shard, write_shard
+from emo.cache.shard import read_shard
 
-from .pipeline import ExtractSummary
+from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction
 
 __all__ = [
     "AU_INTENSITY",
@@ -101,7 +99,6 @@ DEFAULT_CONFIDENCE = 0.7  # OpenFace's author: confidence < 0.7 = failed landmar
 TOOL = "openface-2.x"
 STAGE = "au"
 _ROUNDING_S = 1e-3  # OpenFace writes timestamps with 3 decimals
-_WAIT_S = 1.0  # poll interval while other processes hold the last shards
 
 
 class OpenFaceFormatError(ValueError):
@@ -367,13 +364,6 @@ def au_config(clip: FeatureSet, digest: str, n_csv: int, confidence: float, tole
     }
 
 
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
 def import_openface(
     cache_dir: str | os.PathLike,
     openface_dir: str | os.PathLike,
@@ -411,58 +401,23 @@ def import_openface(
     digest, hashes = csv_digest(list(found.values()), openface_dir)
     config = au_config(clip, digest, len(hashes), confidence, tolerance)
     fs = FeatureSet.create(cache_dir, {**config, "notes": {"openface_dir": str(openface_dir.resolve()), "align_to": clip.name}})
-    ids = [it.id for it in manifest.items if it.id in times]
     reason = f"no sampled frames: not ok (yet) in clip feature set {clip.name}"
-    skipped += [(rows[it.id], it.id, reason) for it in manifest.items if it.id not in times]
-    t0 = time.perf_counter()
-    runner = _Importer(fs, manifest, times, found, reasons, hashes, openface_dir, confidence, tolerance)
-    if ids:
-        plan = fs.extend_plan(ids, shard_size, retry_failed)
-        todo = sum(len(s) for k, s in enumerate(plan) if not fs.is_done(k))
-        with tqdm(total=todo, unit="video", disable=None if progress else True, desc=fs.name, dynamic_ncols=True) as bar:
-            runner.run(plan, bar)
-    status = fs.item_status()
-    return ExtractSummary(
-        feature_set=fs.name,
-        path=fs.path,
-        total=total,
-        ok=sum(1 for s in status.values() if s == "ok"),
-        failed=sum(1 for s in status.values() if s != "ok"),
-        done_here=runner.videos,
-        frames_here=runner.frames,
-        seconds=time.perf_counter() - t0,
-        skipped_rows=skipped,
-    )
+    not_yet = [(rows[it.id], it.id, reason) for it in manifest.items if it.id not in times]
+    # Plan only the items with sampled frames; the others come back as skipped rows, not failures:
+    # a later run, after the clip set has them, picks them up.
+    planned = dataclasses.replace(manifest, items=[it for it in manifest.items if it.id in times])
+    options = ExtractOptions(shard_size=shard_size, workers=0, retry_failed=retry_failed, progress=progress)
+    importer = _Importer(times, found, reasons, hashes, openface_dir, confidence, tolerance)
+    summary = run_extraction(fs, planned, options, importer.fill, dists=("emo", "numpy", "h5py"))
+    return dataclasses.replace(summary, total=total, skipped_rows=skipped + not_yet)
 
 
 class _Importer:
-    """Claims unfinished shards of the au set one at a time and fills them (as the clip pipeline does)."""
+    """The au set's fill function for the shared shard runner: one shard's items -> aligned AU arrays."""
 
-    def __init__(self, fs, manifest, times, found, reasons, hashes, openface_dir, confidence, tolerance):
-        self.fs, self.manifest, self.times = fs, manifest, times
-        self.found, self.reasons, self.hashes, self.openface_dir = found, reasons, hashes, openface_dir
-        self.confidence, self.tolerance = confidence, tolerance
-        self.items = manifest.by_id()
-        self.videos = self.frames = 0
-
-    def run(self, plan: list[list[str]], bar: tqdm) -> None:
-        remaining = [k for k in range(len(plan)) if not self.fs.is_done(k)]
-        while remaining:
-            held_elsewhere = []
-            for k in remaining:
-                claim = self.fs.try_claim(k)
-                if claim is None:
-                    held_elsewhere.append(k)
-                    continue
-                try:
-                    if not self.fs.is_done(k):  # another process may have finished it meanwhile
-                        self._fill(k, plan[k], bar)
-                finally:
-                    claim.release()
-            remaining = [k for k in held_elsewhere if not self.fs.is_done(k)]
-            if remaining:
-                bar.set_description(f"{self.fs.name} (waiting for {len(remaining)} shards held elsewhere)")
-                time.sleep(_WAIT_S)
+    def __init__(self, times, found, reasons, hashes, openface_dir, confidence, tolerance):
+        self.times, self.found, self.reasons, self.hashes = times, found, reasons, hashes
+        self.openface_dir, self.confidence, self.tolerance = openface_dir, confidence, tolerance
 
     def _table(self, path: Path, cache: dict[Path, AUTable | str]) -> AUTable | str:
         """The parsed CSV, or the reason it cannot be used (parsed once per shard: clips share files)."""
@@ -478,57 +433,28 @@ class _Importer:
                     cache[path] = str(e)
         return cache[path]
 
-    def _fill(self, k: int, ids: list[str], bar: tqdm) -> None:
-        started = time.perf_counter()
+    def fill(self, k: int, items: list[Item], progress: Progress) -> Filled:
         tables: dict[Path, AUTable | str] = {}
-        out: dict[str, dict[str, np.ndarray]] = {}
-        reports: dict[str, dict] = {}
-        errors: dict[str, tuple[str, str]] = {}
-        for i in ids:
-            bar.update(1)
-            if i not in self.items:  # planned by an earlier manifest, absent from this one
-                errors[i] = ("manifest", "not in the current manifest")
-            elif i not in self.times:
-                errors[i] = (STAGE, "no sampled frames: not ok in the aligned clip feature set")
+        filled = Filled(records={"openface": {}})
+        for it in items:
+            i = it.id
+            if i not in self.times:
+                filled.errors[i] = (STAGE, "no sampled frames: not ok in the aligned clip feature set")
             elif i not in self.found:
-                errors[i] = (STAGE, self.reasons[i])
+                filled.errors[i] = (STAGE, self.reasons[i])
             else:
                 table = self._table(self.found[i], tables)
                 if isinstance(table, str):
-                    errors[i] = (STAGE, table)
+                    filled.errors[i] = (STAGE, table)
+                else:
+                    out = align_au(table, self.times[i], self.confidence, self.tolerance)
+                    filled.arrays[i] = {f"au/{n}": out[n] for n in ("au_r", "au_c", "valid", "timestamp", "confidence")}
+                    csv_name = self.found[i].relative_to(self.openface_dir).as_posix()
+                    filled.records["openface"][i] = {"csv": csv_name, **table.report(), "valid": int(out["valid"].sum())}
+                    progress.done(out["valid"].size)
                     continue
-                out[i] = align_au(table, self.times[i], self.confidence, self.tolerance)
-                csv_name = self.found[i].relative_to(self.openface_dir).as_posix()
-                reports[i] = {"csv": csv_name, **table.report(), "valid": int(out[i]["valid"].sum())}
-                self.videos += 1
-                self.frames += out[i]["valid"].size
-        self._write(k, ids, out, reports, errors, time.perf_counter() - started)
-
-    def _write(self, k, ids, out, reports, errors, seconds) -> None:
-        ok = [i for i in ids if i in out]
-        names = ("au_r", "au_c", "valid", "timestamp", "confidence")
-        arrays = {f"au/{n}": [out[i][n] for i in ok] for n in names}  # each [M, N, ...] per item
-        shapes = write_shard(
-            self.fs.shard_path(k), ok, arrays, attrs={"key": self.fs.key, "feature_set": self.fs.name, "shard": k}
-        )
-        self.fs.write_done(
-            k,
-            {
-                "file": self.fs.shard_path(k).name,
-                "ids": ids,
-                "status": {i: ("ok" if i in out else "failed") for i in ids},
-                "errors": {i: {"stage": st, "error": e} for i, (st, e) in errors.items()},
-                "openface": reports,
-                "counts": {"ok": len(ok), "failed": len(ids) - len(ok)},
-                "arrays": shapes,
-                "timings": {"seconds": round(seconds, 3)},
-                "versions": {d: _version(d) for d in ("emo", "numpy", "h5py")},
-                "host": os.uname().nodename,
-                "pid": os.getpid(),
-            },
-        )
-        for i, (stage, error) in errors.items():  # after .done.json: a killed run re-records nothing twice
-            self.fs.record_failure(i, stage, error, shard=k)
+            progress.failed()
+        return filled
 
 
 # -- py-feat ----------------------------------------------------------------------------------------
