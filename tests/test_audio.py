@@ -5,6 +5,7 @@ Models are tiny ``Wav2Vec2Config``s with random weights saved to a temporary dir
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from fractions import Fraction
@@ -326,3 +327,23 @@ def test_cli_extract_audio_resumes_and_counts_failures(audio_cache):
     assert [s.name for s in list_feature_sets(root)] == [fs.name]
     bad = CliRunner().invoke(app, ["extract", "audio", str(root), "--checkpoint", str(root / "nowhere")])
     assert bad.exit_code == 2 and "--checkpoint" in bad.output
+
+
+def test_a_preset_runs_clip_then_audio_steps(tmp_path):
+    from emo.extract.presets import run_preset
+
+    generate(tmp_path / "videos", SynthConfig(classes=2, per_class=2, frames=24, fps=12, size=(32, 32)))
+    ckpt = tiny_wav2vec2(tmp_path / "w2v")
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "mini.json").write_text(json.dumps({
+        "adapter": "folder", "prepare": {"test_ratio": 0.5},
+        "extract": [{"encoder": "clip", "model": "emo-tiny-ViT", "weights": "random", "segments": 4},
+                    {"encoder": "audio", "checkpoint": str(ckpt), "layers": list(LAYERS)}],
+    }))
+    lines = []
+    failed = run_preset("mini", tmp_path / "videos", tmp_path / "cache", workers=0, device="cpu",
+                        preset_dir=presets, echo=lines.append)
+    assert failed == 0
+    assert sorted(fs.config["modality"] for fs in list_feature_sets(tmp_path / "cache")) == ["audio", "clip"]
+    assert sum("4 ok, 0 failed of 4 items" in line for line in lines) == 2

@@ -22,6 +22,10 @@ PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 _TOP = {"adapter", "prepare", "extract", "description"}
 _CLIP = {"encoder", "model", "pretrained", "checkpoint", "weights", "segments", "frames_per_segment", "views",
          "tokens_layer", "pixels", "seed", "shard_size", "batch_size", "timeout", "precision"}
+_AUDIO = {"encoder", "model", "checkpoint", "weights", "seed", "layers", "max_seconds", "shard_size", "timeout",
+          "precision"}
+_TEXT = {"encoder", "sentiment", "sentiment_checkpoint", "weights", "seed", "shard_size", "batch_size", "precision"}
+_STEPS = {"clip": _CLIP, "audio": _AUDIO, "text": _TEXT}
 
 
 def parse_sets(sets: list[str]) -> dict:
@@ -34,6 +38,7 @@ def parse_sets(sets: list[str]) -> dict:
             raise ValueError(f"--set expects OPTION=VALUE, got {s!r}")
         if key not in _CLIP - {"encoder"}:
             raise ValueError(f"--set {key}: not a clip extraction option; allowed: {sorted(_CLIP - {'encoder'})}")
+        # --set applies to the clip steps; --weights (a run_preset argument) to every step
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -52,11 +57,12 @@ def load_preset(name: str, preset_dir: Path = PRESET_DIR) -> dict:
     if preset.get("adapter") not in ADAPTERS:
         raise ValueError(f"{path}: adapter {preset.get('adapter')!r} is not one of {sorted(ADAPTERS)}")
     for step in preset.get("extract", []):
-        if step.get("encoder") != "clip":
-            raise ValueError(f"{path}: encoder {step.get('encoder')!r} has no extractor yet (have: clip)")
-        bad = set(step) - _CLIP
+        allowed = _STEPS.get(step.get("encoder"))
+        if allowed is None:
+            raise ValueError(f"{path}: encoder {step.get('encoder')!r} has no extractor (have: {', '.join(_STEPS)})")
+        bad = set(step) - allowed
         if bad:
-            raise ValueError(f"{path}: unknown clip option(s) {sorted(bad)}; allowed: {sorted(_CLIP)}")
+            raise ValueError(f"{path}: unknown {step['encoder']} option(s) {sorted(bad)}; allowed: {sorted(allowed)}")
     preset["_path"] = str(path)
     return preset
 
@@ -84,22 +90,54 @@ def run_preset(
     echo(f"{cache / 'manifest.jsonl'}: {len(manifest.items)} items")
     failed = 0
     for step in preset.get("extract", []):
-        step = {k: v for k, v in step.items() if k != "encoder"} | (overrides or {})
+        encoder = step["encoder"]
+        step = {k: v for k, v in step.items() if k != "encoder"}
+        if encoder == "clip":
+            step |= overrides or {}
         if weights:
             step["weights"] = weights
-        seed = step.pop("seed", 0)
-        spec = ClipSpec(
-            model=step.pop("model", "ViT-B-32"), pretrained=step.pop("pretrained", "openai"),
-            checkpoint=step.pop("checkpoint", None), weights=step.pop("weights", "pretrained"),
-            random_seed=seed, tokens_layer=step.pop("tokens_layer", None),
-        )
-        sampling = SamplingConfig(
-            segments=step.pop("segments", 64), frames_per_segment=step.pop("frames_per_segment", 1),
-            views=step.pop("views", 1), seed=seed,
-        )
-        precision = step.pop("precision", "auto")
-        opts = ExtractOptions(**step, **({"workers": workers} if workers is not None else {}))
-        summary = extract_clip(cache, spec, sampling, opts, device=device, precision=precision)
+        summary = _STEP_RUNNERS[encoder](cache, step, workers, device)
         echo(summary.line())
         failed += summary.failed
     return failed
+
+
+def _clip_step(cache: Path, step: dict, workers: int | None, device: str):
+    seed = step.pop("seed", 0)
+    spec = ClipSpec(
+        model=step.pop("model", "ViT-B-32"), pretrained=step.pop("pretrained", "openai"),
+        checkpoint=step.pop("checkpoint", None), weights=step.pop("weights", "pretrained"),
+        random_seed=seed, tokens_layer=step.pop("tokens_layer", None),
+    )
+    sampling = SamplingConfig(
+        segments=step.pop("segments", 64), frames_per_segment=step.pop("frames_per_segment", 1),
+        views=step.pop("views", 1), seed=seed,
+    )
+    precision = step.pop("precision", "auto")
+    opts = ExtractOptions(**step, **({"workers": workers} if workers is not None else {}))
+    return extract_clip(cache, spec, sampling, opts, device=device, precision=precision)
+
+
+def _audio_step(cache: Path, step: dict, workers: int | None, device: str):
+    from .audio import DEFAULT_MODEL, AudioSpec, extract_audio
+
+    spec = AudioSpec(model=step.pop("model", DEFAULT_MODEL), checkpoint=step.pop("checkpoint", None),
+                     weights=step.pop("weights", "pretrained"), random_seed=step.pop("seed", 0),
+                     layers=tuple(step.pop("layers", (9, 12))), max_seconds=step.pop("max_seconds", 600.0))
+    precision = step.pop("precision", "auto")
+    opts = ExtractOptions(**step, **({"workers": workers} if workers is not None else {}))
+    return extract_audio(cache, spec, opts, device=device, precision=precision)
+
+
+def _text_step(cache: Path, step: dict, workers: int | None, device: str):
+    from .text import DEFAULT_SENTIMENT, TextSpec, extract_text
+
+    checkpoint = step.pop("sentiment_checkpoint", None)
+    weights = step.pop("weights", "pretrained")
+    spec = TextSpec(sentiment=step.pop("sentiment", DEFAULT_SENTIMENT), sentiment_checkpoint=checkpoint,
+                    sentiment_weights="pretrained" if checkpoint else weights, random_seed=step.pop("seed", 0))
+    precision = step.pop("precision", "auto")
+    return extract_text(cache, spec, ExtractOptions(**step), device=device, precision=precision)
+
+
+_STEP_RUNNERS = {"clip": _clip_step, "audio": _audio_step, "text": _text_step}
