@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/cache_load.py
 	$(BIN)/python bench/heads.py
+	$(BIN)/python bench/audio.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench
