@@ -37,8 +37,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError]
     try:
         from emo.extract.clip import WeightsError
+        from emo.extract.cluster import ClusterError
 
-        errors.append(WeightsError)
+        errors += [WeightsError, ClusterError]
     except ImportError:  # pragma: no cover - clip adapter always present in a full install
         pass
     return tuple(errors)
@@ -224,6 +225,8 @@ def extract_clip_cmd(
     skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
+    local_cluster: int = typer.Option(0, help="Run shards as dask tasks on N local worker processes (one per GPU)."),
+    scheduler: str = typer.Option(None, help="Run shards as dask tasks on an existing cluster: tcp://host:8786."),
 ) -> None:
     """CLIP image embeddings of M×N×V sampled frames per video into a feature set of CACHE."""
     from emo.extract.clip import ClipSpec
@@ -241,7 +244,13 @@ def extract_clip_cmd(
         shard_size=shard_size, workers=workers, timeout=timeout, batch_size=batch_size, pixels=pixels,
         backend=backend, skip_invalid=skip_invalid, retry_failed=retry_failed, progress=progress,
     )
-    summary = extract_clip(cache, spec, sampling, options, device=device, precision=precision)
+    if local_cluster or scheduler:
+        from emo.extract.cluster import extract_clip_distributed
+
+        summary = extract_clip_distributed(cache, spec, sampling, options, device=device, precision=precision,
+                                           scheduler=scheduler, local_cluster=local_cluster)
+    else:
+        summary = extract_clip(cache, spec, sampling, options, device=device, precision=precision)
     _report_skipped(summary.skipped_rows)
     typer.echo(summary.line())
     if summary.failed:

@@ -33,6 +33,8 @@ from .workers import DecodePool
 __all__ = ["ExtractOptions", "ExtractSummary", "CLASS_TEMPLATES", "clip_config", "extract_clip", "FrameBatcher"]
 
 CLASS_TEMPLATES = ("a photo of {}.", "a video of a person feeling {}.", "a video that evokes {}.")
+CLIP_DISTS = ("emo", "torch", "open_clip_torch", "decord", "av", "h5py")  # versions in every .done.json
+CLIP_COMPRESS = frozenset({"clip/pixels"})  # arrays stored gzip-compressed
 
 
 def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: ExtractOptions) -> dict:
@@ -143,8 +145,7 @@ def extract_clip(
     with DecodePool(options.workers, options.timeout) as pool:
         fill = _ClipFill(manifest, encoder, sampling, options, pool)
         return run_extraction(
-            fs, manifest, options, fill, skipped=skipped, compress={"clip/pixels"},
-            dists=("emo", "torch", "open_clip_torch", "decord", "av", "h5py"),
+            fs, manifest, options, fill, skipped=skipped, compress=CLIP_COMPRESS, dists=CLIP_DISTS
         )
 
 

@@ -32,7 +32,7 @@ from emo.cache.featureset import FeatureSet
 from emo.cache.manifest import Item, Manifest
 from emo.cache.shard import write_shard
 
-__all__ = ["ExtractOptions", "ExtractSummary", "Filled", "Progress", "ShardRunner", "run_extraction", "versions"]
+__all__ = ["ExtractOptions", "ExtractSummary", "Filled", "Progress", "ShardRunner", "run_extraction", "summarize", "versions"]
 
 _WAIT_S = 1.0  # poll interval while other processes hold the last shards
 
@@ -159,21 +159,25 @@ class ShardRunner:
     def run(self, plan: list[list[str]], progress: Progress) -> None:
         remaining = [k for k in range(len(plan)) if not self.fs.is_done(k)]
         while remaining:
-            held_elsewhere = []
-            for k in remaining:
-                claim = self.fs.try_claim(k)
-                if claim is None:
-                    held_elsewhere.append(k)
-                    continue
-                try:
-                    if not self.fs.is_done(k):  # another process may have finished it meanwhile
-                        self._shard(k, plan[k], progress)
-                finally:
-                    claim.release()
+            held_elsewhere = [k for k in remaining if self.try_shard(k, plan[k], progress) is None]
             remaining = [k for k in held_elsewhere if not self.fs.is_done(k)]
             if remaining:
                 progress.bar.set_description(f"{self.fs.name} (waiting for {len(remaining)} shards held elsewhere)")
                 time.sleep(_WAIT_S)
+
+    def try_shard(self, k: int, ids: list[str], progress: Progress) -> bool | None:
+        """Claim shard ``k`` and fill and write it unless finished: True if this call wrote it, False if
+        it was already done, None if another live process holds its claim."""
+        claim = self.fs.try_claim(k)
+        if claim is None:
+            return None
+        try:
+            if self.fs.is_done(k):  # another process may have finished it meanwhile
+                return False
+            self._shard(k, ids, progress)
+            return True
+        finally:
+            claim.release()
 
     def _shard(self, k: int, ids: list[str], progress: Progress) -> None:
         started = time.perf_counter()
@@ -252,6 +256,20 @@ def run_extraction(
     ) as bar:
         progress = Progress(bar, t0, units)
         runner.run(plan, progress)
+    return summarize(fs, manifest, skipped, progress.items, progress.sub, time.perf_counter() - t0, units)
+
+
+def summarize(
+    fs: FeatureSet,
+    manifest: Manifest,
+    skipped: list[tuple[int, str, str]],
+    done_here: int,
+    frames_here: int,
+    seconds: float,
+    units: tuple[str, str] = ("videos", "frames"),
+) -> ExtractSummary:
+    """The summary of an extraction: ``ok`` / ``failed`` counted over the whole feature set (all runs,
+    plus the ``skipped`` manifest rows as failed), ``done_here`` / ``frames_here`` what this run did."""
     status = fs.item_status()
     return ExtractSummary(
         feature_set=fs.name,
@@ -259,9 +277,9 @@ def run_extraction(
         total=len(manifest.items) + len(skipped),
         ok=sum(1 for s in status.values() if s == "ok"),
         failed=sum(1 for s in status.values() if s != "ok") + len(skipped),
-        done_here=progress.items,
-        frames_here=progress.sub,
-        seconds=time.perf_counter() - t0,
+        done_here=done_here,
+        frames_here=frames_here,
+        seconds=seconds,
         skipped_rows=list(skipped),
         random_weights=fs.random_weights,
         units=units,
