@@ -214,6 +214,9 @@ def extract_clip_cmd(
     views: int = typer.Option(1, "--views", "-V", help="Spatial views (V); view 0 = centre crop."),
     tokens_layer: int = typer.Option(None, help="Also store all tokens after this block."),
     pixels: bool = typer.Option(False, "--pixels", help="Also store the preprocessed uint8 frames."),
+    subject_prompt: bool = typer.Option(False, "--subject-prompt",
+                                        help="EmotionCLIP's subject token from the manifest's subject_boxes."),
+    box_tolerance: int = typer.Option(12, help="--subject-prompt: frames to the nearest annotated frame."),
     seed: int = typer.Option(0, help="Seed of the random crops (and of random weights)."),
     shard_size: int = typer.Option(64, help="Items per shard."),
     workers: int = typer.Option(4, help="Decode processes (0: decode in this process, no timeout)."),
@@ -242,6 +245,7 @@ def extract_clip_cmd(
     sampling = SamplingConfig(segments=segments, frames_per_segment=frames_per_segment, views=views, seed=seed)
     options = ExtractOptions(
         shard_size=shard_size, workers=workers, timeout=timeout, batch_size=batch_size, pixels=pixels,
+        subject_prompt=subject_prompt, box_tolerance=box_tolerance,
         backend=backend, skip_invalid=skip_invalid, retry_failed=retry_failed, progress=progress,
     )
     if local_cluster or scheduler:

@@ -24,6 +24,7 @@ from emo.cache.featureset import FeatureSet
 from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
 
+from .boxes import BoxFormatError, boxes_at, coverage_for_item
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction, versions
 from .sampling import SamplingConfig
@@ -53,6 +54,9 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
         "preprocess": encoder.preprocess_provenance(),
         "sampling": dataclasses.asdict(sampling),
         "outputs": {"cls": True, "tokens_layer": encoder.spec.tokens_layer, "pixels": options.pixels},
+        **({"subject_prompt": {"token": "sum_p a_p * pos[1+p], appended before ln_pre; none without a subject",
+                               "boxes": "manifest subject_boxes", "several": "largest box",
+                               "frame_tolerance": options.box_tolerance}} if options.subject_prompt else {}),
         "dtype": "float16",
         "compute": {"precision": str(encoder.dtype).replace("torch.", "")},
         "decoder": {"policy": options.backend, **versions(("decord", "av"))},
@@ -61,16 +65,22 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
 
 
 class FrameBatcher:
-    """Packs frames of many videos into fixed-size encoder batches and hands back per-video outputs."""
+    """Packs frames of many videos into fixed-size encoder batches and hands back per-video outputs.
 
-    def __init__(self, encode: Callable[[np.ndarray], dict[str, torch.Tensor]], batch_size: int):
+    With ``coverage`` (per-frame subject coverage ``[F, G*G]``, the subject prompt), each batch's
+    coverage rows travel with its frames: ``encode(frames, coverage=...)``.
+    """
+
+    def __init__(self, encode: Callable[..., dict[str, torch.Tensor]], batch_size: int):
         self.encode, self.batch_size = encode, batch_size
-        self.queue: deque[list] = deque()  # [id, frames [F, S, S, 3], next frame to encode]
+        self.queue: deque[list] = deque()  # [id, frames [F, S, S, 3], next frame to encode, coverage | None]
         self.parts: dict[str, list[dict[str, np.ndarray]]] = {}
         self.waiting = 0  # frames queued, not yet encoded
 
-    def add(self, item_id: str, frames: np.ndarray) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        self.queue.append([item_id, frames, 0])
+    def add(
+        self, item_id: str, frames: np.ndarray, coverage: np.ndarray | None = None
+    ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        self.queue.append([item_id, frames, 0, coverage])
         self.parts[item_id] = []
         self.waiting += len(frames)
         while self.waiting >= self.batch_size:
@@ -81,12 +91,13 @@ class FrameBatcher:
             yield from self._run(min(self.waiting, self.batch_size))
 
     def _run(self, n: int) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        pieces, owners = [], []  # owners: (id, frame count in this batch, finished)
+        pieces, covers, owners = [], [], []  # owners: (id, frame count in this batch, finished)
         while n:
             entry = self.queue[0]
-            item_id, frames, start = entry
+            item_id, frames, start, coverage = entry
             take = min(n, len(frames) - start)
             pieces.append(frames[start : start + take])
+            covers.append(None if coverage is None else coverage[start : start + take])
             entry[2] += take
             finished = entry[2] == len(frames)
             owners.append((item_id, take, finished))
@@ -94,7 +105,13 @@ class FrameBatcher:
                 self.queue.popleft()
             n -= take
             self.waiting -= take
-        out = self.encode(np.concatenate(pieces))  # name -> [B, ...]
+        if all(c is None for c in covers):
+            out = self.encode(np.concatenate(pieces))  # name -> [B, ...]
+        else:
+            width = next(c.shape[1] for c in covers if c is not None)
+            cov = np.concatenate([c if c is not None else np.zeros((len(p), width), np.float32)
+                                  for c, p in zip(covers, pieces, strict=True)])  # [B, G*G]
+            out = self.encode(np.concatenate(pieces), coverage=cov)
         out = {k: v.float().cpu().numpy() for k, v in out.items()}
         at = 0
         for item_id, take, finished in owners:
@@ -161,6 +178,8 @@ class _ClipFill:
             self.pool.submit(it.id, decode_item, path, self.sampling, it.id, it.start, it.end, self.options.backend)
         decoded: dict[str, DecodedItem] = {}
         features: dict[str, dict[str, np.ndarray]] = {}
+        subjects: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> (boxes [M, N, 4], coverage [M, N, V, G*G])
+        by_id = {it.id: it for it in items}
         errors: dict[str, tuple[str, str]] = {}
         batcher = FrameBatcher(self.encoder.encode_images, self.options.batch_size)
         s = self.sampling
@@ -176,17 +195,31 @@ class _ClipFill:
                 errors[item_id] = ("decode", error)
                 progress.failed()
                 continue
+            coverage = None
+            if self.options.subject_prompt:
+                try:
+                    coverage = coverage_for_item(
+                        by_id[item_id].subject_boxes, result.frame_index, result.crops, self.encoder.image_size,
+                        self.encoder.patch_size, tolerance=self.options.box_tolerance,
+                    )  # [M, N, V, G*G]
+                except BoxFormatError as e:
+                    errors[item_id] = ("boxes", str(e))
+                    progress.failed()
+                    continue
+                subjects[item_id] = (boxes_at(by_id[item_id].subject_boxes, result.frame_index,
+                                              tolerance=self.options.box_tolerance), coverage)
+                coverage = coverage.reshape(per_item, -1)  # [M*N*V, G*G], the frames' order
             decoded[item_id] = result
             frames = result.pixels.reshape(per_item, *result.pixels.shape[-3:])  # [M*N*V, S, S, 3]
-            collect(batcher.add(item_id, frames))
+            collect(batcher.add(item_id, frames, coverage))
         collect(batcher.flush())
         return Filled(
-            arrays={i: self._arrays(decoded[i], features[i]) for i in features},
+            arrays={i: self._arrays(decoded[i], features[i], subjects.get(i)) for i in features},
             errors=errors,
             records={"decoder": {i: {"backend": d.backend, "fallback": d.fallback_reason} for i, d in decoded.items()}},
         )
 
-    def _arrays(self, d: DecodedItem, f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _arrays(self, d: DecodedItem, f: dict[str, np.ndarray], subject=None) -> dict[str, np.ndarray]:
         s = self.sampling
         grid = (s.segments, s.frames_per_segment, s.views)
         out = {"clip/cls": f["cls"].reshape(*grid, -1).astype(np.float16)}  # [M, N, V, D]
@@ -199,6 +232,9 @@ class _ClipFill:
         out["clip/crop"] = d.crops.astype(np.float32)  # [V, 4] x0 y0 x1 y1, source pixels
         out["clip/frame_count"] = np.int64(d.n_frames)
         out["clip/frame_size"] = np.array([d.width, d.height], dtype=np.int32)
+        if subject is not None:
+            out["clip/subject_box"] = np.nan_to_num(subject[0], nan=-1.0).astype(np.float32)  # [M, N, 4] px; -1 = none
+            out["clip/coverage"] = subject[1].astype(np.float16)  # [M, N, V, G*G] a_p of each view's patches
         return out
 
 

@@ -44,6 +44,8 @@ class ExtractOptions:
     timeout: float = 120.0  # seconds per video
     batch_size: int = 256  # frames per encoder batch (text: captions per batch)
     pixels: bool = False  # also store the preprocessed uint8 frames (clip only)
+    subject_prompt: bool = False  # EmotionCLIP's subject token from the manifest's subject_boxes (clip only)
+    box_tolerance: int = 12  # frames: a sampled frame takes the nearest annotated frame within this (clip only)
     backend: str = "auto"  # video decoder: auto (decord, PyAV fallback) | decord | pyav (clip only)
     skip_invalid: bool = False
     retry_failed: bool = False
