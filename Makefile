@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python bench/cache_load.py
 	$(BIN)/python bench/heads.py
 	$(BIN)/python bench/audio.py
+	$(BIN)/python bench/cluster.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench
