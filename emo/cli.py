@@ -126,7 +126,6 @@ PAPER_DATASETS = {  # key -> one-line help; each reads the official release layo
     "ferv39k": "FERV39k: 4_setups/All_scenes train/test lists and 2_ClipsforFaceCrop.",
     "mafw": "MAFW: clips, 5 folds (single) and the with_caption folds with every caption.",
     "emvidcap": "EmVidCap: caption tables; ECPA's train/test needs --set split_file=PATH.",
-    "subtitles": "Videos with .srt/.vtt beside them: one item per subtitle cue, with its text and span.",
 }
 
 
@@ -182,6 +181,28 @@ def _paper_dataset_command(key: str, help_text: str):
 
 for _key, _help in PAPER_DATASETS.items():
     _paper_dataset_command(_key, _help)
+
+
+@prepare_app.command("subtitles")
+@friendly
+def prepare_subtitles(
+    videos: Path = typer.Option(..., "--videos", "--root", help="Folder of videos (searched recursively)."),
+    out: Path = typer.Option(..., help="Cache directory to write manifest.jsonl into."),
+    subs: Path = typer.Option(None, help="Folder of .srt/.vtt files mirroring the videos' tree (default: beside them)."),
+    language: str = typer.Option(None, help="Only read NAME.LANG.srt|vtt files of this language tag."),
+    min_duration: float = typer.Option(None, help="Drop cues shorter than this (seconds; EmotionCLIP: 2)."),
+    max_duration: float = typer.Option(None, help="Drop cues longer than this (seconds; EmotionCLIP: 10)."),
+    dataset: str = typer.Option(None, help="Dataset name (default: the out folder's name)."),
+    skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
+) -> None:
+    """Videos with SRT/WebVTT subtitles: one item per cue, with its text, speaker and start/end."""
+    from emo.extract.adapters import prepare_subtitles as run
+
+    manifest, skipped = run(videos, out, dataset=dataset, language=language, min_duration=min_duration,
+                            max_duration=max_duration, subs=subs, skip_invalid=skip_invalid)
+    _report_skipped(skipped)
+    typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} cues from {manifest.source['subtitle_files']} "
+               "subtitle files")
 
 
 @datasets_app.command("synth")

@@ -607,3 +607,24 @@ def test_cli_prepare_paper_dataset_with_adapter_options(tmp_path):
     unknown = runner.invoke(app, ["datasets", "prepare", "ek6", "--root", str(root), "--out", str(tmp_path / "e"),
                                   "--set", "fold=3"])
     assert unknown.exit_code == 2 and "not an option of this adapter" in unknown.output
+
+
+def test_subtitles_from_a_separate_mirrored_folder_via_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from emo.cli import app
+
+    videos, subs = tmp_path / "series", tmp_path / "series_srt"
+    _touch(videos / "s01" / "e01.mp4")
+    _touch(videos / "s01" / "e02.mkv")
+    _write(videos / "s01" / "e01.srt", "1\n00:00:00,000 --> 00:00:01,000\nignored: subs are elsewhere\n")
+    _write(subs / "s01" / "e01.srt", SRT)
+    _write(subs / "s01" / "e02.en.vtt", VTT)
+    _write(subs / "s01" / "orphan.srt", SRT)
+    res = CliRunner().invoke(app, ["datasets", "prepare", "subtitles", "--videos", str(videos), "--subs", str(subs),
+                                   "--out", str(tmp_path / "tv"), "--skip-invalid"])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(tmp_path / "tv")
+    assert [it.id for it in m.items] == ["s01/e01-1", "s01/e01-2", "s01/e01-4", "s01/e02-1", "s01/e02-2"]
+    assert m.items[0].text == "Hello there,\nGeneral Kenobi!" and m.source["subs"] == str(subs.resolve())
+    assert "orphan.srt" in res.output and "no video for this subtitle file" in res.output

@@ -1135,9 +1135,13 @@ def prepare_subtitles(
     language: str | None = None,
     min_duration: float | None = None,
     max_duration: float | None = None,
+    subs: str | Path | None = None,
     skip_invalid: bool = False,
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """Videos + SRT/WebVTT files under ``root`` -> one item per subtitle cue (``label_type="none"``).
+
+    ``subs``: a separate folder of subtitle files mirroring the videos' tree (``subs/<dir>/<name>.srt``
+    for ``root/<dir>/<name>.mp4``); then subtitle files under ``root`` are ignored.
 
     A subtitle ``<name>.srt|vtt`` belongs to the video ``<name>.<video ext>`` in the same folder, or,
     when ``<name>`` ends in a language tag (``ep1.en.srt``), to ``ep1.<ext>``; with ``language`` only
@@ -1150,8 +1154,9 @@ def prepare_subtitles(
     subtitles are counted and named in ``source``. Scheme ``subtitles``, fold ``all``: every item train.
     """
     root = _root_dir(root, "subtitles")
+    sub_root = _root_dir(subs, "subtitles (subs)") if subs is not None else root
     videos: dict[str, Path] = {}
-    subs: list[Path] = []
+    sub_files: list[Path] = []
     problems: list[_Problem] = []
     for p in sorted(root.rglob("*")):
         if not p.is_file() or any(_hidden(part) for part in p.relative_to(root).parents if part.name) or _hidden(p):
@@ -1163,14 +1168,17 @@ def prepare_subtitles(
                                          f"{_rel(videos[stem], root)}); its subtitles would be ambiguous"))
                 continue
             videos[stem] = p
-        elif p.suffix.lower() in SUBTITLE_EXTENSIONS:
-            subs.append(p)
+        elif p.suffix.lower() in SUBTITLE_EXTENSIONS and sub_root == root:
+            sub_files.append(p)
+    if sub_root != root:
+        sub_files = [p for p in sorted(sub_root.rglob("*")) if p.is_file() and p.suffix.lower() in SUBTITLE_EXTENSIONS
+                     and not _hidden(p)]
     if not videos:
         raise ManifestError(f"subtitles: no videos ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
     paired: dict[str, Path] = {}
-    for sub in subs:
-        base = sub.with_suffix("").relative_to(root).as_posix()
-        shown = _rel(sub, root)
+    for sub in sub_files:
+        base = sub.with_suffix("").relative_to(sub_root).as_posix()
+        shown = _rel(sub, sub_root)
         if language is not None:
             if not base.endswith("." + language):
                 continue
@@ -1190,7 +1198,7 @@ def prepare_subtitles(
     empty, out_of_range = 0, 0
     for key in sorted(paired):
         sub, video = paired[key], videos[key]
-        shown = _rel(sub, root)
+        shown = _rel(sub, sub_root)
         cues, cue_problems = read_subtitles(sub)
         problems += [_Problem(shown, line, None, reason) for line, reason in cue_problems]
         for cue in cues:
@@ -1209,7 +1217,7 @@ def prepare_subtitles(
     manifest = Manifest(
         dataset=dataset or Path(out).resolve().name, classes=[], items=items, root=str(root),
         label_type="none", split_schemes={"subtitles": ["all"]},
-        source={"adapter": "subtitles", "root": str(root), "language": language,
+        source={"adapter": "subtitles", "root": str(root), "subs": str(sub_root), "language": language,
                 "min_duration": min_duration, "max_duration": max_duration,
                 "subtitle_files": len(paired), "empty_cues": empty, "cues_out_of_duration": out_of_range,
                 "videos_without_subtitles": len(unpaired), "videos_without_subtitles_first": unpaired[:20]},
