@@ -205,7 +205,7 @@ def test_cuda_backend_rejects_cpu_tensors(monkeypatch, fresh_kernel_cache):
 
 def test_unknown_backend_raises():
     args, kw = _args()
-    with pytest.raises(ValueError, match="auto, ref, cuda"):
+    with pytest.raises(ValueError, match="auto, ref, chunked, cuda"):
         selective_scan(*args, **kw, backend="triton")
 
 
@@ -264,3 +264,51 @@ def test_mhmamba_kernel_matches_reference_fp32():
     torch.testing.assert_close(outs["cuda"], outs["ref"], rtol=6e-4, atol=2e-3)
     for name in grads["ref"]:
         torch.testing.assert_close(grads["cuda"][name], grads["ref"][name], rtol=6e-4, atol=2e-3, msg=name)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16, 64])
+@pytest.mark.parametrize("extras", [False, True])
+def test_chunked_scan_equals_the_reference_values_and_gradients(chunk, extras):
+    from emo.heads.layers.scan import selective_scan_chunked, selective_scan_ref
+
+    g = torch.Generator().manual_seed(chunk)
+    b, d, n, length, groups = 2, 6, 3, 11, 3  # 11 frames: chunks do not divide it
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+
+    u, delta = rnd(b, d, length), rnd(b, d, length, scale=0.5)
+    A = (-torch.rand(d, n, generator=g, dtype=torch.float64) * 2).requires_grad_(True)
+    B, C = rnd(b, groups, n, length), rnd(b, groups, n, length)
+    kw = dict(D=rnd(d), z=rnd(b, d, length), delta_bias=rnd(d), delta_softplus=True) if extras else {}
+    ref = selective_scan_ref(u, delta, A, B, C, **kw)
+    out = selective_scan_chunked(u, delta, A, B, C, **kw, chunk=chunk)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    leaves = [u, delta, A, B, C, *[v for v in kw.values() if torch.is_tensor(v)]]
+    w = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    g_ref = torch.autograd.grad((ref * w).sum(), leaves)
+    g_out = torch.autograd.grad((out * w).sum(), leaves)
+    for a, c in zip(g_out, g_ref, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
+
+
+def test_chunked_backend_is_selectable_and_auto_keeps_the_reference_on_cpu(monkeypatch):
+    import emo.heads.layers.scan as scan
+
+    u = torch.randn(1, 4, 5)
+    args = (u, torch.rand(1, 4, 5), -torch.rand(4, 2), torch.randn(1, 2, 5), torch.randn(1, 2, 5))
+    torch.testing.assert_close(scan.selective_scan(*args, backend="chunked"), scan.selective_scan_ref(*args))
+    monkeypatch.setattr(scan, "selective_scan_chunked", lambda *a, **k: pytest.fail("auto on CPU must use ref"))
+    scan.selective_scan(*args, backend="auto")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_chunked_scan_on_cuda_equals_the_reference():
+    from emo.heads.layers.scan import selective_scan_chunked, selective_scan_ref
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 48, 64), (4, 48, 64), (48, 4), (4, 8, 4, 64), (4, 8, 4, 64)]
+    u, delta, A, B, C = (torch.randn(*s, generator=g).cuda() for s in shapes)
+    A = -A.abs()
+    torch.testing.assert_close(selective_scan_chunked(u, delta.sigmoid(), A, B, C),
+                               selective_scan_ref(u, delta.sigmoid(), A, B, C), rtol=6e-4, atol=2e-3)

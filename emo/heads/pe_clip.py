@@ -73,7 +73,7 @@ class PEClipConfig(TrainConfig):
     mamba_dt_rank: int = 16
     mamba_state: int = 4
     mamba_conv: int = 4
-    scan_backend: Literal["auto", "ref", "cuda"] = "auto"
+    scan_backend: Literal["auto", "ref", "chunked", "cuda"] = "auto"
     decoder: Literal["pretrained", "random"] = "pretrained"
     d: int = 8  # first modified text layer (pretrained decoder): layers d..L-1 get cross-attention
     random_layers: int = 4  # depth of the random decoder

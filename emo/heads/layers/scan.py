@@ -16,8 +16,9 @@ and compute, per batch item, channel ``c`` and time ``t`` (state ``x`` starts at
     y_t = y_t * silu(z_t)                                # when z is given
 
 The kernel is chosen by an explicit ``backend`` flag, never by catching a failure during compute:
-``"ref"`` always runs the reference, ``"cuda"`` always the kernel (a clear error when it cannot),
-``"auto"`` the kernel only when the tensors are on CUDA and mamba_ssm imports. This module is the
+``"ref"`` always runs the reference, ``"chunked"`` the same maths in closed form per chunk of frames,
+``"cuda"`` always the kernel (a clear error when it cannot), ``"auto"`` the kernel when the tensors
+are on CUDA and mamba_ssm imports, the chunked scan on CUDA without it, the reference on the CPU. This module is the
 only one in ``emo`` that imports ``mamba_ssm``, and only inside :func:`_import_kernel`: the package
 cannot even be imported without its compiled CUDA extension.
 """
@@ -36,9 +37,10 @@ __all__ = [
     "load_kernel",
     "selective_scan",
     "selective_scan_ref",
+    "selective_scan_chunked",
 ]
 
-SCAN_BACKENDS = ("auto", "ref", "cuda")
+SCAN_BACKENDS = ("auto", "ref", "chunked", "cuda")
 GPU_INSTALL_HINT = "install the gpu extra: pip install -e '.[gpu]' (mamba-ssm; needs CUDA and its toolkit)"
 
 
@@ -131,6 +133,63 @@ def selective_scan_ref(
     Accumulates in float32 (float64 inputs stay float64). Loops over time (L is at most a few hundred
     frames here) and is vectorised over batch, channels and state; differentiable by autograd.
     """
+    decay, drive, c_t, finish = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    x = torch.zeros_like(decay[0])  # [b, G, P, n], the state before t = 0
+    states = []
+    for decay_t, drive_t in zip(decay.unbind(0), drive.unbind(0), strict=True):  # one frame at a time
+        x = decay_t * x + drive_t  # [b, G, P, n]
+        states.append(x)
+    return finish((torch.stack(states) * c_t).sum(-1))  # [L, b, G, P] -> [b, d, L]
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    chunk: int = 8,
+) -> torch.Tensor:
+    """The same scan in closed form per chunk of ``chunk`` frames (a loop over L / chunk, not over L).
+
+    Inside a chunk starting at ``t0`` with ``S_t = Σ_{r=t0..t} Δ_r A`` (log-decays, ≤ 0)::
+
+        x_t = exp(S_t) x_{t0-1} + Σ_{s=t0..t} exp(S_t - S_s) Δ_s B_s u_s
+
+    ``S_t - S_s ≤ 0`` for ``s ≤ t``, so nothing overflows; pairs ``s > t`` are masked before ``exp``.
+    Far fewer, larger kernels than the reference (what a GPU without mamba_ssm needs), at ``chunk / 2``
+    times its arithmetic. Equal to :func:`selective_scan_ref` up to float rounding (tested).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    decay_log, drive, c_t, finish = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, log_decay=True)
+    length = decay_log.shape[0]
+    x = torch.zeros_like(drive[0])  # [b, G, P, n]
+    outs = []
+    for t0 in range(0, length, chunk):
+        lg = decay_log[t0 : t0 + chunk]  # [K, b, G, P, n]
+        k = lg.shape[0]
+        cum = torch.cumsum(lg, dim=0)  # S_t, [K, ...]
+        diff = cum[:, None] - cum[None, :]  # [K(t), K(s), ...] = S_t - S_s
+        causal = torch.ones(k, k, dtype=torch.bool, device=lg.device).tril()  # s <= t
+        causal = causal.reshape(k, k, *([1] * (diff.ndim - 2)))
+        weights = torch.exp(torch.where(causal, diff, torch.full_like(diff, float("-inf"))))  # [K, K, ...]
+        inner = (weights * drive[t0 : t0 + chunk][None]).sum(1)  # [K, b, G, P, n]
+        states = torch.exp(cum) * x[None] + inner  # [K, b, G, P, n]
+        outs.append((states * c_t[t0 : t0 + chunk]).sum(-1))  # [K, b, G, P]
+        x = states[-1]
+    return finish(torch.cat(outs))
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, log_decay: bool = False):
+    """Time-major pieces shared by both PyTorch scans: ``(decay or log-decay [L, b, G, P, n], drive
+    Δ·B·u [L, b, G, P, n], C [L, b, G, 1, n], finish)``; ``finish(y [L, b, G, P]) -> [b, d, L]`` adds
+    ``D u``, the gate, and returns u's dtype. Accumulates in float32 (float64 stays float64)."""
     groups = _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
     acc = torch.promote_types(dtype_in, torch.float32)
@@ -144,20 +203,18 @@ def selective_scan_ref(
     # time-major, channels split into groups (channel c = g * P + p): [L, b, G, P]
     ut = u.permute(2, 0, 1).reshape(length, b, groups, d // groups)
     dt = delta.permute(2, 0, 1).reshape(length, b, groups, d // groups)
-    decay = torch.exp(dt[..., None] * A.reshape(groups, d // groups, n))  # [L, b, G, P, n]
+    log = dt[..., None] * A.reshape(groups, d // groups, n)  # [L, b, G, P, n]
     drive = (dt * ut)[..., None] * _time_major(B.to(acc))  # [L, b, G, P, n]
-    x = torch.zeros_like(decay[0])  # [b, G, P, n], the state before t = 0
-    states = []
-    for decay_t, drive_t in zip(decay.unbind(0), drive.unbind(0), strict=True):  # one frame at a time
-        x = decay_t * x + drive_t  # [b, G, P, n]
-        states.append(x)
-    y = (torch.stack(states) * _time_major(C.to(acc))).sum(-1)  # [L, b, G, P]
-    y = y.reshape(length, b, d).permute(1, 2, 0)  # [b, d, L]
-    if D is not None:
-        y = y + D.to(acc)[:, None] * u
-    if z is not None:
-        y = y * F.silu(z.to(acc))
-    return y.to(dtype_in)
+
+    def finish(y: torch.Tensor) -> torch.Tensor:
+        y = y.reshape(length, b, d).permute(1, 2, 0)  # [b, d, L]
+        if D is not None:
+            y = y + D.to(acc)[:, None] * u
+        if z is not None:
+            y = y * F.silu(z.to(acc))
+        return y.to(dtype_in)
+
+    return (log if log_decay else torch.exp(log)), drive, _time_major(C.to(acc)), finish
 
 
 def _kernel_scan(fn, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
@@ -192,18 +249,21 @@ def selective_scan(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Selective scan through ``backend`` (``"auto"``, ``"ref"`` or ``"cuda"``); ``y [batch, d, L]``.
+    """Selective scan through ``backend`` (``"auto"``, ``"ref"``, ``"chunked"`` or ``"cuda"``); ``y [batch, d, L]``.
 
     ``"cuda"`` raises :class:`KernelUnavailableError` (an ImportError naming the gpu extra) when
     mamba_ssm does not import, and ValueError when a tensor is not on CUDA. ``"auto"`` uses the kernel
-    only when ``u`` is on CUDA and the kernel imports, the reference otherwise.
+    when ``u`` is on CUDA and the kernel imports, else the chunked PyTorch scan on CUDA (few large
+    kernels) and the step-by-step reference on the CPU.
     """
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"unknown scan backend {backend!r}; expected one of {', '.join(SCAN_BACKENDS)}")
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == "auto":
-        backend = "cuda" if u.is_cuda and kernel_available() else "ref"
+        backend = ("cuda" if kernel_available() else "chunked") if u.is_cuda else "ref"
     if backend == "ref":
         return selective_scan_ref(*args)
+    if backend == "chunked":
+        return selective_scan_chunked(*args)
     _check_shapes(*args[:-1])
     return _kernel_scan(load_kernel(), *args)
