@@ -55,3 +55,14 @@ def test_subject_prompt_uses_the_boxes_and_leaves_subjectless_items_unchanged(tm
         diff = np.abs(b[name]["clip/cls"] - a[name]["clip/cls"]).reshape(-1, b[name]["clip/cls"].shape[-1]).max(axis=1)
         assert (diff[prompted_rows] > 0).all() and (diff[~prompted_rows] == 0).all()
     np.testing.assert_array_equal(b["static"]["clip/subject_box"], np.broadcast_to([10, 4, 40, 30], (3, 1, 4)))
+
+
+def test_the_boxes_are_part_of_the_subject_prompt_key(tmp_path):
+    videos.make_video(tmp_path / "a.mp4", 8, size=(32, 32))
+    for boxes in ([0, 0, 16, 16], [0, 0, 20, 20]):
+        items = [Item(id="a", path="a.mp4", label="x", subject_boxes=boxes)]
+        write_manifest(Manifest(dataset="sp", classes=["x"], items=items, root=str(tmp_path)), tmp_path / "manifest.jsonl")
+        res = CliRunner().invoke(app, ["extract", "clip", str(tmp_path), *TINY, "--subject-prompt"])
+        assert res.exit_code == 0, res.output
+    sets = list_feature_sets(tmp_path)
+    assert len(sets) == 2 and len({fs.config["subject_prompt"]["boxes_sha256"] for fs in sets}) == 2

@@ -225,3 +225,14 @@ def coverage_for_item(
     boxes = boxes_at(subject_boxes, frame_index, tolerance=tolerance)  # [M, N, 4]
     cover = patch_coverage(boxes[..., None, :], crops, image_size, patch)  # [M, N, V, G*G]
     return cover.astype(np.float32)
+
+
+def subject_boxes_digest(items) -> str:
+    """sha256 of every item's ``subject_boxes`` (id order): the boxes change the stored values of a
+    ``--subject-prompt`` extraction, so they are part of its feature set's key."""
+    import hashlib
+    import json
+
+    payload = json.dumps({it.id: it.subject_boxes for it in sorted(items, key=lambda it: it.id)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
