@@ -205,6 +205,35 @@ def prepare_subtitles(
                "subtitle files")
 
 
+@datasets_app.command("detect-subjects")
+@friendly
+def detect_subjects_cmd(
+    cache: Path = typer.Argument(..., help="Dataset cache directory (its manifest.jsonl gets subject_boxes)."),
+    model: str = typer.Option("fasterrcnn_resnet50_fpn_v2", help="torchvision detection model."),
+    checkpoint: Path = typer.Option(None, help="Local weights file of that model (offline boxes)."),
+    weights: str = typer.Option("pretrained", help="pretrained | random (random: tests and demo only)."),
+    seed: int = typer.Option(0, help="Seed of random weights."),
+    stride: int = typer.Option(8, help="Detect on every STRIDE-th decoded frame."),
+    score_threshold: float = typer.Option(0.7, help="Person boxes below this score are ignored."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    overwrite: bool = typer.Option(False, help="Replace boxes items already have."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+) -> None:
+    """Person boxes (largest per frame) from a torchvision detector into the manifest's subject_boxes."""
+    from emo.extract.detect import detect_subjects
+
+    counts = detect_subjects(cache, model=model, checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
+                             seed=seed, stride=stride, score_threshold=score_threshold, device=device,
+                             overwrite=overwrite, progress=progress)
+    for f in counts.get("failures", []):
+        typer.echo(f"failed {f['id']}: {f['reason']}", err=True)
+    mark = "RANDOM WEIGHTS — " if weights == "random" and not checkpoint else ""
+    typer.echo(f"{mark}{counts['detected']} items detected ({counts['items_with_subject']} with a subject, "
+               f"{counts['frames_with_subject']}/{counts['frames']} frames), {counts['kept']} kept, {counts['failed']} failed")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
 @datasets_app.command("synth")
 @friendly
 def datasets_synth(

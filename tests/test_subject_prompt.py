@@ -65,4 +65,5 @@ def test_the_boxes_are_part_of_the_subject_prompt_key(tmp_path):
         res = CliRunner().invoke(app, ["extract", "clip", str(tmp_path), *TINY, "--subject-prompt"])
         assert res.exit_code == 0, res.output
     sets = list_feature_sets(tmp_path)
-    assert len(sets) == 2 and len({fs.config["subject_prompt"]["boxes_sha256"] for fs in sets}) == 2
+    assert len(sets) == 2 and len({fs.config["subject_prompt"]["boxes"]["sha256"] for fs in sets}) == 2
+    assert all(fs.config["subject_prompt"]["boxes"]["source"] == "manifest" for fs in sets)

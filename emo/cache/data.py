@@ -42,7 +42,9 @@ class FeatureData:
     @property
     def random_weights(self) -> bool:
         """True when any feature set came from random (untrained) encoder weights."""
-        return any(cfg.get("weights", {}).get("kind") == "random" for cfg in self.feature_sets.values())
+        from .featureset import config_is_random
+
+        return any(config_is_random(cfg) for cfg in self.feature_sets.values())
 
     @property
     def keys(self) -> dict[str, str]:

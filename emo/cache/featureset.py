@@ -31,6 +31,7 @@ from pathlib import Path
 from .shard import SCHEMA_VERSION
 
 __all__ = [
+    "config_is_random",
     "FeatureSetError",
     "FeatureSet",
     "config_key",
@@ -159,7 +160,7 @@ class FeatureSet:
 
     @property
     def random_weights(self) -> bool:
-        return self.meta.get("weights", {}).get("kind") == "random"
+        return config_is_random(self.meta)
 
     def shard_path(self, index: int, suffix: str = ".h5") -> Path:
         return self.path / "shards" / f"shard-{index:05d}{suffix}"
@@ -282,3 +283,14 @@ def open_feature_set(path_or_dataset: str | os.PathLike, name: str | None = None
         what = "no" if not hits else "several"
         raise FeatureSetError(f"{what} feature set named {name!r} in {p} (have: {names})")
     return hits[0]
+
+
+def config_is_random(config: dict) -> bool:
+    """True when a feature set's values come from random weights: its encoder's, or (subject prompt)
+    those of the detector that drew its subject boxes."""
+    if config.get("weights", {}).get("kind") == "random":
+        return True
+    source = (config.get("subject_prompt") or {}).get("boxes", {}) or {}
+    source = source.get("source") if isinstance(source, dict) else None
+    return isinstance(source, dict) and (source.get("weights") or {}).get("kind") == "random"
+

@@ -227,6 +227,14 @@ def coverage_for_item(
     return cover.astype(np.float32)
 
 
+def subject_boxes_info(manifest) -> dict:
+    """What a ``--subject-prompt`` feature set keys on: the sha256 of every item's boxes and where the
+    boxes came from (``manifest.source["subject_boxes"]``'s detector model and weights, or the manifest)."""
+    src = (manifest.source or {}).get("subject_boxes")
+    source = {"model": src.get("model"), "weights": src.get("weights")} if isinstance(src, dict) else "manifest"
+    return {"sha256": subject_boxes_digest(manifest.items), "source": source}
+
+
 def subject_boxes_digest(items) -> str:
     """sha256 of every item's ``subject_boxes`` (id order): the boxes change the stored values of a
     ``--subject-prompt`` extraction, so they are part of its feature set's key."""

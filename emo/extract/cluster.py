@@ -49,7 +49,7 @@ from emo.cache.featureset import FeatureSet, config_key
 from emo.cache.manifest import Manifest, read_manifest
 from emo.cache.shard import SCHEMA_VERSION
 
-from .boxes import subject_boxes_digest
+from .boxes import subject_boxes_info
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .pipeline import CLIP_COMPRESS, CLIP_DISTS, _ClipFill, _store_class_text, clip_config
 from .runner import ExtractOptions, ExtractSummary, Progress, ShardRunner, summarize
@@ -231,7 +231,7 @@ def extract_clip_distributed(
     manifest = read_manifest(cache_dir / "manifest.jsonl")
     skipped = manifest.validate(check_files=True, skip_invalid=options.skip_invalid)
     if options.subject_prompt:
-        options = dataclasses.replace(options, boxes_sha256=subject_boxes_digest(manifest.items))
+        options = dataclasses.replace(options, boxes=subject_boxes_info(manifest))
     with _client(scheduler, local_cluster) as client:
         device = _check_workers(client, device, options)
         config, sampling = client.submit(_configure, spec, sampling, options, device, precision, pure=False).result()

@@ -24,7 +24,7 @@ from emo.cache.featureset import FeatureSet
 from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
 
-from .boxes import BoxFormatError, boxes_at, coverage_for_item, subject_boxes_digest
+from .boxes import BoxFormatError, boxes_at, coverage_for_item, subject_boxes_info
 from .clip import ClipEncoder, ClipSpec, load_clip
 from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction, versions
 from .sampling import SamplingConfig
@@ -55,8 +55,8 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
         "sampling": dataclasses.asdict(sampling),
         "outputs": {"cls": True, "tokens_layer": encoder.spec.tokens_layer, "pixels": options.pixels},
         **({"subject_prompt": {"token": "sum_p a_p * pos[1+p], appended before ln_pre; none without a subject",
-                               "boxes": "manifest subject_boxes", "several": "largest box",
-                               "frame_tolerance": options.box_tolerance, "boxes_sha256": options.boxes_sha256}}
+                               "several": "largest box",
+                               "frame_tolerance": options.box_tolerance, "boxes": options.boxes}}
            if options.subject_prompt else {}),
         "dtype": "float16",
         "compute": {"precision": str(encoder.dtype).replace("torch.", "")},
@@ -157,7 +157,7 @@ def extract_clip(
     manifest = read_manifest(cache_dir / "manifest.jsonl")
     skipped = manifest.validate(check_files=True, skip_invalid=options.skip_invalid)
     if options.subject_prompt:
-        options = dataclasses.replace(options, boxes_sha256=subject_boxes_digest(manifest.items))
+        options = dataclasses.replace(options, boxes=subject_boxes_info(manifest))
     encoder = load_clip(spec, device=device, precision=precision)
     sampling = dataclasses.replace(sampling, image_size=encoder.image_size)  # crops at the encoder's input size
     fs = FeatureSet.create(cache_dir, clip_config(encoder, sampling, options))

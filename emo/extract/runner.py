@@ -46,7 +46,7 @@ class ExtractOptions:
     pixels: bool = False  # also store the preprocessed uint8 frames (clip only)
     subject_prompt: bool = False  # EmotionCLIP's subject token from the manifest's subject_boxes (clip only)
     box_tolerance: int = 12  # frames: a sampled frame takes the nearest annotated frame within this (clip only)
-    boxes_sha256: str | None = None  # set by the extraction from the manifest when subject_prompt (keyed)
+    boxes: dict | None = None  # set by the extraction when subject_prompt: the boxes' sha256 and source (keyed)
     backend: str = "auto"  # video decoder: auto (decord, PyAV fallback) | decord | pyav (clip only)
     skip_invalid: bool = False
     retry_failed: bool = False
