@@ -34,7 +34,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from emo.cache.featureset import FeatureSetError
     from emo.cache.manifest import ManifestError
 
-    errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError]
+    errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError, ImportError]
     try:
         from emo.extract.clip import WeightsError
         from emo.extract.cluster import ClusterError
@@ -392,7 +392,12 @@ def _finish(summary) -> None:
 @friendly
 def extract_au(
     cache: Path = typer.Argument(..., help="Dataset cache directory (holds manifest.jsonl and a clip feature set)."),
-    openface_dir: Path = typer.Option(..., help="OpenFace 2.x FeatureExtraction CSVs, one per video (<stem>.csv)."),
+    openface_dir: Path = typer.Option(None, help="OpenFace 2.x FeatureExtraction CSVs, one per video (<stem>.csv)."),
+    backend: str = typer.Option("openface", help="openface (import CSVs) | py-feat (run py-feat's detector)."),
+    face_threshold: float = typer.Option(0.5, help="py-feat: face score below which a frame's AUs are invalid."),
+    au_model: str = typer.Option(None, help="py-feat: its AU model (default: py-feat's)."),
+    face_model: str = typer.Option(None, help="py-feat: its face detector (default: py-feat's)."),
+    detector_device: str = typer.Option(None, help="py-feat: device for its models (default: py-feat's)."),
     align_to: str = typer.Option(None, help="The clip feature set whose sampled frames are looked up (default: the only one)."),
     confidence: float = typer.Option(0.7, help="OpenFace confidence below which a frame's AUs are invalid."),
     tolerance: float = typer.Option(None, help="Seconds between a sampled frame and its CSV row (default: half a frame)."),
@@ -400,11 +405,20 @@ def extract_au(
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
-    """Facial action units from OpenFace CSVs, at the sampled frames of a clip feature set."""
-    from emo.extract.au import import_openface
+    """Facial action units (OpenFace CSVs, or py-feat), at the sampled frames of a clip feature set."""
+    from emo.extract.au import import_openface, import_pyfeat
 
-    summary = import_openface(cache, openface_dir, align_to=align_to, confidence=confidence, tolerance=tolerance,
-                              shard_size=shard_size, retry_failed=retry_failed, progress=progress)
+    if backend == "py-feat":
+        kwargs = {k: v for k, v in {"au_model": au_model, "face_model": face_model, "device": detector_device}.items() if v}
+        summary = import_pyfeat(cache, align_to=align_to, detector_kwargs=kwargs, face_threshold=face_threshold,
+                                shard_size=shard_size, retry_failed=retry_failed, progress=progress)
+    elif backend == "openface":
+        if openface_dir is None:
+            raise ValueError("--backend openface needs --openface-dir (the folder of OpenFace CSVs)")
+        summary = import_openface(cache, openface_dir, align_to=align_to, confidence=confidence, tolerance=tolerance,
+                                  shard_size=shard_size, retry_failed=retry_failed, progress=progress)
+    else:
+        raise ValueError(f"--backend must be openface or py-feat, got {backend!r}")
     _report_skipped(summary.skipped_rows)
     typer.echo(summary.line())
     if summary.failed:

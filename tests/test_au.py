@@ -8,6 +8,7 @@ import shutil
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,208 @@ def test_cli_extract_au_reports_and_exits_non_zero_on_failures(cache):
     bad = CliRunner().invoke(app, ["extract", "au", str(cache["data"]), "--openface-dir", str(cache["of"]),
                                    "--confidence", "2"])
     assert bad.exit_code == 2 and "--confidence" in bad.output
+
+
+# -- py-feat backend (a fake ``feat`` module stands in: py-feat's weights cannot be fetched here) ----
+FAKE_AUS = ["AU01", "AU12", "AU43"]  # what the fake feat.pretrained reports, in its order
+
+
+class _FakeColumn:
+    def __init__(self, values):
+        self.values = values
+
+    def to_numpy(self):
+        return np.asarray(self.values)
+
+
+class _FakeFex:
+    """Only what ``import_pyfeat`` may use: ``.columns`` and ``fex[name].to_numpy()``."""
+
+    def __init__(self, data: dict[str, list]):
+        self.data = data
+        self.columns = list(data)
+
+    def __getitem__(self, name):
+        return _FakeColumn(self.data[name])
+
+
+def fake_rows(frame: int) -> list[tuple[float, list[float]]]:
+    """(FaceScore, AUs) of the faces the fake reports at ``frame``.
+
+    Face A: score 0.9, AU_k = frame/100 + k/1000. Frames ≡ 5 (mod 10): a second face B first in the
+    table, score 0.95 on frames < 20 (B kept), 0.6 from 20 on (A kept). Frame 10: only a weak face (0.3).
+    Frame 30: py-feat's no-face row (score NaN, AUs NaN).
+    """
+    a = (0.9, [frame / 100 + k / 1000 for k in range(len(FAKE_AUS))])
+    if frame == 10:
+        return [(0.3, a[1])]
+    if frame == 30:
+        return [(float("nan"), [float("nan")] * len(FAKE_AUS))]
+    if frame % 10 == 5:
+        return [(0.95 if frame < 20 else 0.6, [0.5] * len(FAKE_AUS)), a]
+    return [a]
+
+
+def expected_pyfeat(frame: int, threshold: float = 0.5):
+    """(valid, AUs, face_score) of the kept face at ``frame``."""
+    rows = [r for r in fake_rows(frame) if not np.isnan(r[0])]
+    if not rows:
+        return False, [0.0] * len(FAKE_AUS), 0.0
+    score, aus = max(rows, key=lambda r: r[0])
+    ok = score >= threshold
+    return ok, aus if ok else [0.0] * len(FAKE_AUS), score
+
+
+def make_fake_feat(calls: dict, fail: str = "c.mp4", detector_attr: str = "Detector"):
+    fake = types.ModuleType("feat")
+    fake.__version__ = "2.1.5-fake"
+    fake.pretrained = types.SimpleNamespace(AU_LANDMARK_MAP={"Feat": list(FAKE_AUS)})
+
+    class FakeDetector:
+        def __init__(self, **kw):
+            calls.setdefault("init", []).append(kw)
+
+        def detect(self, inputs, data_type="image", skip_frames=None, face_detection_threshold=0.5, progress_bar=True, **kw):
+            assert data_type == "video" and isinstance(inputs, str)
+            calls.setdefault("detect", []).append((Path(inputs).name, skip_frames, face_detection_threshold))
+            if Path(inputs).name == fail:
+                raise RuntimeError("cannot decode")
+            data: dict[str, list] = {"frame": [], "FaceRectX": [], "FaceScore": []}
+            data |= {a: [] for a in reversed(FAKE_AUS)}  # table column order differs from AU_LANDMARK_MAP
+            for f in range(0, 40, skip_frames or 1):
+                for score, aus in fake_rows(f):
+                    data["frame"].append(f)
+                    data["FaceRectX"].append(1.0)
+                    data["FaceScore"].append(score)
+                    for a, v in zip(FAKE_AUS, aus, strict=True):
+                        data[a].append(v)
+            return _FakeFex(data)
+
+    setattr(fake, detector_attr, FakeDetector)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def pyfeat_run(cache, tmp_path_factory):
+    from emo.extract.au import import_pyfeat
+
+    data = tmp_path_factory.mktemp("pyfeat") / "data"
+    shutil.copytree(cache["data"], data)
+    calls: dict = {}
+    mp = pytest.MonkeyPatch()
+    mp.setitem(sys.modules, "feat", make_fake_feat(calls))
+    try:
+        summary = import_pyfeat(data, detector_kwargs={"au_model": "svm", "device": "cpu"}, shard_size=3, progress=False)
+    finally:
+        mp.undo()
+    return {"data": data, "summary": summary, "calls": calls}
+
+
+def test_pyfeat_values_validity_and_face_choice(cache, pyfeat_run):
+    got = _arrays(open_feature_set(pyfeat_run["summary"].path))
+    clip = _arrays(open_feature_set(cache["clip"].path))
+    assert set(got) == {"a.mp4", "a-part", "b.mp4", "d.mp4", "x/v.mp4", "y/v.mp4", "z/w.mp4"}
+    for i, g in got.items():
+        assert g["au/pyfeat"].shape == (M, N, len(FAKE_AUS)) and g["au/pyfeat"].dtype == np.float16
+        assert g["au/valid"].shape == (M, N) and g["au/valid"].dtype == bool
+        assert g["au/face_score"].dtype == np.float32
+        frames = clip[i]["clip/frame_index"]
+        for m in range(M):
+            for n in range(N):
+                ok, aus, score = expected_pyfeat(int(frames[m, n]))
+                assert g["au/valid"][m, n] == ok, (i, m, n)
+                np.testing.assert_array_equal(g["au/pyfeat"][m, n], np.array(aus, dtype=np.float16))
+                assert g["au/face_score"][m, n] == np.float32(score)
+    a = got["a.mp4"]  # frames 0 5 | 10 15 | 20 25 | 30 35
+    assert a["au/valid"].tolist() == [[True, True], [False, True], [True, True], [False, True]]
+    assert (a["au/pyfeat"][0, 1] == np.float16(0.5)).all() and a["au/face_score"][0, 1] == np.float32(0.95)  # B
+    np.testing.assert_array_equal(a["au/pyfeat"][2, 1], np.array([0.25, 0.251, 0.252], np.float16))  # A beats B
+    assert a["au/face_score"][1, 0] == np.float32(0.3) and (a["au/pyfeat"][1, 0] == 0).all()  # weak face
+    assert a["au/face_score"][3, 0] == 0 and (a["au/pyfeat"][3, 0] == 0).all()  # no face at all
+
+
+def test_pyfeat_failure_detector_once_and_skip(pyfeat_run):
+    s, calls = pyfeat_run["summary"], pyfeat_run["calls"]
+    fs = open_feature_set(s.path)
+    fails = {f["id"]: f for f in fs.failures()}
+    assert set(fails) == {"c.mp4"} and fails["c.mp4"]["stage"] == "au"
+    assert "py-feat failed on c.mp4" in fails["c.mp4"]["error"] and "cannot decode" in fails["c.mp4"]["error"]
+    assert (s.total, s.ok, s.failed, s.done_here) == (8, 7, 1, 7)
+    assert calls["init"] == [{"au_model": "svm", "device": "cpu"}]  # one detector for all shards
+    # 40 frames: sampled indices 0, 5, ..., 35 -> only every 5th frame decoded (a-part may need others)
+    assert ("a.mp4", 5, 0.5) in calls["detect"] and ("b.mp4", 5, 0.5) in calls["detect"]
+    assert all(thr == 0.5 for *_, thr in calls["detect"]) and len(calls["detect"]) <= 8
+    assert verify_feature_set(fs).ok
+
+
+def test_pyfeat_config_is_its_own_set(cache, pyfeat_run):
+    fs = open_feature_set(pyfeat_run["summary"].path)
+    clip = open_feature_set(cache["clip"].path)
+    cfg = fs.config
+    assert fs.name.startswith("au-pyfeat-svm-") and fs.name != cache["au"].feature_set
+    assert cfg["tool"] == "py-feat" and cfg["version"] == "2.1.5-fake" and cfg["au_names"] == FAKE_AUS
+    assert cfg["detector"]["au_model"] == "svm" and cfg["detector"]["face_model"] == "retinaface"
+    assert "device" not in cfg["detector"] and cfg["detector_class"] == "FakeDetector"
+    assert cfg["face_threshold"] == 0.5 and cfg["align_to"]["key"] == clip.key
+
+
+def test_pyfeat_resume_writes_nothing(pyfeat_run, monkeypatch):
+    from emo.extract.au import import_pyfeat
+
+    fs = open_feature_set(pyfeat_run["summary"].path)
+    before = {p.name: p.stat().st_mtime_ns for p in (fs.path / "shards").iterdir() if not p.name.endswith(".claim")}
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "feat", make_fake_feat(calls))
+    again = import_pyfeat(pyfeat_run["data"], detector_kwargs={"au_model": "svm", "device": "cuda"}, shard_size=3, progress=False)
+    assert again.feature_set == fs.name and again.done_here == 0 and (again.ok, again.failed) == (7, 1)
+    assert calls == {}  # nothing to do: no detector built (device is not part of the key)
+    after = {p.name: p.stat().st_mtime_ns for p in (fs.path / "shards").iterdir() if not p.name.endswith(".claim")}
+    assert after == before and len(fs.failures()) == 1
+
+
+def test_pyfeat_missing_creates_nothing(pyfeat_run, monkeypatch):
+    from emo.cache.featureset import list_feature_sets
+    from emo.extract.au import import_pyfeat
+
+    before = sorted(fs.name for fs in list_feature_sets(pyfeat_run["data"]))
+    monkeypatch.setitem(sys.modules, "feat", None)
+    with pytest.raises(ImportError, match=r"py-feat is not installed: pip install py-feat"):
+        import_pyfeat(pyfeat_run["data"], face_threshold=0.9, progress=False)  # a new key, had it got that far
+    assert sorted(fs.name for fs in list_feature_sets(pyfeat_run["data"])) == before
+
+
+def test_pyfeat_detectorv1_and_missing_columns(tmp_path):
+    from emo.extract.au import align_pyfeat, detect_au
+
+    calls: dict = {}
+    fake = make_fake_feat(calls, detector_attr="Detectorv1")  # py-feat 2.1.5 exports Detectorv1, no Detector
+    sys.modules["feat"], saved = fake, sys.modules.get("feat")
+    try:
+        fex = detect_au(tmp_path / "v.mp4", face_model="img2pose")
+    finally:
+        if saved is None:
+            del sys.modules["feat"]
+        else:
+            sys.modules["feat"] = saved
+    assert calls["init"] == [{"face_model": "img2pose"}] and calls["detect"][0][0] == "v.mp4"
+    out = align_pyfeat(fex, np.array([[0, 5], [10, 39]]), tuple(FAKE_AUS))
+    assert out["valid"].tolist() == [[True, True], [False, True]]
+    with pytest.raises(OpenFaceFormatError, match="lacks columns FaceScore, AU99"):
+        align_pyfeat(_FakeFex({"frame": [0], "AU01": [0.1]}), np.zeros((1, 1), int), ("AU01", "AU99"))
+
+
+def test_cli_au_backends_and_their_required_options(cache, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from emo.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["extract", "au", str(cache["data"])])
+    assert res.exit_code == 2 and "--openface-dir" in res.output
+    res = runner.invoke(app, ["extract", "au", str(cache["data"]), "--backend", "dlib"])
+    assert res.exit_code == 2 and "openface or py-feat" in res.output
+    monkeypatch.setitem(sys.modules, "feat", None)  # py-feat absent: says what to install, writes nothing
+    res = runner.invoke(app, ["extract", "au", str(cache["data"]), "--backend", "py-feat"])
+    assert res.exit_code == 2 and "pip install py-feat" in res.output
