@@ -475,22 +475,22 @@ def test_pyfeat_values_validity_and_face_choice(cache, pyfeat_run):
     clip = _arrays(open_feature_set(cache["clip"].path))
     assert set(got) == {"a.mp4", "a-part", "b.mp4", "d.mp4", "x/v.mp4", "y/v.mp4", "z/w.mp4"}
     for i, g in got.items():
-        assert g["au/pyfeat"].shape == (M, N, len(FAKE_AUS)) and g["au/pyfeat"].dtype == np.float16
-        assert g["au/valid"].shape == (M, N) and g["au/valid"].dtype == bool
-        assert g["au/face_score"].dtype == np.float32
+        assert g["pyfeat/aus"].shape == (M, N, len(FAKE_AUS)) and g["pyfeat/aus"].dtype == np.float16
+        assert g["pyfeat/valid"].shape == (M, N) and g["pyfeat/valid"].dtype == bool
+        assert g["pyfeat/face_score"].dtype == np.float32
         frames = clip[i]["clip/frame_index"]
         for m in range(M):
             for n in range(N):
                 ok, aus, score = expected_pyfeat(int(frames[m, n]))
-                assert g["au/valid"][m, n] == ok, (i, m, n)
-                np.testing.assert_array_equal(g["au/pyfeat"][m, n], np.array(aus, dtype=np.float16))
-                assert g["au/face_score"][m, n] == np.float32(score)
+                assert g["pyfeat/valid"][m, n] == ok, (i, m, n)
+                np.testing.assert_array_equal(g["pyfeat/aus"][m, n], np.array(aus, dtype=np.float16))
+                assert g["pyfeat/face_score"][m, n] == np.float32(score)
     a = got["a.mp4"]  # frames 0 5 | 10 15 | 20 25 | 30 35
-    assert a["au/valid"].tolist() == [[True, True], [False, True], [True, True], [False, True]]
-    assert (a["au/pyfeat"][0, 1] == np.float16(0.5)).all() and a["au/face_score"][0, 1] == np.float32(0.95)  # B
-    np.testing.assert_array_equal(a["au/pyfeat"][2, 1], np.array([0.25, 0.251, 0.252], np.float16))  # A beats B
-    assert a["au/face_score"][1, 0] == np.float32(0.3) and (a["au/pyfeat"][1, 0] == 0).all()  # weak face
-    assert a["au/face_score"][3, 0] == 0 and (a["au/pyfeat"][3, 0] == 0).all()  # no face at all
+    assert a["pyfeat/valid"].tolist() == [[True, True], [False, True], [True, True], [False, True]]
+    assert (a["pyfeat/aus"][0, 1] == np.float16(0.5)).all() and a["pyfeat/face_score"][0, 1] == np.float32(0.95)  # B
+    np.testing.assert_array_equal(a["pyfeat/aus"][2, 1], np.array([0.25, 0.251, 0.252], np.float16))  # A beats B
+    assert a["pyfeat/face_score"][1, 0] == np.float32(0.3) and (a["pyfeat/aus"][1, 0] == 0).all()  # weak face
+    assert a["pyfeat/face_score"][3, 0] == 0 and (a["pyfeat/aus"][3, 0] == 0).all()  # no face at all
 
 
 def test_pyfeat_failure_detector_once_and_skip(pyfeat_run):
@@ -511,7 +511,7 @@ def test_pyfeat_config_is_its_own_set(cache, pyfeat_run):
     fs = open_feature_set(pyfeat_run["summary"].path)
     clip = open_feature_set(cache["clip"].path)
     cfg = fs.config
-    assert fs.name.startswith("au-pyfeat-svm-") and fs.name != cache["au"].feature_set
+    assert fs.name.startswith("pyfeat-") and fs.name != cache["au"].feature_set
     assert cfg["tool"] == "py-feat" and cfg["version"] == "2.1.5-fake" and cfg["au_names"] == FAKE_AUS
     assert cfg["detector"]["au_model"] == "svm" and cfg["detector"]["face_model"] == "retinaface"
     assert "device" not in cfg["detector"] and cfg["detector_class"] == "FakeDetector"

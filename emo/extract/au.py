@@ -590,7 +590,7 @@ def align_pyfeat(
     a = aus[k] if len(frame) else np.zeros((len(q), len(au_names)))
     valid = found & np.isfinite(s) & (np.nan_to_num(s, nan=-np.inf) >= face_threshold) & np.isfinite(a).all(axis=-1)
     return {
-        "pyfeat": np.where(valid[:, None], np.nan_to_num(a), 0.0).reshape(*grid, len(au_names)).astype(np.float16),
+        "aus": np.where(valid[:, None], np.nan_to_num(a), 0.0).reshape(*grid, len(au_names)).astype(np.float16),
         "valid": valid.reshape(grid),
         "face_score": np.nan_to_num(s, nan=0.0).reshape(grid).astype(np.float32),
     }
@@ -600,7 +600,7 @@ def pyfeat_config(clip: FeatureSet, version: str, detector_class: str, detector:
     """Everything that affects the stored py-feat values; its sha256 is the feature set's key."""
     s = clip.meta["sampling"]
     return {
-        "modality": "au",
+        "modality": "pyfeat",  # its own array names (pyfeat/*): joins with an OpenFace au set without clashing
         "model": PYFEAT_TOOL,
         "weights": {"kind": "pretrained", "tag": str(detector.get("au_model", ""))},
         "tool": PYFEAT_TOOL,
@@ -613,7 +613,7 @@ def pyfeat_config(clip: FeatureSet, version: str, detector_class: str, detector:
         "match": {"by": "frame index (py-feat column 'frame' == clip/frame_index)"},
         "face_threshold": face_threshold,
         "face_rule": PYFEAT_FACE_RULE,
-        "dtype": {"pyfeat": "float16", "valid": "bool", "face_score": "float32"},
+        "dtype": {"aus": "float16", "valid": "bool", "face_score": "float32"},
     }
 
 
@@ -629,9 +629,9 @@ def import_pyfeat(
 ) -> ExtractSummary:
     """Run py-feat on every item's video and store its AUs at the sampled frames of a clip feature set.
 
-    Arrays per item: ``au/pyfeat [M, N, K]`` float16 (the K AU columns named in the config's
-    ``au_names``, zeros where invalid), ``au/valid [M, N]`` (a face with FaceScore ≥ ``face_threshold`` at
-    that frame) and ``au/face_score [M, N]`` float32 (the kept face's score, 0 where py-feat reported
+    Arrays per item: ``pyfeat/aus [M, N, K]`` float16 (the K AU columns named in the config's
+    ``au_names``, zeros where invalid), ``pyfeat/valid [M, N]`` (a face with FaceScore ≥ ``face_threshold`` at
+    that frame) and ``pyfeat/face_score [M, N]`` float32 (the kept face's score, 0 where py-feat reported
     none). ``detector_kwargs`` go to the detector's constructor (built once per call, on the first shard
     that needs it; ``device`` is not part of the key). ``face_threshold`` is also passed to ``detect``
     as ``face_detection_threshold``. Items not ok in the clip set are skipped rows, as in
@@ -702,7 +702,7 @@ class _PyFeat:
                 filled.errors[i] = (STAGE, f"py-feat failed on {path.name}: {type(e).__name__}: {e}")
                 progress.failed()
                 continue
-            filled.arrays[i] = {f"au/{n}": out[n] for n in ("pyfeat", "valid", "face_score")}
+            filled.arrays[i] = {f"pyfeat/{n}": out[n] for n in ("aus", "valid", "face_score")}
             filled.records["pyfeat"][i] = {"video": path.name, "skip_frames": skip, "valid": int(out["valid"].sum())}
             progress.done(out["valid"].size)
         return filled
