@@ -46,12 +46,11 @@ import torch
 from tqdm import tqdm
 
 from emo.cache.featureset import FeatureSet, config_key
-from emo.cache.manifest import Manifest, read_manifest
+from emo.cache.manifest import Manifest
 from emo.cache.shard import SCHEMA_VERSION
 
-from .boxes import subject_boxes_info
 from .clip import ClipEncoder, ClipSpec, load_clip
-from .pipeline import CLIP_COMPRESS, CLIP_DISTS, _ClipFill, _store_class_text, clip_config
+from .pipeline import CLIP_COMPRESS, CLIP_DISTS, _ClipFill, _store_class_text, clip_config, read_clip_inputs
 from .runner import ExtractOptions, ExtractSummary, Progress, ShardRunner, summarize
 from .sampling import SamplingConfig
 from .workers import DecodePool
@@ -226,12 +225,8 @@ def extract_clip_distributed(
         raise ValueError("give either --scheduler ADDRESS or --local-cluster N (N ≥ 1), not both or neither")
     if local_cluster < 0:
         raise ValueError(f"--local-cluster must be ≥ 1, got {local_cluster}")
-    options = options or ExtractOptions()
     cache_dir = Path(cache_dir)
-    manifest = read_manifest(cache_dir / "manifest.jsonl")
-    skipped = manifest.validate(check_files=True, skip_invalid=options.skip_invalid)
-    if options.subject_prompt:
-        options = dataclasses.replace(options, boxes=subject_boxes_info(manifest))
+    manifest, skipped, options = read_clip_inputs(cache_dir, options)
     with _client(scheduler, local_cluster) as client:
         device = _check_workers(client, device, options)
         config, sampling = client.submit(_configure, spec, sampling, options, device, precision, pure=False).result()

@@ -139,6 +139,17 @@ def _store_class_text(fs: FeatureSet, encoder: ClipEncoder, manifest: Manifest) 
     os.replace(tmp, path)
 
 
+def read_clip_inputs(cache_dir: Path, options: ExtractOptions | None):
+    """The manifest (validated, files checked), the rows ``--skip-invalid`` dropped, and the options with
+    what the manifest adds to a clip extraction's key (the subject boxes, with ``--subject-prompt``)."""
+    options = options or ExtractOptions()
+    manifest = read_manifest(cache_dir / "manifest.jsonl")
+    skipped = manifest.validate(check_files=True, skip_invalid=options.skip_invalid)
+    if options.subject_prompt:
+        options = dataclasses.replace(options, boxes=subject_boxes_info(manifest))
+    return manifest, skipped, options
+
+
 def extract_clip(
     cache_dir: str | os.PathLike,
     spec: ClipSpec,
@@ -152,12 +163,8 @@ def extract_clip(
     The encoder is loaded before anything is written: a weights failure stops here, never producing
     a cache of random features.
     """
-    options = options or ExtractOptions()
     cache_dir = Path(cache_dir)
-    manifest = read_manifest(cache_dir / "manifest.jsonl")
-    skipped = manifest.validate(check_files=True, skip_invalid=options.skip_invalid)
-    if options.subject_prompt:
-        options = dataclasses.replace(options, boxes=subject_boxes_info(manifest))
+    manifest, skipped, options = read_clip_inputs(cache_dir, options)
     encoder = load_clip(spec, device=device, precision=precision)
     sampling = dataclasses.replace(sampling, image_size=encoder.image_size)  # crops at the encoder's input size
     fs = FeatureSet.create(cache_dir, clip_config(encoder, sampling, options))
