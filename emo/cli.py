@@ -36,7 +36,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError, ImportError]
     try:
-        from emo.extract.clip import WeightsError
+        from emo.encoders.clip import WeightsError
         from emo.extract.cluster import ClusterError
 
         errors += [WeightsError, ClusterError]
@@ -282,7 +282,7 @@ def extract_clip_cmd(
     scheduler: str = typer.Option(None, help="Run shards as dask tasks on an existing cluster: tcp://host:8786."),
 ) -> None:
     """CLIP image embeddings of M×N×V sampled frames per video into a feature set of CACHE."""
-    from emo.extract.clip import ClipSpec
+    from emo.encoders.clip import ClipSpec
     from emo.extract.pipeline import ExtractOptions, extract_clip
     from emo.extract.sampling import SamplingConfig
 
@@ -363,7 +363,7 @@ def extract_text_cmd(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """Utterance/caption CLIP tokens and text embeddings (all references) and 7-way sentiment logits."""
-    from emo.extract.clip import ClipSpec
+    from emo.encoders.clip import ClipSpec
     from emo.extract.runner import ExtractOptions
     from emo.extract.text import TextSpec, extract_text
 

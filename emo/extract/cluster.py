@@ -48,8 +48,8 @@ from tqdm import tqdm
 from emo.cache.featureset import FeatureSet, config_key
 from emo.cache.manifest import Manifest
 from emo.cache.shard import SCHEMA_VERSION
+from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip
 
-from .clip import ClipEncoder, ClipSpec, load_clip
 from .pipeline import CLIP_COMPRESS, CLIP_DISTS, _ClipFill, _store_class_text, clip_config, read_clip_inputs
 from .runner import ExtractOptions, ExtractSummary, Progress, ShardRunner, summarize
 from .sampling import SamplingConfig

@@ -9,13 +9,13 @@ decoded frames from the start of the file, exactly as ``emo.extract.video`` does
 stream, its times decide the span), and the boxes are in source pixels. ``"box": null`` marks a
 frame that was looked at and holds no person.
 
-Weights, by emo's policy (``emo.extract.clip``), strict:
+Weights, by emo's policy (``emo.encoders.clip``), strict:
 - ``weights="pretrained"``: torchvision's ``DEFAULT`` weights of ``model`` (COCO), downloaded as usual;
 - ``checkpoint=PATH`` (wins over pretrained): the architecture with no weights at all, then a strict
   ``load_state_dict`` of a local file (a plain ``state_dict``, ``{"model": state_dict}`` as torchvision's
   reference scripts save, or ``.safetensors``), read with ``weights_only``;
 - ``weights="random"``: random init under ``seed``, and only then; the provenance says ``random``.
-Any load failure raises ``WeightsError`` (from ``emo.extract.clip``) naming both ``--weights pretrained``
+Any load failure raises ``WeightsError`` (from ``emo.encoders.clip``) naming both ``--weights pretrained``
 and ``--checkpoint``; random weights never stand in.
 
 A video that cannot be decoded is left without boxes, counted and listed; the run goes on. The manifest
@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from emo.cache.manifest import Item, Manifest, read_manifest, write_manifest
-from emo.extract.clip import WeightsError, file_sha256, resolve_device
+from emo.encoders.clip import WeightsError, file_sha256, resolve_device
 from emo.extract.video import FRAME_FOLDER_FPS, IMAGE_SUFFIXES, DecodeError, _probe, _stream_times
 
 __all__ = [

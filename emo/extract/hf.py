@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .clip import WeightsError, file_sha256
+from emo.encoders.clip import WeightsError, file_sha256
 
 __all__ = [
     "DEFAULT_WAV2VEC2",
@@ -236,7 +236,7 @@ def load_wav2vec2(
     ``model``: hub id (with ``weights="random"`` also a local directory holding a ``config.json``);
     ``checkpoint``: a local ``save_pretrained`` directory, wins over ``model``.
     """
-    from .clip import resolve_device, resolve_dtype
+    from emo.encoders.clip import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
@@ -305,7 +305,7 @@ def load_sentiment(
     """A frozen sequence classifier and its tokenizer by the strict weights policy (module doc)."""
     import transformers
 
-    from .clip import resolve_device, resolve_dtype
+    from emo.encoders.clip import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)

@@ -23,9 +23,9 @@ import torch
 from emo.cache.featureset import FeatureSet
 from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
+from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip
 
 from .boxes import BoxFormatError, boxes_at, coverage_for_item, subject_boxes_info
-from .clip import ClipEncoder, ClipSpec, load_clip
 from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction, versions
 from .sampling import SamplingConfig
 from .video import DecodedItem, decode_item

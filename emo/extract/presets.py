@@ -11,7 +11,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .clip import ClipSpec
+from emo.encoders.clip import ClipSpec
+
 from .datasets import ADAPTERS
 from .pipeline import ExtractOptions, extract_clip
 from .sampling import SamplingConfig

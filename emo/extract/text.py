@@ -31,8 +31,8 @@ import numpy as np
 
 from emo.cache.featureset import FeatureSet, list_feature_sets, open_feature_set
 from emo.cache.manifest import Item, read_manifest
+from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip, spec_from_config
 
-from .clip import ClipEncoder, ClipSpec, load_clip, spec_from_config
 from .hf import DEFAULT_SENTIMENT, SentimentModel, load_sentiment
 from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction
 

@@ -1,7 +1,7 @@
 """Stage 2: heads trained from the feature cache (registry, metrics, run directories, the heads).
 
-Never imports ``emo.cli``; ``emo.extract.clip`` (the open_clip adapter) only inside the heads that
-rebuild the frozen CLIP text tower named by a feature set's provenance (PE-CLIP).
+Never imports ``emo.extract`` or ``emo.cli`` (data flows extract -> cache <- heads); heads that rebuild
+the frozen CLIP text tower named by a feature set's provenance (PE-CLIP) use ``emo.encoders.clip``.
 """
 
 from .metrics import classification_metrics, mean_std, plot_confusion

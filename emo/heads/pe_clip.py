@@ -219,7 +219,7 @@ class PEClipModel(nn.Module):
 @functools.lru_cache(maxsize=2)
 def _clip_text(spec) -> tuple[FrozenTextTower, object]:
     """The frozen text tower and tokenizer of a CLIP spec (built once per process: folds share it)."""
-    from emo.extract.clip import load_clip  # the open_clip adapter; a head needs it only for the text tower
+    from emo.encoders.clip import load_clip  # the open_clip adapter (shared with extraction)
 
     enc = load_clip(spec, device="cpu", precision="fp32")
     return FrozenTextTower(enc.model), enc.tokenize
@@ -227,7 +227,7 @@ def _clip_text(spec) -> tuple[FrozenTextTower, object]:
 
 def clip_text_of(data: FeatureData, feature: str, checkpoint: str | None = None):
     """The text tower of the CLIP model that made ``data``'s ``feature`` array."""
-    from emo.extract.clip import spec_from_config
+    from emo.encoders.clip import spec_from_config
 
     modality = feature.split("/")[0]
     configs = [c for c in data.feature_sets.values() if c.get("modality") == modality]

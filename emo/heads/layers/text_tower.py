@@ -2,7 +2,7 @@
 
 Works on the attributes of an open_clip ``CLIP`` module (``token_embedding``, ``positional_embedding``,
 ``transformer.resblocks``, ``attn_mask``, ``ln_final``, ``text_projection``; argmax pooling) without
-importing open_clip: the adapter ``emo.extract.clip`` builds the model, this file reproduces its
+importing open_clip: the adapter ``emo.encoders.clip`` builds the model, this file reproduces its
 ``encode_text`` exactly and cuts it into pieces.
 
 - :class:`FrozenTextTower`: a frozen copy of the text parts; ``embed`` -> ``run_layers`` -> ``finish``
