@@ -628,6 +628,82 @@ def heads_sweep(
     typer.echo(format_results_table([r.row() for r in results]))
 
 
+def _stacked_run(name: str, cache: Path, runs: dict[str, Path | None], split: str | None, out: Path | None,
+                 suffix: str, overrides: dict, features: list[str] | None, val_fraction: float, seed: int) -> None:
+    """Train a head that reads the features of other runs (probe, cache classifier): the split and the
+    output directory default to the first run's."""
+    from emo.heads.from_run import run_split
+    from emo.heads.runs import train_from_cache
+
+    given = {k: v for k, v in runs.items() if v is not None}
+    if not given:
+        raise ValueError(f"{name} needs " + " or ".join(f"--{k}" for k in runs) + " (a trained run directory)")
+    first = next(iter(given.values()))
+    split = split or run_split(first)
+    out = out or first.with_name(first.name + suffix)
+    result = train_from_cache(
+        name, cache, split=split, out=out, feature_sets=features or None,
+        overrides={**overrides, **{k: str(v) for k, v in given.items()}},
+        val_fraction=val_fraction, seed=seed, command=sys.argv,
+    )
+    typer.echo(result.table())
+    typer.echo(f"run: {out}")
+
+
+@heads_app.command("cache-classifier", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_cache_classifier(
+    ctx: typer.Context,
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    video: Path = typer.Option(None, help="Run directory of a VFM (video features)."),
+    audio: Path = typer.Option(None, help="Run directory of an auditory adapter (audio features)."),
+    split: str = typer.Option(None, help="SCHEME:FOLD (default: the split of the runs)."),
+    out: Path = typer.Option(None, help="Run directory to write (default: beside the first run, NAME-cache)."),
+    features: list[str] = typer.Option(None, help="Feature set names (default: the runs' modalities)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train for the α/β search when there is no val split."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
+    preset: str = typer.Option(None, help="configs/heads/cache-classifier/PRESET.json (e.g. release) or a .json path."),
+) -> None:
+    """EmoAsst's zero-shot + K-shot cache classifier over VFM / adapter runs (--shots K, --search val|none,
+    --finetune-keys for Tip-F; every config field is an option, see `emo heads config cache-classifier`)."""
+    overrides = _preset_overrides("cache-classifier", preset) | _parse_overrides(list(ctx.args), set_ or [])
+    suffix = "-tipf" if str(overrides.get("finetune_keys", "false")).lower() in ("true", "1", "yes", "on") else "-cache"
+    _stacked_run("cache-classifier", cache, {"video": video, "audio": audio}, split, out, suffix, overrides,
+                 features, val_fraction, seed)
+
+
+@heads_app.command("probe", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_probe(
+    ctx: typer.Context,
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    run: Path = typer.Option(..., "--features", help="Run directory whose head makes the features (e.g. runs/vfm)."),
+    split: str = typer.Option(None, help="SCHEME:FOLD (default: the run's split)."),
+    out: Path = typer.Option(None, help="Run directory to write (default: beside the run, NAME-probe)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train for choosing C when there is no val split."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (C, c_grid, max_iter)."),
+) -> None:
+    """Linear probe (logistic regression) on the features of a trained run (EmoAsst Table 2)."""
+    _stacked_run("probe", cache, {"features": run}, split, out, "-probe",
+                 _parse_overrides(list(ctx.args), set_ or []), None, val_fraction, seed)
+
+
+@heads_app.command("adapt")
+@friendly
+def heads_adapt(
+    run: Path = typer.Argument(..., help="A cache-classifier run directory (updated in place)."),
+    add: Path = typer.Option(..., help="CSV with id,label columns: the new labelled clips."),
+    cache: Path = typer.Option(None, help="Cache holding the new clips' features (default: the run's cache)."),
+) -> None:
+    """Add labelled clips from a new setting to a cache classifier, without training."""
+    from emo.heads.cache_classifier import adapt_run
+
+    counts = adapt_run(run, add, cache)
+    typer.echo(f"{run}: added {counts['added']} item(s) to the cache of fold(s) {', '.join(counts['folds'])}")
+
+
 @heads_app.command("eval")
 @friendly
 def heads_eval(

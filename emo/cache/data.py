@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["FeatureData", "sample_frames", "centre_index"]
+__all__ = ["FeatureData", "sample_frames", "subsample_segments", "segment_array", "segment_batch", "centre_index"]
 
 
 def centre_index(n_frames: int) -> int:
@@ -35,6 +35,8 @@ class FeatureData:
     feature_sets: dict[str, dict] = field(default_factory=dict)  # name -> config.json (with "key")
     class_text: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> [C, T, D] prompt embeddings
     class_prompts: list[str] = field(default_factory=list)  # the T templates behind class_text
+    texts: list[list[str]] = field(default_factory=list)  # [n] the manifest's text of each item (captions; [] = none)
+    speakers: list[str | None] = field(default_factory=list)  # [n] the manifest's speaker of each item
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -66,6 +68,8 @@ class FeatureData:
             feature_sets=self.feature_sets,
             class_text=self.class_text,
             class_prompts=self.class_prompts,
+            texts=[self.texts[i] for i in idx] if self.texts else [],
+            speakers=[self.speakers[i] for i in idx] if self.speakers else [],
         )
 
     def role(self, name: str) -> FeatureData:
@@ -87,3 +91,32 @@ def sample_frames(x: torch.Tensor, train: bool, generator: torch.Generator | Non
     rows = torch.arange(n)[:, None].expand(n, m)
     segs = torch.arange(m)[None, :].expand(n, m)
     return x[rows, segs, frame, view[:, None].expand(n, m)]
+
+
+def subsample_segments(m: int, k: int) -> torch.Tensor:
+    """``[k]`` indices of ``k`` of ``m`` segments, evenly spread (centre of each of k equal parts)."""
+    if not 1 <= k <= m:
+        raise ValueError(f"cannot take {k} segments from a cache with M = {m}")
+    return ((torch.arange(k, dtype=torch.float64) + 0.5) * m / k).floor().long()
+
+
+def segment_array(data: FeatureData, feature: str, segments: int = 0) -> torch.Tensor:
+    """``data.arrays[feature]``, checked to be ``[n, M, N, V, D]`` with at least ``segments`` segments."""
+    if feature not in data.arrays:
+        raise ValueError(f"features have no array {feature!r} (have: {', '.join(sorted(data.arrays))})")
+    x = data.arrays[feature]
+    if x.ndim != 5:
+        raise ValueError(f"{feature!r} must be [n, M, N, V, D], got {tuple(x.shape)}")
+    if segments:
+        subsample_segments(x.shape[1], segments)  # fails now if the cache has fewer segments
+    return x
+
+
+def segment_batch(
+    data: FeatureData, feature: str, idx, train: bool, generator: torch.Generator | None, segments: int = 0
+) -> torch.Tensor:
+    """``[B, M or segments, D]`` float32 frames of items ``idx`` (:func:`sample_frames`, then an even
+    subsample to ``segments`` when it is not 0)."""
+    x = data.arrays[feature][torch.from_numpy(np.asarray(idx))]  # [B, M, N, V, D]
+    z = sample_frames(x, train, generator).float()  # [B, M, D]
+    return z[:, subsample_segments(z.shape[1], segments)] if segments else z

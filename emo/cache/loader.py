@@ -119,6 +119,7 @@ def load_features(
     feature_sets: list[str] | None = None,
     split: str | None = None,
     arrays: list[str] | None = None,
+    modalities: tuple[str, ...] = (),
 ) -> FeatureData:
     """Features of every item ok in all chosen feature sets, in manifest order.
 
@@ -126,11 +127,13 @@ def load_features(
     ``split``: ``"scheme:fold"`` sets ``roles``; None leaves them empty. ``arrays``: names to load
     (``"clip/cls"``…), each from the chosen set whose modality is its group (``audio/...`` from the
     audio set), so joined sets can be asked for by name; None = all but the large ones (tokens,
-    pixels). Ragged arrays come as ``RaggedArray`` (see the module doc).
+    pixels). Ragged arrays come as ``RaggedArray`` (see the module doc). ``modalities``: with no
+    ``feature_sets`` named, take the one set of each of these modalities (a head's needs, e.g.
+    ``("clip", "audio")``) instead of requiring the cache to hold a single set.
     """
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir / "manifest.jsonl")
-    sets = _choose_sets(cache_dir, feature_sets)
+    sets = _choose_sets(cache_dir, feature_sets, modalities)
     loaded: dict[str, np.ndarray | RaggedArray] = {}
     present: set[str] | None = None
     per_set: list[tuple[dict[str, int], dict[str, np.ndarray | RaggedArray]]] = []
@@ -165,6 +168,8 @@ def load_features(
         arrays=out,
         roles=np.array([""] * len(ids), dtype=object),
         feature_sets={fs.name: fs.meta for fs in sets},
+        texts=[_item_texts(it.text) for it in order],
+        speakers=[it.speaker for it in order],
     )
     for fs in sets:
         text = read_class_text(fs, manifest.classes)
@@ -194,10 +199,30 @@ def _names_for(fs: FeatureSet, names: list[str] | None, n_sets: int) -> list[str
     return [n for n in names if n.split("/", 1)[0] == modality]
 
 
-def _choose_sets(cache_dir: Path, names: list[str] | None) -> list[FeatureSet]:
+def _item_texts(text) -> list[str]:
+    """The manifest's ``text`` of an item as a list of captions (``[]`` when it has none)."""
+    if text is None:
+        return []
+    return [text] if isinstance(text, str) else [str(t) for t in text]
+
+
+def _choose_sets(cache_dir: Path, names: list[str] | None, modalities: tuple[str, ...] = ()) -> list[FeatureSet]:
     if names:
         return [open_feature_set(cache_dir, n) for n in names]
     sets = list_feature_sets(cache_dir)
+    if modalities:
+        chosen = []
+        for modality in modalities:
+            of = [s for s in sets if s.meta.get("modality") == modality]
+            if len(of) != 1:
+                have = ", ".join(f"{s.name} ({s.meta.get('modality')})" for s in sets) or "none"
+                need = "none" if not of else f"{len(of)}: {', '.join(s.name for s in of)}"
+                raise FeatureSetError(
+                    f"{cache_dir}: this head needs one {modality!r} feature set, found {need}; "
+                    f"name the sets with --features (have: {have})"
+                )
+            chosen.append(of[0])
+        return chosen
     if len(sets) != 1:
         have = ", ".join(s.name for s in sets) or "none (run `emo extract ...` first)"
         raise FeatureSetError(f"{cache_dir} holds {len(sets)} feature sets; pick with --features (have: {have})")

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emo.cache.data import FeatureData, sample_frames
+from emo.cache.data import FeatureData, segment_array, segment_batch, subsample_segments
 
+from .layers.clip_text import clip_text_of
 from .layers.prompts import ca_prompts, check_fits, coop_prompts, emotional_prompts, neutral_prompt
 from .layers.temporal import build_temporal
 from .layers.text_tower import (
@@ -128,13 +129,6 @@ def bidirectional_loss(
     return lam * fwd + (1 - lam) * bwd, {"loss_fwd": float(fwd.detach()), "loss_bwd": float(bwd.detach())}
 
 
-def subsample_segments(m: int, k: int) -> torch.Tensor:
-    """``[k]`` indices of ``k`` of ``m`` segments, evenly spread (centre of each of k equal parts)."""
-    if not 1 <= k <= m:
-        raise ValueError(f"cannot take {k} segments from a cache with M = {m}")
-    return ((torch.arange(k, dtype=torch.float64) + 0.5) * m / k).floor().long()
-
-
 # -- the model ---------------------------------------------------------------------------------------
 class PEClipModel(nn.Module):
     """Temporal encoder + decoder + classifier weights. ``forward(z [B, M, D]) -> v_0 [B, D]``."""
@@ -216,41 +210,12 @@ class PEClipModel(nn.Module):
         return self.evolve(self.memory(z))
 
 
-@functools.lru_cache(maxsize=2)
-def _clip_text(spec) -> tuple[FrozenTextTower, object]:
-    """The frozen text tower and tokenizer of a CLIP spec (built once per process: folds share it)."""
-    from emo.encoders.clip import load_clip  # the open_clip adapter (shared with extraction)
-
-    enc = load_clip(spec, device="cpu", precision="fp32")
-    return FrozenTextTower(enc.model), enc.tokenize
-
-
-def clip_text_of(data: FeatureData, feature: str, checkpoint: str | None = None):
-    """The text tower of the CLIP model that made ``data``'s ``feature`` array."""
-    from emo.encoders.clip import spec_from_config
-
-    modality = feature.split("/")[0]
-    configs = [c for c in data.feature_sets.values() if c.get("modality") == modality]
-    if len(configs) != 1:
-        raise ValueError(
-            f"PE-CLIP needs exactly one {modality} feature set to rebuild its text tower, got "
-            f"{[c.get('name') for c in configs]}; choose one with --features"
-        )
-    return _clip_text(spec_from_config(configs[0], checkpoint=checkpoint))
-
-
 class PEClipHead(TorchHead):
     """PE-CLIP trained by the shared :class:`~emo.heads.train.TorchHead` loop."""
 
     def build_module(self, data: FeatureData) -> nn.Module:
         cfg = self.config
-        if cfg.feature not in data.arrays:
-            raise ValueError(f"features have no array {cfg.feature!r} (have: {', '.join(sorted(data.arrays))})")
-        x = data.arrays[cfg.feature]
-        if x.ndim != 5:
-            raise ValueError(f"{cfg.feature!r} must be [n, M, N, V, D], got {tuple(x.shape)}")
-        if cfg.segments:
-            subsample_segments(x.shape[1], cfg.segments)  # fails now if the cache has fewer segments
+        x = segment_array(data, cfg.feature, cfg.segments)  # [n, M, N, V, D]
         tower, tokenize = clip_text_of(data, cfg.feature, cfg.text_checkpoint)
         if cfg.decoder == "pretrained" and not 0 <= cfg.d < tower.n_layers:
             raise ValueError(
@@ -260,11 +225,7 @@ class PEClipHead(TorchHead):
         return PEClipModel(cfg, self.classes, tower, tokenize, feat_dim=x.shape[-1])
 
     def inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
-        x = data.arrays[self.config.feature][torch.from_numpy(np.asarray(idx))]  # [B, M, N, V, D]
-        z = sample_frames(x, train, generator).float()  # [B, M, D]
-        if self.config.segments:
-            z = z[:, subsample_segments(z.shape[1], self.config.segments)]  # [B, segments, D]
-        return {"z": z}
+        return {"z": segment_batch(data, self.config.feature, idx, train, generator, self.config.segments)}  # [B, M, D]
 
     def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         m: PEClipModel = self.module

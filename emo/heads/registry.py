@@ -54,7 +54,9 @@ HEAD_PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "heads"  # <
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # Modules whose import registers the built-in heads (name -> module).
-BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot", "pe-clip": "emo.heads.pe_clip"}
+BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot", "pe-clip": "emo.heads.pe_clip",
+                 "vfm": "emo.heads.vfm", "audio-adapter": "emo.heads.audio_adapter",
+                 "cache-classifier": "emo.heads.cache_classifier", "probe": "emo.heads.probe"}
 
 LogFn = Callable[[dict], None]  # receives one JSON-able record per step / epoch / candidate
 
@@ -109,6 +111,8 @@ class HeadSpec:
     config_cls: type
     build: Callable[[Any, list[str]], Head]
     description: str
+    modalities: tuple[str, ...] = ()  # feature-set modalities it reads (chosen when --features is not given)
+    paper_features: str = ""  # the frozen encoders the paper's numbers belong to (reports compare)
 
     def config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The default config with ``overrides`` applied (strings are coerced, unknown keys raise)."""
@@ -119,14 +123,21 @@ _HEADS: dict[str, HeadSpec] = {}
 
 
 def register_head(
-    name: str, config_cls: type, build: Callable[[Any, list[str]], Head], description: str
+    name: str,
+    config_cls: type,
+    build: Callable[[Any, list[str]], Head],
+    description: str,
+    modalities: tuple[str, ...] = (),
+    paper_features: str = "",
 ) -> HeadSpec:
-    """Add a head to the table; a second head under one name raises."""
+    """Add a head to the table; a second head under one name raises. ``modalities``: the feature sets
+    it reads, one of each (``("clip", "audio")``), taken from a cache when none are named;
+    ``paper_features``: the encoders behind the paper's numbers, shown beside a run's own in reports."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"head {name!r}: config class {config_cls!r} is not a dataclass")
     if name in _HEADS:
         raise ValueError(f"a head named {name!r} is already registered")
-    spec = HeadSpec(name, config_cls, build, description)
+    spec = HeadSpec(name, config_cls, build, description, tuple(modalities), paper_features)
     _HEADS[name] = spec
     return spec
 

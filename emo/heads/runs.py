@@ -161,10 +161,13 @@ def train_head(
         per_fold[fold] = _run_fold(name, config, fd, fold, out / fold, val_fraction, seed, command)
     summary = mean_std(list(per_fold.values()))
     split = first.split if len(folds) == 1 else f"{first.split.partition(':')[0]} ({len(folds)} folds)"
-    result = RunResult(label or name, split, out, per_fold, summary, first.random_weights)
+    label = label or run_label(name, config)
+    result = RunResult(label, split, out, per_fold, summary, first.random_weights)
     write_json_atomic(out / SUMMARY_FILE, {
         "head": name,
-        "label": label or name,
+        "label": label,
+        "encoders": {n: describe_encoder(c) for n, c in first.feature_sets.items()},
+        "paper_features": spec.paper_features,
         "settings": {k: str(v) for k, v in (overrides or {}).items()},
         "cache": str(Path(cache).resolve()) if cache is not None else None,
         "dataset": first.dataset,
@@ -183,14 +186,46 @@ def train_head(
     return result
 
 
+def needed_modalities(config) -> tuple[str, ...]:
+    """The feature-set modalities a head config reads: its ``modalities()`` method, else the group of
+    its ``feature`` array (``"clip/cls"`` -> ``("clip",)``), else none (the cache must hold one set)."""
+    own = getattr(config, "modalities", None)
+    if callable(own):
+        return tuple(own())
+    feature = getattr(config, "feature", None)
+    return (feature.split("/", 1)[0],) if isinstance(feature, str) and "/" in feature else ()
+
+
+def run_label(name: str, config) -> str:
+    """A run's row name in reports: the config's ``label()`` when it has one (e.g. ``VFM + prompt``),
+    else the head's name."""
+    own = getattr(config, "label", None)
+    return own() if callable(own) else name
+
+
+def describe_encoder(meta: dict) -> str:
+    """One line naming the frozen encoder behind a feature set: model and weights."""
+    w = meta.get("weights") or {}
+    kind = w.get("kind")
+    if kind == "random":
+        weights = f"RANDOM weights (seed {w.get('seed')})"
+    elif kind == "pretrained":
+        weights = f"pretrained {w.get('id') or w.get('tag')}"
+    elif kind == "checkpoint":
+        weights = f"checkpoint sha256 {str(w.get('sha256', ''))[:12]}"
+    else:
+        weights = "weights: " + ", ".join(f"{k}={v}" for k, v in w.items() if isinstance(v, (str, int)))
+    return f"{meta.get('modality', '?')}: {meta.get('model', '?')}, {weights}"
+
+
 def _cache_folds(
-    cache: str | os.PathLike, split: str, feature_sets: list[str] | None
+    cache: str | os.PathLike, split: str, feature_sets: list[str] | None, modalities: tuple[str, ...] = ()
 ) -> tuple[list[str], Loader, FeatureData]:
     """Read the cache once; return the folds of ``split`` and a loader setting each fold's roles."""
     manifest = read_manifest(Path(cache) / "manifest.jsonl")
     scheme, fold = parse_split(split)
     folds = manifest.folds(scheme) if fold == "all" else [fold]
-    data = load_features(cache, feature_sets=feature_sets)
+    data = load_features(cache, feature_sets=feature_sets, modalities=modalities)
 
     def load(f: str) -> FeatureData:
         return set_roles(dataclasses.replace(data), manifest, f"{scheme}:{f}")  # shallow copy, own roles
@@ -212,8 +247,8 @@ def train_from_cache(
     command: list[str] | None = None,
 ) -> RunResult:
     """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``)."""
-    get_head(name).config(overrides)  # a typo in an option fails before the cache is read
-    folds, load, _ = _cache_folds(cache, split, feature_sets)
+    config = get_head(name).config(overrides)  # a typo in an option fails before the cache is read
+    folds, load, _ = _cache_folds(cache, split, feature_sets, needed_modalities(config))
     return train_head(name, load, folds=folds, out=out, overrides=overrides, val_fraction=val_fraction,
                       seed=seed, command=command, cache=cache)
 
@@ -276,9 +311,9 @@ def sweep_from_cache(
     """
     spec = get_head(name)
     cells = grid_cells(parse_grid(grid))
-    for cell in cells:
-        spec.config({**(overrides or {}), **cell})
-    folds, load, _ = _cache_folds(cache, split, feature_sets)
+    configs = [spec.config({**(overrides or {}), **cell}) for cell in cells]
+    needs = tuple(dict.fromkeys(m for c in configs for m in needed_modalities(c)))
+    folds, load, _ = _cache_folds(cache, split, feature_sets, needs)
     out = Path(out)
     results = []
     for k, cell in enumerate(cells, 1):
@@ -331,7 +366,9 @@ def evaluate_run(
         raise ValueError(f"{run} does not record its cache; pass --cache")
     scheme = s["split"].partition(":")[0].split(" ")[0]
     split = split or (f"{scheme}:all" if len(s["folds"]) > 1 else s["split"])
-    folds, load, _ = _cache_folds(cache, split, feature_sets)
+    spec = get_head(s["head"])
+    needs = needed_modalities(spec.config(s.get("config") or {}))
+    folds, load, _ = _cache_folds(cache, split, feature_sets, needs)
     missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
     if missing:
         raise ValueError(f"{run} has no checkpoint for fold(s) {missing} of {split}; it holds {s['folds']}")
@@ -473,7 +510,21 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
         rows.append(row)
     if csv_path is not None:
         _write_rows_csv(Path(csv_path), rows)
-    return format_results_table(rows)
+    return format_results_table(rows) + _encoder_notes(found)
+
+
+def _encoder_notes(summaries: list[Path]) -> str:
+    """Lines naming, for each run whose head records the paper's encoders, the encoders of its own
+    features, so that a row on other features is never read as the paper's."""
+    lines = []
+    for p in summaries:
+        with open(p, encoding="utf-8") as f:
+            s = json.load(f)
+        if s.get("paper_features"):
+            own = "; ".join(s.get("encoders", {}).values()) or "unknown"
+            lines.append(f"- {s.get('label', s['head'])} ({p.parent.name}): features from {own}. "
+                         f"The paper's numbers used {s['paper_features']}.")
+    return "\n\nFeatures:\n" + "\n".join(lines) if lines else ""
 
 
 def _write_rows_csv(path: Path, rows: list[dict]) -> None:
