@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python bench/heads.py
 	$(BIN)/python bench/audio.py
 	$(BIN)/python bench/cluster.py
+	$(BIN)/python bench/emoasst.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench
