@@ -531,7 +531,7 @@ def heads_list() -> None:
     from emo.heads.registry import list_heads
 
     for spec in list_heads():
-        typer.echo(f"{spec.name:<14} {spec.description}")
+        typer.echo(f"{spec.name:<17} {spec.description}")
 
 
 @heads_app.command("config")
