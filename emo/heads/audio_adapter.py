@@ -116,6 +116,10 @@ class AudioAdapterHead(TextGuidedHead):
         x, lengths = audio_batch(data.arrays[self.config.feature], idx, self.config.max_frames, train, generator)
         return {"x": x, "lengths": lengths}
 
+    def random_sampling(self, data: FeatureData) -> bool:
+        lengths = data.arrays[self.config.feature].lengths
+        return bool(self.config.max_frames and len(lengths) and int(lengths.max()) > self.config.max_frames)
+
     def text_loss(self, feature: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return supcon_loss(torch.cat([feature, text]), torch.cat([labels, labels]), self.config.tau)
 

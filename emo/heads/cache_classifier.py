@@ -49,6 +49,7 @@ __all__ = [
     "CacheClassifierHead",
     "search_grid",
     "tip_logits",
+    "zero_shot_logits",
     "search_alpha_beta",
     "select_shots",
     "averaged_keys",
@@ -107,6 +108,11 @@ def search_grid(scale: float, steps: int) -> list[float]:
     return [0.1 + i * (scale - 0.1) / steps for i in range(steps)]
 
 
+def zero_shot_logits(feats: dict[str, torch.Tensor], weights: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
+    """``[n, C]`` ``s · mean_m f_m Wᵀ`` over the modalities in ``feats``."""
+    return logit_scale * torch.stack([feats[m] @ weights.T for m in feats]).mean(dim=0)
+
+
 def tip_logits(
     feats: dict[str, torch.Tensor],
     weights: torch.Tensor,
@@ -118,7 +124,7 @@ def tip_logits(
 ) -> torch.Tensor:
     """``[n, C]`` zero-shot + cache logits. ``feats[m] [n, D]`` and ``weights [C, D]`` unit rows,
     ``keys[m] [NK, D]``, ``values [NK, C]`` one-hot, ``alpha[m]`` per modality, one ``beta``."""
-    zero = logit_scale * torch.stack([feats[m] @ weights.T for m in feats]).mean(dim=0)  # [n, C]
+    zero = zero_shot_logits(feats, weights, logit_scale)  # [n, C]
     cache = sum(alpha[m] * torch.exp(-beta * (1.0 - feats[m] @ keys[m].T)) @ values for m in feats)
     return zero + cache
 
@@ -139,11 +145,10 @@ def search_alpha_beta(
     best: tuple[float, dict[str, float], float] | None = None
     for beta in betas:
         parts = [torch.exp(-beta * (1.0 - affinity[m])) @ values for m in mods]  # each [n, C]
-        logits = zero  # broadcast over one grid axis per modality: [G, ..., G, n, C]
+        logits = zero  # one grid axis per modality, broadcast: [G, ..., G, n, C]
         for k, part in enumerate(parts):
-            shape = [1] * len(mods) + list(part.shape)
-            shape[k] = len(a)
-            logits = logits + a.view(*([-1 if j == k else 1 for j in range(len(mods))]), 1, 1) * part.expand(shape)
+            axis = [-1 if j == k else 1 for j in range(len(mods))]  # α of modality k along axis k
+            logits = logits + a.view(*axis, 1, 1) * part
         acc = (logits.argmax(dim=-1) == labels).float().mean(dim=-1)  # [G, ..., G]
         flat = int(torch.argmax(acc.reshape(-1)))  # first maximum in row-major order
         if best is None or float(acc.reshape(-1)[flat]) > best[0]:
@@ -195,11 +200,13 @@ class CacheClassifierHead(Head):
         return {m: torch.from_numpy(h.embed(data)).float() for m, h in self.feature_heads.items()}
 
     def view_features(self, data: FeatureData, views: int, seed: int) -> dict[str, list[np.ndarray]]:
-        """``m -> [views × [n, D]]`` training-time samplings (audio: deterministic without cropping)."""
+        """``m -> [k × [n, D]]`` training-time samplings: ``k = views``, or one when the head's
+        sampling of ``data`` has no randomness (one stored frame and view; audio without cropping)."""
         out = {}
         for m, h in self.feature_heads.items():
             gen = torch.Generator().manual_seed(seed)
-            out[m] = [h.embed(data, train_sampling=True, generator=gen) for _ in range(views)]
+            k = views if h.random_sampling(data) else 1
+            out[m] = [h.embed(data, train_sampling=True, generator=gen) for _ in range(k)]
         return out
 
     def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
@@ -227,7 +234,7 @@ class CacheClassifierHead(Head):
                 raise ValueError("search = val needs a validation part (an official val split or --val-fraction); "
                                  "or pass --search none with --alpha/--beta")
             feats = self.features(val)
-            zero = cfg.logit_scale * torch.stack([feats[m] @ self.weights.T for m in feats]).mean(dim=0)
+            zero = zero_shot_logits(feats, self.weights, cfg.logit_scale)
             affinity = {m: feats[m] @ self.keys[m].T for m in feats}
             self.alpha, self.beta, acc = search_alpha_beta(
                 zero, affinity, self.values, val.labels, search_grid(cfg.alpha_scale, cfg.alpha_steps),

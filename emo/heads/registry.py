@@ -111,7 +111,6 @@ class HeadSpec:
     config_cls: type
     build: Callable[[Any, list[str]], Head]
     description: str
-    modalities: tuple[str, ...] = ()  # feature-set modalities it reads (chosen when --features is not given)
     paper_features: str = ""  # the frozen encoders the paper's numbers belong to (reports compare)
 
     def config(self, overrides: dict[str, Any] | None = None) -> Any:
@@ -127,17 +126,16 @@ def register_head(
     config_cls: type,
     build: Callable[[Any, list[str]], Head],
     description: str,
-    modalities: tuple[str, ...] = (),
     paper_features: str = "",
 ) -> HeadSpec:
-    """Add a head to the table; a second head under one name raises. ``modalities``: the feature sets
-    it reads, one of each (``("clip", "audio")``), taken from a cache when none are named;
-    ``paper_features``: the encoders behind the paper's numbers, shown beside a run's own in reports."""
+    """Add a head to the table; a second head under one name raises. ``paper_features``: the encoders
+    behind the paper's numbers, shown beside a run's own in reports. (The feature sets a head reads
+    come from its config: ``emo.heads.runs.needed_modalities``.)"""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"head {name!r}: config class {config_cls!r} is not a dataclass")
     if name in _HEADS:
         raise ValueError(f"a head named {name!r} is already registered")
-    spec = HeadSpec(name, config_cls, build, description, tuple(modalities), paper_features)
+    spec = HeadSpec(name, config_cls, build, description, paper_features)
     _HEADS[name] = spec
     return spec
 

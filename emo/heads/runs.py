@@ -496,10 +496,14 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
     found = sorted(path.rglob(SUMMARY_FILE))
     if not found:
         raise FileNotFoundError(f"no runs under {path} (a run directory holds {SUMMARY_FILE})")
-    rows = []
+    rows, notes = [], []
     for p in found:
         with open(p, encoding="utf-8") as f:
             s = json.load(f)
+        if s.get("paper_features"):  # name the run's own encoders beside the paper's
+            own = "; ".join(s.get("encoders", {}).values()) or "unknown"
+            notes.append(f"- {s.get('label', s['head'])} ({p.parent.name}): features from {own}. "
+                         f"The paper's numbers used {s['paper_features']}.")
         row = {"name": s.get("label", s["head"]), "split": s["split"], "random_weights": s["random_weights"],
                **{m: s["summary"][m] for m in SCALAR_METRICS}}
         if tsne:
@@ -510,21 +514,7 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
         rows.append(row)
     if csv_path is not None:
         _write_rows_csv(Path(csv_path), rows)
-    return format_results_table(rows) + _encoder_notes(found)
-
-
-def _encoder_notes(summaries: list[Path]) -> str:
-    """Lines naming, for each run whose head records the paper's encoders, the encoders of its own
-    features, so that a row on other features is never read as the paper's."""
-    lines = []
-    for p in summaries:
-        with open(p, encoding="utf-8") as f:
-            s = json.load(f)
-        if s.get("paper_features"):
-            own = "; ".join(s.get("encoders", {}).values()) or "unknown"
-            lines.append(f"- {s.get('label', s['head'])} ({p.parent.name}): features from {own}. "
-                         f"The paper's numbers used {s['paper_features']}.")
-    return "\n\nFeatures:\n" + "\n".join(lines) if lines else ""
+    return format_results_table(rows) + ("\n\nFeatures:\n" + "\n".join(notes) if notes else "")
 
 
 def _write_rows_csv(path: Path, rows: list[dict]) -> None:

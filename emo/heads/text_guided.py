@@ -141,6 +141,10 @@ class TextGuidedHead(TorchHead):
         """Keyword inputs of the encoder for items ``idx`` (train=True samples frames / crops)."""
 
     @abstractmethod
+    def random_sampling(self, data: FeatureData) -> bool:
+        """Whether training-time sampling of ``data`` can differ between passes (else one pass is enough)."""
+
+    @abstractmethod
     def text_loss(self, feature: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The contrastive loss of features ``[B, D]`` against their text targets ``[B, D]``."""
 
@@ -175,7 +179,6 @@ class TextGuidedHead(TorchHead):
         return loss, {}
 
     def scores(self, batch: dict) -> torch.Tensor:
-        batch.pop("text", None)
         f = F.normalize(self.module(**batch).float(), dim=-1)  # [B, D]
         return self.config.logit_scale * f @ self.module.class_weights.T  # [B, C]
 

@@ -95,6 +95,10 @@ class VFMHead(TextGuidedHead):
     def feature_inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         return {"z": segment_batch(data, self.config.feature, idx, train, generator, self.config.frames)}  # [B, T, D]
 
+    def random_sampling(self, data: FeatureData) -> bool:
+        n_frames, n_views = data.arrays[self.config.feature].shape[2:4]
+        return n_frames > 1 or n_views > 1  # a random frame per segment, a random view per item
+
     def text_loss(self, feature: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return clip_contrastive_loss(feature, text, self.config.logit_scale)
 
