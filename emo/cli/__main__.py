@@ -1,0 +1,5 @@
+"""``python -m emo.cli``."""
+
+from emo.cli import main
+
+main()

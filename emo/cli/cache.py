@@ -1,0 +1,84 @@
+"""``emo cache ...``: inspect and check feature caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .common import cache_app, friendly
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@cache_app.command("ls")
+@friendly
+def cache_ls(cache: Path = typer.Argument(..., help="Dataset cache directory.")) -> None:
+    """Feature sets of a dataset cache: name, key, items ok/failed, size, created."""
+    from emo.cache.featureset import list_feature_sets
+
+    sets = list_feature_sets(cache)
+    if not sets:
+        typer.echo(f"{cache}: no feature sets yet")
+        return
+    typer.echo(f"{'feature set':<44} {'key':<12} {'ok':>6} {'failed':>6} {'size':>9}  created")
+    for fs in sets:
+        status = fs.item_status()
+        ok = sum(1 for s in status.values() if s == "ok")
+        mark = "  [RANDOM WEIGHTS]" if fs.random_weights else ""
+        typer.echo(
+            f"{fs.name:<44} {fs.key[:12]:<12} {ok:>6} {len(status) - ok:>6} {_fmt_size(fs.size_bytes()):>9}  "
+            f"{fs.meta.get('created', '?')}{mark}"
+        )
+
+
+@cache_app.command("verify")
+@friendly
+def cache_verify(target: Path = typer.Argument(..., help="A dataset cache directory or one feature set.")) -> None:
+    """Check every shard against its .done.json; exit 1 on any fault."""
+    from emo.cache.featureset import FeatureSet, list_feature_sets
+    from emo.cache.verify import verify_feature_set
+
+    sets = [FeatureSet(target)] if (target / "config.json").exists() else list_feature_sets(target)
+    faults = 0
+    for fs in sets:
+        rep = verify_feature_set(fs)
+        for fault in rep.faults:
+            typer.echo(f"FAULT {fs.name}: {fault}")
+        extra = f", {len(rep.unfinished)} unfinished shards" if rep.unfinished else ""
+        typer.echo(f"{'ok   ' if rep.ok else 'BAD  '}{fs.name}: {rep.shards} shards, {rep.items_ok} ok, {rep.items_failed} failed{extra}")
+        faults += len(rep.faults)
+    if faults:
+        raise typer.Exit(1)
+
+
+@cache_app.command("info")
+@friendly
+def cache_info(feature_set: Path = typer.Argument(..., help="A feature-set directory.")) -> None:
+    """Config, key, counts and failures of one feature set."""
+    from emo.cache.featureset import FeatureSet
+
+    fs = FeatureSet(feature_set)
+    status = fs.item_status()
+    ok = sum(1 for s in status.values() if s == "ok")
+    if fs.random_weights:
+        typer.echo("RANDOM WEIGHTS — features from an untrained encoder (tests and demo only)")
+    typer.echo(f"name:    {fs.name}\nkey:     {fs.key}\ncreated: {fs.meta.get('created')}")
+    typer.echo(f"items:   {ok} ok, {len(status) - ok} failed, {len(fs.done_indices())} shards, {_fmt_size(fs.size_bytes())}")
+    typer.echo("config:")
+    typer.echo(json.dumps(fs.config, indent=2))
+    failures = {}
+    for k in fs.done_indices():  # the .done.json records are authoritative; failures.jsonl is their log
+        for i, err in fs.done_record(k).get("errors", {}).items():
+            if status.get(i) != "ok":
+                failures[i] = err
+    typer.echo(f"failures: {len(failures)}")
+    for i, err in failures.items():
+        typer.echo(f"  {i}: [{err['stage']}] {err['error']}")

@@ -1,0 +1,217 @@
+"""``emo heads ...`` and ``emo report``: stage 2, train, evaluate and compare heads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from .common import app, friendly, heads_app
+
+
+@heads_app.command("list")
+def heads_list() -> None:
+    """The registered heads."""
+    from emo.heads.registry import list_heads
+
+    for spec in list_heads():
+        typer.echo(f"{spec.name:<17} {spec.description}")
+
+
+@heads_app.command("config")
+@friendly
+def heads_config(name: str = typer.Argument(..., help="Head name (see `emo heads list`).")) -> None:
+    """Every config field of head NAME with its default (each is a `--field` option), and its presets."""
+    from emo.heads.registry import HEAD_PRESET_DIR, config_to_dict, get_head
+
+    spec = get_head(name)
+    typer.echo(json.dumps(config_to_dict(spec.config()), indent=2))
+    presets = sorted(p.stem for p in (HEAD_PRESET_DIR / name).glob("*.json"))
+    if presets:
+        typer.echo(f"presets (--preset): {', '.join(presets)}")
+
+
+def _parse_overrides(args: list[str], sets: list[str]) -> dict[str, str]:
+    """``--field value`` / ``--flag`` extra options and ``--set field=value`` -> {field: value}."""
+    out: dict[str, str] = {}
+    for s in sets:
+        k, eq, v = s.partition("=")
+        if not eq:
+            raise ValueError(f"--set expects FIELD=VALUE, got {s!r}")
+        out[k.replace("-", "_")] = v
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise ValueError(f"unexpected argument {a!r}")
+        k, eq, v = a[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                v, i = args[i + 1], i + 1
+            else:
+                v = "true"
+        out[k.replace("-", "_")] = v
+        i += 1
+    return out
+
+
+def _preset_overrides(name: str, preset: str | None) -> dict:
+    from emo.heads.registry import head_preset
+
+    return {k: v for k, v in head_preset(name, preset).items()} if preset else {}
+
+
+@heads_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_train(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Head name (see `emo heads list`)."),
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    split: str = typer.Option(..., help="SCHEME:FOLD, or SCHEME:all for every fold (mean ± std)."),
+    out: Path = typer.Option(..., help="Run directory to write."),
+    features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
+    preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
+) -> None:
+    """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
+    from emo.heads.runs import train_from_cache
+
+    overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
+    result = train_from_cache(
+        name, cache, split=split, out=out, feature_sets=features or None, overrides=overrides,
+        val_fraction=val_fraction, seed=seed, command=sys.argv,
+    )
+    typer.echo(result.table())
+
+
+@heads_app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_sweep(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Head name (see `emo heads list`)."),
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    split: str = typer.Option(..., help="SCHEME:FOLD, or SCHEME:all for every fold."),
+    grid: list[str] = typer.Option(..., help="FIELD=V1,V2,... (repeatable; every combination is run)."),
+    out: Path = typer.Option(..., help="Sweep directory: one run directory per grid cell."),
+    features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
+    preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
+) -> None:
+    """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
+    from emo.heads.runs import format_results_table, sweep_from_cache
+
+    overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
+    results = sweep_from_cache(
+        name, cache, split=split, grid=grid, out=out, feature_sets=features or None, overrides=overrides,
+        val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo,
+    )
+    typer.echo(format_results_table([r.row() for r in results]))
+
+
+def _stacked_run(name: str, cache: Path, runs: dict[str, Path | None], split: str | None, out: Path | None,
+                 suffix: str, overrides: dict, features: list[str] | None, val_fraction: float, seed: int) -> None:
+    """Train a head that reads the features of other runs (probe, cache classifier): the split and the
+    output directory default to the first run's."""
+    from emo.heads.from_run import run_split
+    from emo.heads.runs import train_from_cache
+
+    given = {k: v for k, v in runs.items() if v is not None}
+    if not given:
+        raise ValueError(f"{name} needs " + " or ".join(f"--{k}" for k in runs) + " (a trained run directory)")
+    first = next(iter(given.values()))
+    split = split or run_split(first)
+    out = out or first.with_name(first.name + suffix)
+    result = train_from_cache(
+        name, cache, split=split, out=out, feature_sets=features or None,
+        overrides={**overrides, **{k: str(v) for k, v in given.items()}},
+        val_fraction=val_fraction, seed=seed, command=sys.argv,
+    )
+    typer.echo(result.table())
+    typer.echo(f"run: {out}")
+
+
+@heads_app.command("cache-classifier", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_cache_classifier(
+    ctx: typer.Context,
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    video: Path = typer.Option(None, help="Run directory of a VFM (video features)."),
+    audio: Path = typer.Option(None, help="Run directory of an auditory adapter (audio features)."),
+    split: str = typer.Option(None, help="SCHEME:FOLD (default: the split of the runs)."),
+    out: Path = typer.Option(None, help="Run directory to write (default: beside the first run, NAME-cache)."),
+    features: list[str] = typer.Option(None, help="Feature set names (default: the runs' modalities)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train for the α/β search when there is no val split."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
+    preset: str = typer.Option(None, help="configs/heads/cache-classifier/PRESET.json (e.g. release) or a .json path."),
+) -> None:
+    """EmoAsst's zero-shot + K-shot cache classifier over VFM / adapter runs (--shots K, --search val|none,
+    --finetune-keys for Tip-F; every config field is an option, see `emo heads config cache-classifier`)."""
+    overrides = _preset_overrides("cache-classifier", preset) | _parse_overrides(list(ctx.args), set_ or [])
+    suffix = "-tipf" if str(overrides.get("finetune_keys", "false")).lower() in ("true", "1", "yes", "on") else "-cache"
+    _stacked_run("cache-classifier", cache, {"video": video, "audio": audio}, split, out, suffix, overrides,
+                 features, val_fraction, seed)
+
+
+@heads_app.command("probe", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly
+def heads_probe(
+    ctx: typer.Context,
+    cache: Path = typer.Argument(..., help="Dataset cache directory."),
+    run: Path = typer.Option(..., "--features", help="Run directory whose head makes the features (e.g. runs/vfm)."),
+    split: str = typer.Option(None, help="SCHEME:FOLD (default: the run's split)."),
+    out: Path = typer.Option(None, help="Run directory to write (default: beside the run, NAME-probe)."),
+    val_fraction: float = typer.Option(0.0, help="Stratified part of train for choosing C when there is no val split."),
+    seed: int = typer.Option(0),
+    set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (C, c_grid, max_iter)."),
+) -> None:
+    """Linear probe (logistic regression) on the features of a trained run (EmoAsst Table 2)."""
+    _stacked_run("probe", cache, {"features": run}, split, out, "-probe",
+                 _parse_overrides(list(ctx.args), set_ or []), None, val_fraction, seed)
+
+
+@heads_app.command("adapt")
+@friendly
+def heads_adapt(
+    run: Path = typer.Argument(..., help="A cache-classifier run directory (updated in place)."),
+    add: Path = typer.Option(..., help="CSV with id,label columns: the new labelled clips."),
+    cache: Path = typer.Option(None, help="Cache holding the new clips' features (default: the run's cache)."),
+) -> None:
+    """Add labelled clips from a new setting to a cache classifier, without training."""
+    from emo.heads.cache_classifier import adapt_run
+
+    counts = adapt_run(run, add, cache)
+    typer.echo(f"{run}: added {counts['added']} item(s) to the cache of fold(s) {', '.join(counts['folds'])}")
+
+
+@heads_app.command("eval")
+@friendly
+def heads_eval(
+    run: Path = typer.Argument(..., help="A run directory (from `emo heads train`)."),
+    split: str = typer.Option(None, help="SCHEME:FOLD or SCHEME:all (default: the run's own split)."),
+    cache: Path = typer.Option(None, help="Dataset cache (default: the one the run was trained from)."),
+    features: list[str] = typer.Option(None, help="Feature set name(s) (default: the only one)."),
+) -> None:
+    """Reload a run's checkpoints and score the test items again (refuses other features)."""
+    from emo.heads.runs import evaluate_run
+
+    typer.echo(evaluate_run(run, split=split, cache=cache, feature_sets=features or None).table())
+
+
+@app.command("report")
+@friendly
+def report(
+    runs: Path = typer.Argument(..., help="A run directory or a folder of them (e.g. a sweep)."),
+    csv: Path = typer.Option(None, "--csv", help="Also write the rows as CSV to this file."),
+    tsne: bool = typer.Option(False, "--tsne", help="t-SNE plot per fold (tsne.png) and silhouette column."),
+) -> None:
+    """A results table of every run under RUNS (RANDOM WEIGHTS banner when any used random features)."""
+    from emo.heads.runs import report_runs
+
+    typer.echo(report_runs(runs, csv_path=csv, tsne=tsne))
