@@ -63,11 +63,7 @@ def extract_clip_cmd(
                                            scheduler=scheduler, local_cluster=local_cluster)
     else:
         summary = extract_clip(cache, spec, sampling, options, device=device, precision=precision)
-    _report_skipped(summary.skipped_rows)
-    typer.echo(summary.line())
-    if summary.failed:
-        typer.echo(f"{summary.failed} item(s) failed: see {summary.path / 'failures.jsonl'}", err=True)
-        raise typer.Exit(1)
+    _finish(summary)
 
 
 @extract_app.command("audio")
