@@ -14,7 +14,7 @@ from pathlib import Path
 from emo.cache.data import FeatureData
 from emo.cache.manifest import parse_split
 
-from .registry import CONFIG_FILE, WEIGHTS_FILE, Head, get_head, load_checkpoint
+from .registry import CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE, Head, get_head, load_checkpoint
 
 __all__ = ["fold_dir", "fold_config", "load_run_head", "run_summary", "run_modalities", "run_split", "run_feature_sets"]
 
@@ -22,7 +22,7 @@ __all__ = ["fold_dir", "fold_config", "load_run_head", "run_summary", "run_modal
 def run_summary(run: str | Path) -> dict:
     """The ``summary.json`` of a run directory (or of the run above a fold directory)."""
     run = Path(run)
-    candidates = [run / "summary.json"] + ([run.parent / "summary.json"] if (run / WEIGHTS_FILE).exists() else [])
+    candidates = [run / SUMMARY_FILE] + ([run.parent / SUMMARY_FILE] if (run / WEIGHTS_FILE).exists() else [])
     for p in candidates:
         if p.is_file():
             with open(p, encoding="utf-8") as f:

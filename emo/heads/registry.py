@@ -48,11 +48,15 @@ __all__ = [
     "head_preset",
     "HEAD_PRESET_DIR",
     "WEIGHTS_FILE",
+    "SUMMARY_FILE",
+    "EMBEDDINGS_FILE",
 ]
 
 HEAD_PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "heads"  # <head>/<preset>.json
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+SUMMARY_FILE = "summary.json"  # a run directory's summary (runs.py)
+EMBEDDINGS_FILE = "embeddings.safetensors"  # a fold's test features, for t-SNE (runs.py, report.py)
 # Modules whose import registers the built-in heads (name -> module).
 BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot", "pe-clip": "emo.heads.pe_clip",
                  "vfm": "emo.heads.vfm", "audio-adapter": "emo.heads.audio_adapter",

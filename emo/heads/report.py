@@ -1,0 +1,138 @@
+"""Results tables of run directories: Markdown (and CSV) with one row per run, t-SNE of final features.
+
+Every table starts with :data:`RANDOM_BANNER` when any row was trained on random-weight features, and
+:func:`report_runs` names, for heads that record the paper's encoders, the encoders each run's
+features came from beside the paper's.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+
+from .metrics import SCALAR_METRICS
+from .registry import EMBEDDINGS_FILE, SUMMARY_FILE
+
+__all__ = ["RANDOM_BANNER", "format_results_table", "report_runs", "tsne_plot"]
+
+RANDOM_BANNER = "RANDOM WEIGHTS — these numbers say nothing about the papers"
+TABLE_COLUMNS = (("top1", "top-1"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("uar", "UAR"))
+OPTIONAL_COLUMNS = (("silhouette", "silhouette"),)  # shown when any row has them
+
+
+def format_results_table(rows: list[dict]) -> str:
+    """A Markdown table (head, split, top-1, macro-F1, weighted-F1, UAR; percent).
+
+    Each row: ``name``, ``split``, ``random_weights`` and per metric a float or ``{"mean", "std", "n"}``.
+    The first line is :data:`RANDOM_BANNER` whenever any row was trained on random-weight features.
+    """
+    lines = []
+    if any(r.get("random_weights") for r in rows):
+        lines += [RANDOM_BANNER, ""]
+    columns = TABLE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in rows))
+    lines.append("| head | split | " + " | ".join(title for _, title in columns) + " |")
+    lines.append("|---|---|" + "---:|" * len(columns))
+    for r in rows:
+        cells = [_percent(r.get(m)) if m != "silhouette" else _plain(r.get(m)) for m, _ in columns]
+        lines.append(f"| {r['name']} | {r['split']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plain(v) -> str:
+    if v is None:
+        return "—"
+    return f"{v['mean']:.3f} ± {v['std']:.3f}" if v.get("n", 1) > 1 else f"{v['mean']:.3f}"
+
+
+def _percent(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, dict):
+        return f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}" if v.get("n", 1) > 1 else f"{100 * v['mean']:.2f}"
+    return f"{100 * v:.2f}"
+
+
+def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = None, tsne: bool = False) -> str:
+    """The results table of every run (a directory with ``summary.json``) at or under ``path``.
+
+    One row per run (a sweep cell is a run), mean ± std over its folds. ``csv_path`` also writes the
+    rows as CSV (fractions, with ``_mean``/``_std`` columns). ``tsne`` adds, for runs whose head saved
+    test embeddings, a ``tsne.png`` per fold and the silhouette score (cosine) of the embeddings by
+    true class, mean over folds.
+    """
+    path = Path(path)
+    found = sorted(path.rglob(SUMMARY_FILE))
+    if not found:
+        raise FileNotFoundError(f"no runs under {path} (a run directory holds {SUMMARY_FILE})")
+    rows, notes = [], []
+    for p in found:
+        with open(p, encoding="utf-8") as f:
+            s = json.load(f)
+        if s.get("paper_features"):  # name the run's own encoders beside the paper's
+            own = "; ".join(s.get("encoders", {}).values()) or "unknown"
+            notes.append(f"- {s.get('label', s['head'])} ({p.parent.name}): features from {own}. "
+                         f"The paper's numbers used {s['paper_features']}.")
+        row = {"name": s.get("label", s["head"]), "split": s["split"], "random_weights": s["random_weights"],
+               **{m: s["summary"][m] for m in SCALAR_METRICS}}
+        if tsne:
+            sil = [tsne_plot(p.parent / fold) for fold in s["folds"]]
+            sil = [v for v in sil if v is not None]
+            row["silhouette"] = {"mean": float(np.mean(sil)), "std": float(np.std(sil, ddof=1)) if len(sil) > 1 else 0.0,
+                                 "n": len(sil)} if sil else None
+        rows.append(row)
+    if csv_path is not None:
+        _write_rows_csv(Path(csv_path), rows)
+    return format_results_table(rows) + ("\n\nFeatures:\n" + "\n".join(notes) if notes else "")
+
+
+def _write_rows_csv(path: Path, rows: list[dict]) -> None:
+    metrics = [m for m in (*SCALAR_METRICS, "silhouette") if any(m in r for r in rows)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "split", "random_weights", *(f"{m}_{k}" for m in metrics for k in ("mean", "std", "n"))])
+        for r in rows:
+            cells = []
+            for m in metrics:
+                v = r.get(m)
+                cells += [v["mean"], v["std"], v["n"]] if isinstance(v, dict) else ["", "", ""]
+            w.writerow([r["name"], r["split"], r["random_weights"], *cells])
+
+
+def tsne_plot(fold_dir: Path, seed: int = 0) -> float | None:
+    """t-SNE of a fold's saved test embeddings coloured by true class -> ``tsne.png``; returns the
+    silhouette score (cosine distance, true classes) of the embeddings, or None when the fold saved
+    none or has fewer than two classes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.manifold import TSNE
+    from sklearn.metrics import silhouette_score
+
+    emb_path = fold_dir / EMBEDDINGS_FILE
+    if not emb_path.exists():
+        return None
+    x = load_file(str(emb_path))["test"].double().numpy()  # [n, D]
+    with open(fold_dir / "predictions.csv", encoding="utf-8") as f:
+        true = [r["true"] for r in csv.DictReader(f)]
+    classes = sorted(set(true))
+    y = np.array([classes.index(t) for t in true])
+    if len(classes) < 2 or len(y) < 4:
+        return None
+    score = float(silhouette_score(x, y, metric="cosine"))
+    xy = TSNE(n_components=2, perplexity=min(30.0, (len(y) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
+    fig = Figure(figsize=(5.5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for c, name in enumerate(classes):
+        ax.scatter(xy[y == c, 0], xy[y == c, 1], s=12, label=name)
+    ax.legend(fontsize=7, markerscale=1.5)
+    ax.set_title(f"{fold_dir.parent.name}/{fold_dir.name} · silhouette {score:.3f}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(fold_dir / "tsne.png", format="png", dpi=100, metadata={"Software": None})
+    return score
