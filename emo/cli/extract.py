@@ -160,7 +160,8 @@ def extract_au(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """Facial action units (OpenFace CSVs, or py-feat), at the sampled frames of a clip feature set."""
-    from emo.extract.au import import_openface, import_pyfeat
+    from emo.extract.au import import_openface
+    from emo.extract.pyfeat import import_pyfeat
 
     if backend == "py-feat":
         kwargs = {k: v for k, v in {"au_model": au_model, "face_model": face_model, "device": detector_device}.items() if v}

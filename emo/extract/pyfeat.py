@@ -1,0 +1,273 @@
+"""py-feat as the action-unit backend (``emo extract au --backend py-feat``): run its detector on each
+video and keep, for every sampled frame of one clip feature set, the AUs of its best face.
+
+The only file that imports py-feat (``feat``), lazily, with an install hint. The feature set's layout,
+the alignment to the clip set and the failure policy are those of :mod:`emo.extract.au`; the arrays
+are ``pyfeat/*`` (modality ``pyfeat``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from emo.cache.featureset import FeatureSet
+from emo.cache.manifest import Item, read_manifest
+
+from .au import STAGE, OpenFaceFormatError, aligned_clip_set, frame_times
+from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction
+
+__all__ = [
+    "detect_au",
+    "PYFEAT_AUS",
+    "PYFEAT_DETECTOR_DEFAULTS",
+    "DEFAULT_FACE_THRESHOLD",
+    "align_pyfeat",
+    "pyfeat_config",
+    "import_pyfeat",
+]
+
+# Written against py-feat 2.1.5 (PyPI wheel py_feat-2.1.5). What this code relies on, and nothing else:
+#
+# * ``feat.__version__`` (feat/__init__.py:54, feat/version.py:1) -> the config's ``version``.
+# * The detector class: ``feat.Detector`` where a release has it (py-feat <= 0.6), else ``feat.Detectorv1``
+#   (2.1.5 exports only ``Detectorv1``/``Detectorv2``, feat/__init__.py:50-51; ``Detectorv1.__init__``
+#   keyword defaults face_model="retinaface", landmark_model="mobilefacenet", au_model="xgb",
+#   emotion_model="resmasknet", identity_model="arcface", gaze_model="l2cs", device="cpu",
+#   feat/detector.py:124-133).
+# * ``Detectorv1.detect(inputs, data_type="video", batch_size=1, face_detection_threshold=0.5,
+#   skip_frames=None, progress_bar=True, ...)`` (feat/detector.py:906-919) returns a ``Fex`` (a pandas
+#   DataFrame subclass, feat/data.py:385) with one row per detected face and frame; a frame without a
+#   face still gets one row, with FaceScore 0 / NaN and NaN AUs (feat/detector.py:564-568, 882-886).
+# * Its ``frame`` column is the 0-based index of the frame in the whole video file (VideoDataset decodes
+#   ``np.arange(0, num_frames, skip_frames or 1)`` and reports that index, feat/data.py:2993-2995, 3079;
+#   detect() copies it into ``frame``, feat/detector.py:1003-1011). Rows are matched to our sampled frames
+#   by that index (``clip/frame_index``, also counted in the whole file), never by ``approx_time``.
+# * ``FaceScore`` (feat/utils/__init__.py:27-33) is the face detector's score per row.
+# * The AU columns are ``AU_LANDMARK_MAP["Feat"]`` (feat/pretrained.py:88-109, 20 AUs, presence
+#   probabilities 0..1, not OpenFace intensities), the ``au_columns`` of the Fex (feat/detector.py:1046).
+#
+# The table is read only through ``_fex_columns`` / ``_fex_column`` (``.columns`` and
+# ``table[name].to_numpy()``), so a DataFrame, a Fex or a stand-in object all work.
+PYFEAT_AUS = (  # AU_LANDMARK_MAP["Feat"] of py-feat 2.1.5; used when the installed feat does not expose it
+    "AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU11", "AU12",
+    "AU14", "AU15", "AU17", "AU20", "AU23", "AU24", "AU25", "AU26", "AU28", "AU43",
+)  # fmt: skip
+PYFEAT_DETECTOR_DEFAULTS = {  # Detectorv1.__init__ defaults in py-feat 2.1.5 (device left out: not keyed)
+    "face_model": "retinaface",
+    "landmark_model": "mobilefacenet",
+    "au_model": "xgb",
+    "emotion_model": "resmasknet",
+    "identity_model": "arcface",
+    "gaze_model": "l2cs",
+}
+DEFAULT_FACE_THRESHOLD = 0.5  # py-feat's own face_detection_threshold default
+PYFEAT_TOOL = "py-feat"
+PYFEAT_FACE_RULE = "per frame index: the row with the highest FaceScore (ties: the first row)"
+_PYFEAT_HINT = "py-feat is not installed: pip install py-feat (and its model weights)"
+
+
+def _import_feat():
+    try:
+        import feat  # optional: only this file touches the AU tool library
+    except ImportError as e:
+        raise ImportError(_PYFEAT_HINT) from e
+    return feat
+
+
+def _detector_class(feat):
+    cls = getattr(feat, "Detector", None) or getattr(feat, "Detectorv1", None)
+    if cls is None:
+        raise ImportError(f"feat {getattr(feat, '__version__', '?')} has neither Detector nor Detectorv1 (written for py-feat 2.1.5)")
+    return cls
+
+
+def _pyfeat_aus(feat) -> tuple[str, ...]:
+    """The AU columns py-feat reports, in its order: ``feat.pretrained.AU_LANDMARK_MAP["Feat"]`` if present."""
+    names = getattr(getattr(feat, "pretrained", None), "AU_LANDMARK_MAP", {}).get("Feat")
+    return tuple(str(n) for n in names) if names else PYFEAT_AUS
+
+
+def _fex_columns(table) -> list[str]:
+    """Column names of a py-feat result (uses only ``.columns``)."""
+    return [str(c) for c in table.columns]
+
+
+def _fex_column(table, name: str) -> np.ndarray:
+    """One column as float64 numpy (uses only ``table[name].to_numpy()``); non-numbers become NaN."""
+    values = np.asarray(table[name].to_numpy())
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError):
+        return np.array([_to_float(v) for v in values.reshape(-1)], dtype=np.float64)
+
+
+def _to_float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def detect_au(video: str | os.PathLike, **detector_kwargs):
+    """Run py-feat's detector on a video and return its ``Fex`` table (one row per frame and face).
+
+    A convenience for looking at py-feat's raw output; ``import_pyfeat`` is the feature-set import.
+    Raises ``ImportError`` saying what to install when py-feat is absent.
+    """
+    feat = _import_feat()
+    detector = _detector_class(feat)(**detector_kwargs)
+    return detector.detect(str(video), data_type="video", progress_bar=False)
+
+
+def align_pyfeat(
+    table, frame_index: np.ndarray, au_names: tuple[str, ...], face_threshold: float = DEFAULT_FACE_THRESHOLD
+) -> dict[str, np.ndarray]:
+    """py-feat's per-face rows at the sampled frames ``frame_index [M, N]``: ``pyfeat [M, N, K]`` float16
+    (zeros where invalid), ``valid [M, N]`` and ``face_score [M, N]`` float32 (0 where no row / no score).
+
+    Per frame the row with the highest ``FaceScore`` is kept (``PYFEAT_FACE_RULE``); it is valid when its
+    score is ≥ ``face_threshold`` and all its AUs are finite. Raises ``OpenFaceFormatError`` (a format
+    error of the tool's output) naming missing columns.
+    """
+    have = set(_fex_columns(table))
+    missing = [c for c in ("frame", "FaceScore", *au_names) if c not in have]
+    if missing:
+        raise OpenFaceFormatError(f"py-feat output lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    frame = _fex_column(table, "frame")  # [R]
+    score = _fex_column(table, "FaceScore")  # [R]
+    aus = np.stack([_fex_column(table, a) for a in au_names], axis=-1) if au_names else np.zeros((len(frame), 0))
+    keep = np.isfinite(frame)
+    frame, score, aus = frame[keep].astype(np.int64), score[keep], aus[keep]
+    rank = np.where(np.isfinite(score), score, -np.inf)
+    order = np.lexsort((np.arange(len(frame)), -rank, frame))  # frame, then highest score, then file order
+    frame, score, aus = frame[order], score[order], aus[order]
+    first = np.concatenate([[True], frame[1:] != frame[:-1]]) if len(frame) else np.zeros(0, bool)
+    frame, score, aus = frame[first], score[first], aus[first]  # one row per frame, sorted
+    grid = frame_index.shape
+    q = np.asarray(frame_index, dtype=np.int64).reshape(-1)  # [M*N]
+    k = np.clip(np.searchsorted(frame, q), 0, max(len(frame) - 1, 0))
+    found = (frame[k] == q) if len(frame) else np.zeros(q.shape, bool)
+    s = np.where(found, score[k] if len(frame) else 0.0, np.nan)
+    a = aus[k] if len(frame) else np.zeros((len(q), len(au_names)))
+    valid = found & np.isfinite(s) & (np.nan_to_num(s, nan=-np.inf) >= face_threshold) & np.isfinite(a).all(axis=-1)
+    return {
+        "aus": np.where(valid[:, None], np.nan_to_num(a), 0.0).reshape(*grid, len(au_names)).astype(np.float16),
+        "valid": valid.reshape(grid),
+        "face_score": np.nan_to_num(s, nan=0.0).reshape(grid).astype(np.float32),
+    }
+
+
+def pyfeat_config(clip: FeatureSet, version: str, detector_class: str, detector: dict, au_names, face_threshold: float) -> dict:
+    """Everything that affects the stored py-feat values; its sha256 is the feature set's key."""
+    s = clip.meta["sampling"]
+    return {
+        "modality": "pyfeat",  # its own array names (pyfeat/*): joins with an OpenFace au set without clashing
+        "model": PYFEAT_TOOL,
+        "weights": {"kind": "pretrained", "tag": str(detector.get("au_model", ""))},
+        "tool": PYFEAT_TOOL,
+        "version": version,
+        "detector_class": detector_class,
+        "detector": detector,
+        "au_names": list(au_names),
+        "au_values": "py-feat AU outputs as reported (presence probabilities 0..1 for au_model xgb)",
+        "align_to": {"modality": "clip", "key": clip.key, "segments": s["segments"], "frames_per_segment": s["frames_per_segment"]},
+        "match": {"by": "frame index (py-feat column 'frame' == clip/frame_index)"},
+        "face_threshold": face_threshold,
+        "face_rule": PYFEAT_FACE_RULE,
+        "dtype": {"aus": "float16", "valid": "bool", "face_score": "float32"},
+    }
+
+
+def import_pyfeat(
+    cache_dir: str | os.PathLike,
+    *,
+    align_to: str | None = None,
+    detector_kwargs: dict | None = None,
+    face_threshold: float = DEFAULT_FACE_THRESHOLD,
+    shard_size: int = 16,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Run py-feat on every item's video and store its AUs at the sampled frames of a clip feature set.
+
+    Arrays per item: ``pyfeat/aus [M, N, K]`` float16 (the K AU columns named in the config's
+    ``au_names``, zeros where invalid), ``pyfeat/valid [M, N]`` (a face with FaceScore ≥ ``face_threshold`` at
+    that frame) and ``pyfeat/face_score [M, N]`` float32 (the kept face's score, 0 where py-feat reported
+    none). ``detector_kwargs`` go to the detector's constructor (built once per call, on the first shard
+    that needs it; ``device`` is not part of the key). ``face_threshold`` is also passed to ``detect``
+    as ``face_detection_threshold``. Items not ok in the clip set are skipped rows, as in
+    ``import_openface``; a video py-feat cannot process is a failure (stage ``au``).
+    Raises ``ImportError`` with the install hint, before creating anything, when py-feat is missing.
+    """
+    if not 0.0 <= face_threshold <= 1.0:
+        raise ValueError(f"--face-threshold must be in [0, 1], got {face_threshold}")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be ≥ 1, got {shard_size}")
+    feat = _import_feat()
+    cls = _detector_class(feat)
+    kwargs = dict(detector_kwargs or {})
+    keyed = PYFEAT_DETECTOR_DEFAULTS | {k: v for k, v in kwargs.items() if k != "device"}
+    au_names = _pyfeat_aus(feat)
+    cache_dir = Path(cache_dir)
+    manifest = read_manifest(cache_dir / "manifest.jsonl")
+    rows = {it.id: row for row, it in enumerate(manifest.items, start=1)}
+    skipped = manifest.validate(check_files=False, skip_invalid=True)
+    total = len(manifest.items) + len(skipped)
+    clip = aligned_clip_set(cache_dir, align_to)
+    frames = frame_times(clip, "clip/frame_index")
+    config = pyfeat_config(clip, str(getattr(feat, "__version__", "unknown")), cls.__name__, keyed, au_names, face_threshold)
+    fs = FeatureSet.create(cache_dir, {**config, "notes": {"align_to": clip.name, "device": str(kwargs.get("device", "default"))}})
+    reason = f"no sampled frames: not ok (yet) in clip feature set {clip.name}"
+    not_yet = [(rows[it.id], it.id, reason) for it in manifest.items if it.id not in frames]
+    planned = dataclasses.replace(manifest, items=[it for it in manifest.items if it.id in frames])
+    options = ExtractOptions(shard_size=shard_size, workers=0, retry_failed=retry_failed, progress=progress)
+    runner = _PyFeat(cls, kwargs, manifest, frames, au_names, face_threshold)
+    summary = run_extraction(fs, planned, options, runner.fill, dists=("emo", "numpy", "h5py"))
+    return dataclasses.replace(summary, total=total, skipped_rows=skipped + not_yet)
+
+
+class _PyFeat:
+    """The py-feat set's fill function: one shard's items -> py-feat AUs at their sampled frames."""
+
+    def __init__(self, cls, kwargs, manifest, frames, au_names, face_threshold):
+        self.cls, self.kwargs, self.manifest, self.frames = cls, kwargs, manifest, frames
+        self.au_names, self.face_threshold = au_names, face_threshold
+        self.detector = None
+
+    def _detect(self, path: Path, skip: int | None):
+        if self.detector is None:  # once per call; only when some shard needs it (a resume may not)
+            self.detector = self.cls(**self.kwargs)
+        return self.detector.detect(
+            str(path), data_type="video", skip_frames=skip, face_detection_threshold=self.face_threshold, progress_bar=False
+        )
+
+    def fill(self, k: int, items: list[Item], progress: Progress) -> Filled:
+        filled = Filled(records={"pyfeat": {}})
+        tables: dict[tuple[Path, int | None], object] = {}  # clips cut from one file share one run
+        for it in items:
+            i = it.id
+            if i not in self.frames:
+                filled.errors[i] = (STAGE, "no sampled frames: not ok in the aligned clip feature set")
+                progress.failed()
+                continue
+            index = np.asarray(self.frames[i], dtype=np.int64)
+            # py-feat decodes frames 0, s, 2s, ...: s = gcd of the sampled indices runs only what is needed
+            skip = int(np.gcd.reduce(index.reshape(-1))) if index.size else 0
+            skip = skip if skip > 1 else None
+            path = self.manifest.resolve(it)
+            try:
+                if (path, skip) not in tables:
+                    tables[(path, skip)] = self._detect(path, skip)
+                out = align_pyfeat(tables[(path, skip)], index, self.au_names, self.face_threshold)
+            except Exception as e:  # noqa: BLE001 - any failure of the tool on one video fails that item only
+                filled.errors[i] = (STAGE, f"py-feat failed on {path.name}: {type(e).__name__}: {e}")
+                progress.failed()
+                continue
+            filled.arrays[i] = {f"pyfeat/{n}": out[n] for n in ("aus", "valid", "face_score")}
+            filled.records["pyfeat"][i] = {"video": path.name, "skip_frames": skip, "valid": int(out["valid"].sum())}
+            progress.done(out["valid"].size)
+        return filled
