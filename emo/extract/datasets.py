@@ -510,6 +510,6 @@ ADAPTERS: dict[str, Callable[..., tuple[Manifest, list]]] = {
     "csv": prepare_csv,
 }
 
-# The papers' datasets and video + subtitle folders (``adapters.py``): importing it adds them to ADAPTERS.
+# The papers' datasets and video + subtitle folders (the ``adapters`` package): importing it adds them to ADAPTERS.
 # At the end of this module so that either module may be imported first (adapters imports helpers from here).
 import emo.extract.adapters  # noqa: E402, F401

@@ -1,0 +1,348 @@
+"""DFEW, FERV39k and MAFW: the dynamic facial-expression datasets and their fold files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from emo.cache.manifest import Item, Manifest, ManifestError
+from emo.extract.datasets import (
+    VIDEO_EXTENSIONS,
+    _sha256,
+)
+
+from .common import (
+    DFEW_CLASSES,
+    FERV39K_CLASSES,
+    MAFW_CLASSES,
+    _csv_rows,
+    _finish,
+    _option_path,
+    _Problem,
+    _rel,
+    _root_dir,
+    _text_lines,
+)
+
+# --- dfew ----------------------------------------------------------------------------------------
+
+
+DFEW_MEDIA = {  # media -> (folder under root, file or folder name of clip n)
+    "clip_224x224": ("Clip/clip_224x224", "{n:05d}"),  # face frames, no temporal interpolation
+    "clip_224x224_16f": ("Clip/clip_224x224_16f", "{n:05d}"),  # 16 temporally interpolated face frames
+    "clip_224x224_avi": ("Clip/clip_224x224_avi", "{n:05d}.avi"),
+    "original": ("Clip/original", "{n}.mp4"),
+}
+_DFEW_SPLITS = "EmoLabel_DataSplit"
+
+
+def prepare_dfew(
+    root: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    media: str = "clip_224x224",
+    videos: str | Path | None = None,
+    splits: str | Path | None = None,
+    skip_invalid: bool = False,
+) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
+    """DFEW -> the 11,697 single-labelled clips, scheme ``dfew`` folds ``1..5``.
+
+    Release (DATASETS.md, medium; confirmed against public loaders, e.g. MAE-DFER ``preprocess/dfew.py``,
+    DFER-CLIP ``main.py``): ``EmoLabel_DataSplit/train(single-labeled)/set_{1..5}.csv`` and
+    ``test(single-labeled)/set_{1..5}.csv`` with columns ``video_name,label``, labels 1..7 = happy, sad,
+    neutral, angry, surprise, disgust, fear (0 = no single label: an error in these files). All ten files
+    must exist (a missing one is named). Clips: ``media`` picks one of ``DFEW_MEDIA`` — the face frames
+    ``Clip/clip_224x224/00001/`` (default, what CLIP-based DFER work samples), ``clip_224x224_16f``,
+    ``Clip/clip_224x224_avi/00001.avi`` or ``Clip/original/1.mp4`` (naming from public loaders,
+    unconfirmed: a missing file is reported with its path); ``videos`` replaces the media folder.
+    ``splits`` replaces ``root/EmoLabel_DataSplit``. Ids are the 5-digit clip numbers.
+    A clip's label must agree across files; a clip in train and test of one fold is an error.
+    """
+    root = _root_dir(root, "dfew")
+    if media not in DFEW_MEDIA:
+        raise ManifestError(f"dfew: media {media!r} is not one of {sorted(DFEW_MEDIA)}")
+    folder, pattern = DFEW_MEDIA[media]
+    media_dir = _option_path(videos, root / folder)
+    if not media_dir.is_dir():
+        raise ManifestError(f"dfew: clip folder {media_dir} not found (media={media!r} expects "
+                            f"root/{folder}; choose media= from {sorted(DFEW_MEDIA)} or pass videos=FOLDER)")
+    split_dir = _option_path(splits, root / _DFEW_SPLITS)
+    files = {}
+    for k in range(1, 6):
+        for part in ("train", "test"):
+            f = split_dir / f"{part}(single-labeled)" / f"set_{k}.csv"
+            if not f.is_file():
+                raise ManifestError(f"dfew: split file {f} not found (expected {part}(single-labeled)/set_1.csv "
+                                    f"... set_5.csv under {split_dir}; splits=FOLDER replaces it)")
+            files[(str(k), part)] = f
+    labels: dict[int, tuple[str, str]] = {}  # clip -> (class, where first seen)
+    parts: dict[int, dict[str, str]] = {}
+    origin: dict[int, tuple[str, int]] = {}
+    problems: list[_Problem] = []
+    for (fold, part), file in files.items():
+        shown = _rel(file, split_dir)
+        _, rows = _csv_rows(file, ("video_name", "label"))
+        for n, row in rows:
+            name, raw = (row.get("video_name") or "").strip(), (row.get("label") or "").strip()
+            try:
+                clip = int(name)
+            except ValueError:
+                problems.append(_Problem(shown, n, name or None, f"video_name must be a clip number, got {name!r}"))
+                continue
+            item_id = f"{clip:05d}"
+            if raw not in {str(i) for i in range(1, 8)}:
+                why = "0 = no single label" if raw == "0" else "expected 1..7"
+                problems.append(_Problem(shown, n, item_id, f"label {raw!r} ({why}; 1..7 = {', '.join(DFEW_CLASSES)})"))
+                continue
+            cls = DFEW_CLASSES[int(raw) - 1]
+            where = f"{shown} row {n}"
+            if clip in labels and labels[clip][0] != cls:
+                problems.append(_Problem(shown, n, item_id, f"label {cls!r} disagrees with {labels[clip][0]!r} "
+                                         f"at {labels[clip][1]}"))
+                continue
+            if fold in parts.get(clip, {}):
+                what = "listed twice" if parts[clip][fold] == part else f"in both train and test of set_{fold}"
+                problems.append(_Problem(shown, n, item_id, what))
+                continue
+            labels.setdefault(clip, (cls, where))
+            origin.setdefault(clip, (shown, n))
+            parts.setdefault(clip, {})[fold] = part
+    items, origins = [], []
+    for clip in sorted(labels):
+        items.append(Item(id=f"{clip:05d}", path=_rel(media_dir / pattern.format(n=clip), root),
+                          label=labels[clip][0], splits={"dfew": dict(sorted(parts[clip].items()))}))
+        origins.append(origin[clip])
+    manifest = Manifest(
+        dataset=dataset or Path(out).resolve().name, classes=list(DFEW_CLASSES), items=items, root=str(root),
+        label_type="single", split_schemes={"dfew": ["1", "2", "3", "4", "5"]},
+        source={"adapter": "dfew", "root": str(root), "media": media, "media_dir": str(media_dir),
+                "split_dir": str(split_dir),
+                "split_sha256": {_rel(f, split_dir): _sha256(f) for f in files.values()}},
+    )
+    return _finish(manifest, origins, problems, out, skip_invalid)
+
+
+# --- ferv39k -------------------------------------------------------------------------------------
+
+
+def prepare_ferv39k(
+    root: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    videos: str | Path | None = None,
+    splits: str | Path | None = None,
+    skip_invalid: bool = False,
+) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
+    """FERV39k -> scheme ``ferv39k`` fold ``official`` (train / test).
+
+    Release (DATASETS.md: unconfirmed; layout from public loaders, e.g. DFER-CLIP ``main.py`` and its
+    ``FERV39KDataset``): lists ``4_setups/All_scenes/train_All.csv`` and ``test_All.csv`` (``splits``
+    replaces the folder), one ``<Scene>/<Emotion>/<clip> <Emotion>`` per line (an optional header line
+    is skipped), and face-frame folders ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/`` (``videos``
+    replaces the folder). A missing list or folder is an error naming it; a line whose label is not one
+    of the 7 classes (angry, disgust, fear, happy, neutral, sad, surprise; case-insensitive) or whose
+    path's emotion folder disagrees with it is a bad row. Ids are the listed paths.
+    """
+    root = _root_dir(root, "ferv39k")
+    split_dir = _option_path(splits, root / "4_setups" / "All_scenes")
+    frames = _option_path(videos, root / "2_ClipsforFaceCrop")
+    lists = {"train": split_dir / "train_All.csv", "test": split_dir / "test_All.csv"}
+    for f in lists.values():
+        if not f.is_file():
+            raise ManifestError(f"ferv39k: split list {f} not found (expected 4_setups/All_scenes/train_All.csv "
+                                f"and test_All.csv under {root}; splits=FOLDER replaces the folder)")
+    if not frames.is_dir():
+        raise ManifestError(f"ferv39k: frame folder {frames} not found (expected 2_ClipsforFaceCrop/<Scene>/"
+                            "<Emotion>/<clip>/ under root; videos=FOLDER replaces it)")
+    by_name = {c.casefold(): c for c in FERV39K_CLASSES}
+    items, origins, problems = [], [], []
+    for part, file in lists.items():
+        shown = _rel(file, root)
+        for n, line in enumerate(_text_lines(file), start=1):
+            tokens = [t for t in re.split(r"[,\s]+", line.strip()) if t]
+            if not tokens:
+                continue
+            if n == 1 and "/" not in tokens[0]:
+                continue  # a header line
+            if len(tokens) != 2:
+                problems.append(_Problem(shown, n, tokens[0], f"expected '<Scene>/<Emotion>/<clip> <Emotion>', got {line!r}"))
+                continue
+            path, raw = tokens[0].strip("/"), tokens[1]
+            cls = by_name.get(raw.casefold())
+            if cls is None:
+                problems.append(_Problem(shown, n, path, f"unknown class {raw!r} (classes: {', '.join(FERV39K_CLASSES)})"))
+                continue
+            folders = path.split("/")
+            if len(folders) >= 2 and folders[-2].casefold() != cls:
+                problems.append(_Problem(shown, n, path, f"path's emotion folder {folders[-2]!r} disagrees with "
+                                         f"its label {raw!r}"))
+                continue
+            items.append(Item(id=path, path=_rel(frames / path, root), label=cls,
+                              splits={"ferv39k": {"official": part}}))
+            origins.append((shown, n))
+    manifest = Manifest(
+        dataset=dataset or Path(out).resolve().name, classes=list(FERV39K_CLASSES), items=items, root=str(root),
+        label_type="single", split_schemes={"ferv39k": ["official"]},
+        source={"adapter": "ferv39k", "root": str(root), "frames": str(frames), "split_dir": str(split_dir),
+                "split_sha256": {f.name: _sha256(f) for f in lists.values()}},
+    )
+    return _finish(manifest, origins, problems, out, skip_invalid)
+
+
+# --- mafw ----------------------------------------------------------------------------------------
+
+
+_MAFW_SPLITS = "Train & Test Set"
+
+
+def prepare_mafw(
+    root: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    videos: str | Path | None = None,
+    splits: str | Path | None = None,
+    captions: bool = True,
+    caption_language: str = "en",
+    caption_eval_as: str = "test",
+    skip_invalid: bool = False,
+) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
+    """MAFW -> the 9,172 single-label clips (11 classes), schemes ``mafw`` and ``mafw_caption``, folds ``1..5``.
+
+    Release (DATASETS.md: unconfirmed; layout from public loaders, e.g. MAE-DFER ``preprocess/mafw.py``,
+    and a file-by-file inventory of the release): clips ``data/clips/00025.mp4`` (``videos`` replaces the
+    folder) and ``Train & Test Set/`` (``splits`` replaces it) with
+    ``single/no_caption/set_{1..5}/{train,test}.txt`` — lines ``00025.mp4 anger`` — and
+    ``single/with_caption/set_{1..5}/{train,test}.txt`` — tab-separated ``clip, label, Chinese caption,
+    English caption``, not UTF-8 throughout (each field is decoded as UTF-8, else GB18030). The
+    ``with_caption`` set_1 lists hold 6,423 / 1,611 clips: ECPA's "6,423 training / 1,611 validation
+    videos" (seed 002), i.e. fold ``1`` of ``mafw_caption``. The paper reports on those 1,611, so they
+    are ``test`` here; ``caption_eval_as="val"`` names them ``val`` instead (SPEC §4.5 calls them val).
+    Neutral clips have no caption and are in no ``mafw_caption`` fold.
+
+    ``text`` is the list of the clip's captions in ``caption_language`` (``en`` or ``zh``; all distinct
+    references across the fold files). ``captions=False`` reads no caption files. Every list file must
+    exist (a missing one is named); a label outside the 11 classes, a caption file's label disagreeing
+    with the classification lists, or a clip in train and test of one fold is a bad row. The 43
+    compound classes (``compound/``) are not read.
+    """
+    root = _root_dir(root, "mafw")
+    if caption_language not in ("en", "zh"):
+        raise ManifestError(f"mafw: caption_language must be 'en' or 'zh', got {caption_language!r}")
+    if caption_eval_as not in ("test", "val"):
+        raise ManifestError(f"mafw: caption_eval_as must be 'test' or 'val', got {caption_eval_as!r}")
+    clips = _option_path(videos, root / "data" / "clips")
+    split_dir = _option_path(splits, root / _MAFW_SPLITS)
+    if not clips.is_dir():
+        raise ManifestError(f"mafw: clip folder {clips} not found (expected data/clips/ under root; "
+                            "videos=FOLDER replaces it)")
+    views = ["no_caption"] + (["with_caption"] if captions else [])
+    files = {}
+    for view in views:
+        for k in range(1, 6):
+            for part in ("train", "test"):
+                f = split_dir / "single" / view / f"set_{k}" / f"{part}.txt"
+                if not f.is_file():
+                    hint = "; captions=False skips the caption lists" if view == "with_caption" else ""
+                    raise ManifestError(f"mafw: split list {f} not found (expected single/{view}/set_1..set_5/"
+                                        f"train.txt and test.txt under {split_dir}{hint})")
+                files[(view, str(k), part)] = f
+    by_name = {c.casefold(): c for c in MAFW_CLASSES}
+    labels: dict[str, tuple[str, str]] = {}
+    parts: dict[str, dict[str, dict[str, str]]] = {}
+    texts: dict[str, list[str]] = {}
+    origin: dict[str, tuple[str, int]] = {}
+    names: dict[str, str] = {}  # clip id -> file name as listed
+    problems: list[_Problem] = []
+    encodings: set[str] = set()
+    for (view, fold, part), file in files.items():
+        shown = _rel(file, split_dir)
+        scheme = "mafw" if view == "no_caption" else "mafw_caption"
+        value = part if scheme == "mafw" or part == "train" else caption_eval_as
+        for n, fields in _mafw_lines(file, caption=view == "with_caption", encodings=encodings):
+            if isinstance(fields, str):
+                problems.append(_Problem(shown, n, None, fields))
+                continue
+            name, raw = fields[0], fields[1]
+            item_id = name.rsplit(".", 1)[0] if name.lower().endswith(VIDEO_EXTENSIONS) else name
+            cls = by_name.get(raw.casefold())
+            if cls is None:
+                problems.append(_Problem(shown, n, item_id, f"unknown class {raw!r} (classes: {', '.join(MAFW_CLASSES)})"))
+                continue
+            if item_id in labels and labels[item_id][0] != cls:
+                problems.append(_Problem(shown, n, item_id, f"label {cls!r} disagrees with {labels[item_id][0]!r} "
+                                         f"at {labels[item_id][1]}"))
+                continue
+            assigned = parts.setdefault(item_id, {}).setdefault(scheme, {})
+            if fold in assigned:
+                what = "listed twice" if assigned[fold] == value else f"in both train and test of set_{fold}"
+                problems.append(_Problem(shown, n, item_id, f"{what} ({view})"))
+                continue
+            assigned[fold] = value
+            labels.setdefault(item_id, (cls, f"{shown} line {n}"))
+            origin.setdefault(item_id, (shown, n))
+            names.setdefault(item_id, name if name != item_id else name + ".mp4")
+            if scheme == "mafw_caption":
+                text = fields[3] if caption_language == "en" else fields[2]
+                refs = texts.setdefault(item_id, [])
+                if text and text not in refs:
+                    refs.append(text)
+    items, origins = [], []
+    for item_id in sorted(labels):
+        splits_of = {s: dict(sorted(f.items())) for s, f in sorted(parts[item_id].items())}
+        items.append(Item(id=item_id, path=_rel(clips / names[item_id], root), label=labels[item_id][0],
+                          text=texts.get(item_id) or None, splits=splits_of))
+        origins.append(origin[item_id])
+    schemes = {"mafw": ["1", "2", "3", "4", "5"]} | ({"mafw_caption": ["1", "2", "3", "4", "5"]} if captions else {})
+    manifest = Manifest(
+        dataset=dataset or Path(out).resolve().name, classes=list(MAFW_CLASSES), items=items, root=str(root),
+        label_type="single", split_schemes=schemes,
+        source={"adapter": "mafw", "root": str(root), "clips": str(clips), "split_dir": str(split_dir),
+                "captions": captions, "caption_language": caption_language if captions else None,
+                "caption_eval_as": caption_eval_as if captions else None,
+                "caption_encodings": sorted(encodings),
+                "ecpa_caption_fold": "1" if captions else None,
+                "split_sha256": {_rel(f, split_dir): _sha256(f) for f in files.values()}},
+    )
+    return _finish(manifest, origins, problems, out, skip_invalid)
+
+
+def _mafw_lines(file: Path, caption: bool, encodings: set[str]):
+    """``(line, fields)`` per non-blank line; fields ``[clip, label]`` or ``[clip, label, zh, en]``, or a
+    string saying why the line cannot be read."""
+    raw = file.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            continue
+        if not caption:
+            try:
+                parts = line.decode("utf-8").split()
+            except UnicodeDecodeError as e:
+                yield n, f"not UTF-8 ({e})"
+                continue
+            yield n, (parts if len(parts) == 2 else f"expected '<clip>.mp4 <label>', got {line.decode('utf-8')!r}")
+            continue
+        cells = line.split(b"\t")
+        if len(cells) < 4:
+            yield n, f"expected 4 tab-separated fields (clip, label, Chinese caption, English caption), got {len(cells)}"
+            continue
+        decoded = []
+        for cell in cells[:4]:
+            for enc in ("utf-8", "gb18030"):
+                try:
+                    decoded.append(cell.decode(enc).strip())
+                    encodings.add(enc)
+                    break
+                except UnicodeDecodeError:
+                    continue
+            else:
+                decoded.append(None)
+        if None in decoded:
+            yield n, "a field is neither UTF-8 nor GB18030"
+            continue
+        yield n, decoded

@@ -1,0 +1,137 @@
+"""MELD: the official train / dev / test CSVs and video folders, utterance text and speaker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emo.cache.manifest import Item, Manifest, ManifestError
+from emo.extract.datasets import (
+    _sha256,
+)
+
+from .common import (
+    MELD_CLASSES,
+    _csv_rows,
+    _finish,
+    _Problem,
+    _root_dir,
+)
+
+# --- meld ----------------------------------------------------------------------------------------
+
+
+_MELD_PARTS = (  # (release name, label file, video folder, split value)
+    ("train", "train_sent_emo.csv", "train_splits", "train"),
+    ("dev", "dev_sent_emo.csv", "dev_splits_complete", "val"),
+    ("test", "test_sent_emo.csv", "output_repeated_splits_test", "test"),
+)
+_MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
+
+
+def prepare_meld(
+    root: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    fix_text: bool = True,
+    skip_invalid: bool = False,
+) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
+    """MELD (``MELD.Raw``) -> one item per utterance clip, scheme ``meld`` fold ``official``.
+
+    Release (DATASETS.md, medium; the MELD.Raw.tar.gz of github.com/declare-lab/MELD, whose README gives
+    9,989 / 1,109 / 2,610 utterances; folder names as public loaders read them): ``root`` (or ``root/MELD.Raw``)
+    holds ``train_sent_emo.csv``, ``dev_sent_emo.csv``, ``test_sent_emo.csv`` (columns ``Sr No.,
+    Utterance, Speaker, Emotion, Sentiment, Dialogue_ID, Utterance_ID, Season, Episode, StartTime,
+    EndTime``) and the clips ``dia{Dialogue_ID}_utt{Utterance_ID}.mp4`` under ``train_splits/``,
+    ``dev_splits_complete/``, ``output_repeated_splits_test/``. A missing CSV, folder or column is an
+    error naming it. Ids are ``train|dev|test/dia{D}_utt{U}`` (dialogue ids repeat across parts); dev is
+    ``val``. ``text`` is the utterance, ``speaker`` the speaker. The mp4 is already the utterance clip,
+    so ``start``/``end`` stay empty (``StartTime``/``EndTime`` are times in the episode, not in the clip).
+
+    With ``fix_text`` the cp1252-read-as-UTF-8 mojibake of the release (``â€™`` for ``’``) is repaired
+    (``fix_mojibake``); the count is recorded in ``source["texts_fixed"]``. A row whose clip is missing
+    (a few in the release) is a "file not found" row: an error, or listed with ``skip_invalid``.
+    """
+    root = _root_dir(root, "meld")
+    base = root
+    if not (root / _MELD_PARTS[0][1]).is_file() and (root / "MELD.Raw" / _MELD_PARTS[0][1]).is_file():
+        base = root / "MELD.Raw"
+    for _, label_file, video_dir, _ in _MELD_PARTS:
+        if not (base / label_file).is_file():
+            raise ManifestError(f"meld: no {label_file} in {base} (expected the MELD.Raw release: "
+                                f"{', '.join(p[1] for p in _MELD_PARTS)} and the clip folders "
+                                f"{', '.join(p[2] for p in _MELD_PARTS)})")
+        if not (base / video_dir).is_dir():
+            raise ManifestError(f"meld: no clip folder {video_dir}/ in {base} (extract the release's "
+                                f"{_part_archive(video_dir)} there)")
+    items, origins, problems, fixed = [], [], [], 0
+    for part, label_file, video_dir, split in _MELD_PARTS:
+        file = base / label_file
+        _, rows = _csv_rows(file, _MELD_COLUMNS)
+        for n, row in rows:
+            try:
+                dia, utt = int(row["Dialogue_ID"].strip()), int(row["Utterance_ID"].strip())
+            except (ValueError, AttributeError, KeyError):
+                problems.append(_Problem(label_file, n, None, f"Dialogue_ID / Utterance_ID must be integers, got "
+                                         f"{row.get('Dialogue_ID')!r} / {row.get('Utterance_ID')!r}"))
+                continue
+            text = row.get("Utterance") or ""
+            if fix_text:
+                text, changed = fix_mojibake(text)
+                fixed += changed
+            items.append(Item(
+                id=f"{part}/dia{dia}_utt{utt}", path=f"{video_dir}/dia{dia}_utt{utt}.mp4",
+                label=(row.get("Emotion") or "").strip().lower(), text=text.strip() or None,
+                speaker=(row.get("Speaker") or "").strip() or None, splits={"meld": {"official": split}},
+            ))
+            origins.append((label_file, n))
+    manifest = Manifest(
+        dataset=dataset or Path(out).resolve().name, classes=list(MELD_CLASSES), items=items, root=str(base),
+        label_type="single", split_schemes={"meld": ["official"]},
+        source={"adapter": "meld", "root": str(base), "fix_text": fix_text, "texts_fixed": fixed,
+                "label_files": {p[1]: _sha256(base / p[1]) for p in _MELD_PARTS},
+                "parts": {p[0]: p[3] for p in _MELD_PARTS}},
+    )
+    return _finish(manifest, origins, problems, out, skip_invalid)
+
+
+def _part_archive(video_dir: str) -> str:
+    return {"train_splits": "train.tar.gz", "dev_splits_complete": "dev.tar.gz",
+            "output_repeated_splits_test": "test.tar.gz"}.get(video_dir, video_dir)
+
+
+def fix_mojibake(text: str) -> tuple[str, bool]:
+    """Undo UTF-8 text that was decoded as cp1252 (``â€™`` -> ``’``); ``(text, changed)``.
+
+    Each character is mapped back to its cp1252 byte (C1 controls U+0080..U+009F, which cp1252 leaves
+    undefined, to the same byte) and the bytes are decoded as UTF-8; text that does not round-trip (real
+    non-ASCII text) is left as it is. Lone C1 controls left after that are cp1252 punctuation read as
+    Latin-1 (``\\x92`` -> ``’``) and are mapped through cp1252.
+    """
+    if text.isascii():
+        return text, False
+    fixed = text
+    try:
+        raw = bytes(_cp1252_byte(ch) for ch in text)
+        fixed = raw.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        fixed = text
+    if any("\x80" <= ch <= "\x9f" for ch in fixed):
+        fixed = "".join(_c1_to_cp1252(ch) for ch in fixed)
+    return fixed, fixed != text
+
+
+def _cp1252_byte(ch: str) -> int:
+    if ord(ch) < 0x80 or 0x80 <= ord(ch) <= 0x9f:
+        return ord(ch)
+    b = ch.encode("cp1252")  # UnicodeEncodeError (a ValueError) when ch has no cp1252 byte
+    return b[0]
+
+
+def _c1_to_cp1252(ch: str) -> str:
+    if "\x80" <= ch <= "\x9f":
+        try:
+            return bytes([ord(ch)]).decode("cp1252")
+        except UnicodeDecodeError:
+            return ch
+    return ch
