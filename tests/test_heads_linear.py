@@ -102,7 +102,7 @@ def test_config_values_are_coerced_from_strings():
         config_from_dict(Flags, {"on": "maybe"})
 
 
-@pytest.mark.parametrize("name", ["linear", "zero-shot", "pe-clip", "vfm", "audio-adapter", "cache-classifier", "probe"])
+@pytest.mark.parametrize("name", [s.name for s in list_heads()])  # every registered head has its preset
 def test_presets_are_the_config_defaults(name):
     preset = json.loads((ROOT / "configs" / "heads" / f"{name}.json").read_text())
     spec = get_head(name)
