@@ -273,3 +273,18 @@ def test_one_joint_decoder_pass_equals_the_two_separate_ones():
     torch.testing.assert_close(v0, m.evolve(mem), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(vj, m.evolve_classes(mem), rtol=1e-5, atol=1e-5)
     assert m.joint_prototypes.states.shape[0] == 1 + len(fd.classes)
+
+
+def test_heads_built_in_one_process_do_not_share_a_text_tower():
+    """Folds and sweep cells build a head each from one loaded CLIP: moving one head's module (to CUDA,
+    or here to float64) must leave the next head's tower where it was built, on the CPU in fp32."""
+    fd = tiny_features()
+    first = build(fd)
+    first.module.double()  # in place, like .to("cuda")
+    second = build(fd)
+    assert second.module.tower is not first.module.tower
+    assert {p.dtype for p in second.module.tower.parameters()} == {torch.float32}
+    for (name, a), (_, b) in zip(first.module.tower.named_parameters(), second.module.tower.named_parameters(), strict=True):
+        assert torch.equal(a.float(), b), name  # the same weights, loaded once
+    loss, _ = _step(second, fd)
+    assert torch.isfinite(loss)

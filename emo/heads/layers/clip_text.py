@@ -26,16 +26,18 @@ TEXT_BATCH = 256  # strings per text-tower batch
 
 
 @functools.lru_cache(maxsize=2)
-def _clip_text(spec) -> tuple[FrozenTextTower, object]:
-    """The frozen text tower and tokenizer of a CLIP spec (built once per process: folds share it)."""
+def _clip_model(spec):
+    """The CLIP encoder of a spec on the CPU, fp32 (loaded once per process: folds and heads share it)."""
     from emo.encoders.clip import load_clip  # the open_clip adapter (shared with extraction)
 
-    enc = load_clip(spec, device="cpu", precision="fp32")
-    return FrozenTextTower(enc.model), enc.tokenize
+    return load_clip(spec, device="cpu", precision="fp32")
 
 
 def clip_text_of(data: FeatureData, feature: str = "clip/cls", checkpoint: str | None = None):
     """``(FrozenTextTower, tokenize)`` of the CLIP model that made ``data``'s ``feature`` array.
+
+    The weights are loaded once per process, but each call returns its own tower (a copy, on the CPU):
+    a head moves its tower with its module (``.to("cuda")``), which must not move another head's.
 
     ``checkpoint``: the weights file of a checkpoint-made set when it has moved since extraction.
     """
@@ -48,7 +50,8 @@ def clip_text_of(data: FeatureData, feature: str = "clip/cls", checkpoint: str |
             f"need exactly one {modality} feature set to rebuild the CLIP text tower, got "
             f"{[c.get('name') for c in configs]}; choose one with --features"
         )
-    return _clip_text(spec_from_config(configs[0], checkpoint=checkpoint))
+    enc = _clip_model(spec_from_config(configs[0], checkpoint=checkpoint))
+    return FrozenTextTower(enc.model), enc.tokenize  # the tower deep-copies its parts
 
 
 @torch.no_grad()
