@@ -120,13 +120,13 @@ def backward_loss(vj: torch.Tensor, w: torch.Tensor, y: torch.Tensor, tau: float
 
 def bidirectional_loss(
     v0: torch.Tensor, vj: torch.Tensor | None, w: torch.Tensor, y: torch.Tensor, lam: float, tau: float
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``λ L_fwd + (1 - λ) L_bwd`` (just ``L_fwd`` when ``vj`` is None: bidirectional off)."""
     fwd = forward_loss(v0, w, y, tau)
     if vj is None:
-        return fwd, {"loss_fwd": float(fwd.detach())}
+        return fwd, {"loss_fwd": fwd.detach()}
     bwd = backward_loss(vj, w, y, tau)
-    return lam * fwd + (1 - lam) * bwd, {"loss_fwd": float(fwd.detach()), "loss_bwd": float(bwd.detach())}
+    return lam * fwd + (1 - lam) * bwd, {"loss_fwd": fwd.detach(), "loss_bwd": bwd.detach()}
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -213,6 +213,8 @@ class PEClipModel(nn.Module):
 class PEClipHead(TorchHead):
     """PE-CLIP trained by the shared :class:`~emo.heads.train.TorchHead` loop."""
 
+    static_batches = True  # [B, segments, D] frames: the step can be replayed as a CUDA graph
+
     def build_module(self, data: FeatureData) -> nn.Module:
         cfg = self.config
         x = segment_array(data, cfg.feature, cfg.segments)  # [n, M, N, V, D]
@@ -227,7 +229,7 @@ class PEClipHead(TorchHead):
     def inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         return {"z": segment_batch(data, self.config.feature, idx, train, generator, self.config.segments)}  # [B, M, D]
 
-    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         m: PEClipModel = self.module
         mem = m.memory(batch["z"])  # [B, M, D]
         w = m.class_weights()  # [C, D]
@@ -235,10 +237,10 @@ class PEClipHead(TorchHead):
         if m.cfg.classifier == "linear":
             fwd = F.cross_entropy(m.logits(v0, w), labels)
             if vj is None:
-                return fwd, {"loss_fwd": float(fwd.detach())}
+                return fwd, {"loss_fwd": fwd.detach()}
             bwd = backward_loss(vj, w, labels, m.cfg.tau)
             loss = m.cfg.lam * fwd + (1 - m.cfg.lam) * bwd
-            return loss, {"loss_fwd": float(fwd.detach()), "loss_bwd": float(bwd.detach())}
+            return loss, {"loss_fwd": fwd.detach(), "loss_bwd": bwd.detach()}
         return bidirectional_loss(v0, vj, w, labels, m.cfg.lam, m.cfg.tau)
 
     def scores(self, batch: dict) -> torch.Tensor:

@@ -172,7 +172,7 @@ class TextGuidedHead(TorchHead):
             batch["text"] = self._targets.draw([data.ids[i] for i in idx], generator)
         return batch
 
-    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         text = batch.pop("text")
         feature = self.module(**batch)  # [B, D]
         loss = self.text_loss(feature.float(), text.float(), labels)

@@ -4,7 +4,8 @@ A head subclasses :class:`TorchHead`, builds its ``nn.Module`` in ``build_module
 becomes a loss and scores; ``TorchHead.fit`` does the rest: Adam/AdamW, a per-step schedule (constant,
 cosine, step) with optional linear warm-up, epochs and batches, AMP on CUDA, gradient clipping, a
 seeded generator for shuffling and frame/view sampling (CPU runs are bit-reproducible), one log
-record per epoch.
+record per epoch. On CUDA, heads whose batches have static shapes replay the step as one CUDA graph
+(``cuda_graph``, :mod:`emo.heads.cuda_graph`); the loop reads losses back once per epoch, not per step.
 
 Protocol (SPEC §4): by default a fixed schedule on the whole train part and the LAST epoch is kept
 (the papers' protocol). With a validation part, each epoch is scored on it; with ``patience > 0``
@@ -32,6 +33,7 @@ from torch import nn
 
 from emo.cache.data import FeatureData
 
+from .cuda_graph import GraphedStep
 from .registry import Head, LogFn
 
 __all__ = ["TrainConfig", "TorchHead", "resolve_device", "lr_factor", "trainable_parameters"]
@@ -52,6 +54,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     patience: int = 0  # early stopping on val top-1 (needs a val part); 0 = fixed schedule, last epoch
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16); ignored on CPU
+    cuda_graph: bool = True  # on CUDA, replay the step as one CUDA graph when the head allows it (cuda_graph.py)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     eval_batch_size: int = 64
 
@@ -96,12 +99,14 @@ class TorchHead(Head):
     """
 
     frozen_prefixes: tuple[str, ...] = ()  # state-dict names not learned, not saved (rebuilt by prepare)
+    static_batches = False  # every full batch has the same tensor shapes: the step can be a CUDA graph
     needs_data = True  # load_checkpoint must be given the features: prepare() sizes and rebuilds the module
 
     def __init__(self, config: Any, classes: list[str]):
         super().__init__(config, classes)
         self.module: nn.Module | None = None
         self.device = torch.device("cpu")
+        self.graph_step: GraphedStep | None = None  # the last fit's captured step, when it used one
 
     # -- what a head provides -----------------------------------------------------------------------
     @abstractmethod
@@ -113,8 +118,9 @@ class TorchHead(Head):
         """Model inputs of items ``idx`` (on the CPU); train=True samples frames/views at random."""
 
     @abstractmethod
-    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar training loss of a batch, and named parts of it for the log."""
+    def loss(self, batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar training loss of a batch, and named parts of it for the log (0-d tensors: reading them
+        with ``float`` here would wait for the device at every step and prevent a CUDA-graph capture)."""
 
     @abstractmethod
     def scores(self, batch: dict) -> torch.Tensor:
@@ -132,14 +138,50 @@ class TorchHead(Head):
         return torch.autocast("cuda", dtype=dtype)
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return {k: self._tensor_to_device(v) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _tensor_to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the head's device. A CUDA copy goes through pinned memory so that it does not wait for
+        the GPU: the next batch is assembled on the CPU while the current step runs."""
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
+
+    def _graphed(self, scaler: torch.amp.GradScaler) -> bool:
+        """Whether ``fit`` replays full batches as a CUDA graph (see :mod:`emo.heads.cuda_graph`)."""
+        return (self.config.cuda_graph and self.static_batches and self.device.type == "cuda"
+                and not scaler.is_enabled())
+
+    def _optimizer(self, capturable: bool = False) -> torch.optim.Optimizer:
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{type(self).__name__}: no trainable parameters")
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.config.optimizer]
-        return cls(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        # On CUDA the fused update: one kernel for all parameters instead of a few per parameter group.
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        if capturable:  # a tensor lr: the schedule fills it in place, so replays of a captured step see it
+            lr = torch.tensor(float(self.config.lr), device=self.device)
+            return cls(params, lr=lr, weight_decay=self.config.weight_decay, capturable=True, **fused)
+        return cls(params, lr=self.config.lr, weight_decay=self.config.weight_decay, **fused)
+
+    def _step_fn(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
+        """One optimiser step on a device batch: ``(batch, labels) -> (loss, parts)``, all detached tensors,
+        with no host synchronisation (the loop reads the sums once per epoch)."""
+        cfg = self.config
+
+        def step(batch: dict, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            with self._autocast():
+                loss, parts = self.loss(batch, labels)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            return loss.detach().float(), {k: torch.as_tensor(v).detach().float() for k, v in parts.items()}
+
+        return step
 
     def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
         log = log or (lambda record: None)
@@ -152,39 +194,50 @@ class TorchHead(Head):
         if cfg.patience and (val is None or len(val) == 0):
             raise ValueError("patience (early stopping) needs a validation part: pass --val-fraction")
         gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**63))
-        opt = self._optimizer()
         n = len(train)
         steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps_per_epoch))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and cfg.amp
                                       and not torch.cuda.is_bf16_supported())
+        graphed = self._graphed(scaler)
+        opt = self._optimizer(capturable=graphed)
+
+        def set_lr(done: int) -> None:  # after `done` steps; fills a tensor lr in place, with no host sync
+            lr = cfg.lr * lr_factor(cfg, done, steps_per_epoch)
+            for group in opt.param_groups:
+                if torch.is_tensor(group["lr"]):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+
+        set_lr(0)
+        done = 0
+        step = self._step_fn(opt, scaler)
+        if graphed:
+            step = GraphedStep(step)
+        self.graph_step = step if graphed else None
         best = None  # (val_top1, epoch, state)
         since_best = 0
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
             self.module.train()
             order = torch.randperm(n, generator=gen).numpy()
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}
             for start in range(0, n, cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 batch = self._to_device(self.inputs(train, idx, True, gen))
-                y = labels[torch.from_numpy(idx)].to(self.device)
-                with self._autocast():
-                    loss, parts = self.loss(batch, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch}: training loss is {loss.item()}")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                y = self._tensor_to_device(labels[torch.from_numpy(idx)])
+                loss, parts = step(batch, y, len(idx) == cfg.batch_size) if graphed else step(batch, y)
+                done += 1
+                set_lr(done)
+                for k, v in {"loss": loss, **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
-            record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3),
-                      **{k: v / n for k, v in sums.items()}}
+            means = {k: float(v) / n for k, v in sums.items()}  # the epoch's one wait for the device
+            if not math.isfinite(means["loss"]):
+                raise FloatingPointError(f"epoch {epoch}: the training loss is {means['loss']}")
+            record = {"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]),
+                      "seconds": round(time.perf_counter() - t0, 3), **means}
+            if graphed:
+                record["cuda_graph"] = step.failed and f"off: {step.failed}" or f"{step.replays} replays"
             if val is not None and len(val):
                 sv = torch.from_numpy(self.predict_scores(val))
                 yv = val.labels

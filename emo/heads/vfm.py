@@ -84,6 +84,8 @@ class VisualFusionModule(nn.Module):
 class VFMHead(TextGuidedHead):
     """The visual fusion module trained by the shared loop (zero-shot scores for the run's metrics)."""
 
+    static_batches = True  # [B, frames, D] frames and [B, D] text targets: the step can be a CUDA graph
+
     def build_encoder(self, data: FeatureData, text_dim: int, query_text: torch.Tensor) -> nn.Module:
         cfg = self.config
         x = segment_array(data, cfg.feature, cfg.frames)  # [n, M, N, V, D]
