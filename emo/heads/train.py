@@ -237,7 +237,7 @@ class TorchHead(Head):
             record = {"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]),
                       "seconds": round(time.perf_counter() - t0, 3), **means}
             if graphed:
-                record["cuda_graph"] = step.failed and f"off: {step.failed}" or f"{step.replays} replays"
+                record["cuda_graph"] = f"off: {step.failed}" if step.failed else f"{step.replays} replays"
             if val is not None and len(val):
                 sv = torch.from_numpy(self.predict_scores(val))
                 yv = val.labels
