@@ -20,6 +20,7 @@ def extract_clip_cmd(
     segments: int = typer.Option(64, "--segments", "-M", help="Uniform segments per video (M)."),
     frames_per_segment: int = typer.Option(1, "--frames-per-segment", "-N", help="Frames stored per segment (N)."),
     views: int = typer.Option(1, "--views", "-V", help="Spatial views (V); view 0 = centre crop."),
+    center_crop: float = typer.Option(1.0, help="View 0's side / the shorter side (EmotionCLIP: 0.875 = 224/256)."),
     tokens_layer: int = typer.Option(None, help="Also store all tokens after this block."),
     pixels: bool = typer.Option(False, "--pixels", help="Also store the preprocessed uint8 frames."),
     subject_prompt: bool = typer.Option(False, "--subject-prompt",
@@ -50,7 +51,8 @@ def extract_clip_cmd(
         model=model, pretrained=pretrained, checkpoint=str(checkpoint) if checkpoint else None,
         weights=weights, random_seed=seed, tokens_layer=tokens_layer,
     )
-    sampling = SamplingConfig(segments=segments, frames_per_segment=frames_per_segment, views=views, seed=seed)
+    sampling = SamplingConfig(segments=segments, frames_per_segment=frames_per_segment, views=views, seed=seed,
+                              center_crop=center_crop)
     options = ExtractOptions(
         shard_size=shard_size, workers=workers, timeout=timeout, batch_size=batch_size, pixels=pixels,
         subject_prompt=subject_prompt, box_tolerance=box_tolerance,
@@ -179,6 +181,24 @@ def extract_au(
     if summary.failed:
         typer.echo(f"{summary.failed} item(s) failed: see {summary.path / 'failures.jsonl'}", err=True)
         raise typer.Exit(1)
+
+
+@extract_app.command("convert-emotionclip")
+@friendly
+def extract_convert_emotionclip(
+    src: Path = typer.Argument(..., help="EmotionCLIP's checkpoint (emotionclip_latest.pt)."),
+    out: Path = typer.Option(..., help="The open_clip weights file to write (.safetensors)."),
+    model: str = typer.Option("ViT-B-32", help="open_clip architecture of its backbone."),
+    trust_pickle: bool = typer.Option(False, help="Unpickle Python objects in SRC (runs code from the file)."),
+) -> None:
+    """EmotionCLIP's image and text towers as a weights file for `emo extract clip --checkpoint`."""
+    from emo.encoders.emotionclip import convert_emotionclip
+
+    summary = convert_emotionclip(src, out, model=model, trust_pickle=trust_pickle)
+    typer.echo(f"wrote {summary['output']}: {summary['tensors']} tensors of open_clip {summary['model']} "
+               f"(dropped: {', '.join(summary['dropped']) or 'nothing'}); ImageNet mean/std recorded in the file")
+    typer.echo(f"extract with: emo extract clip CACHE --model {summary['model']} --checkpoint {summary['output']} "
+               f"--center-crop {summary['center_crop']}")
 
 
 @extract_app.command("preset")

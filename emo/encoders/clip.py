@@ -9,7 +9,8 @@ prompt (SPEC §4.4; see ``ClipEncoder.encode_images``).
 Weights policy, strict:
 - ``weights="pretrained"`` with ``pretrained=TAG`` downloads through open_clip as usual;
 - ``checkpoint=PATH`` (wins over the tag) loads a local file: an open_clip checkpoint, a plain
-  ``state_dict``, a ``.safetensors`` file or OpenAI's TorchScript ``.pt``, always strictly;
+  ``state_dict``, a ``.safetensors`` file or OpenAI's TorchScript ``.pt``, always strictly; a file made
+  by ``emo extract convert-emotionclip`` also brings the mean/std its weights were trained with;
 - ``weights="random"`` builds the architecture with random init under a fixed seed, and only then.
 Any load failure raises ``WeightsError`` naming both ``--pretrained`` and ``--checkpoint``; a model
 that failed to load is never replaced by random weights.
@@ -226,6 +227,12 @@ def _build_model(spec: ClipSpec) -> torch.nn.Module:
         raise WeightsError(
             f"could not load {what} for {spec.model}: {str(e).rstrip('.')}. {_weights_hint(spec.model)}"
         ) from e
+    if spec.source == "checkpoint":
+        from .emotionclip import checkpoint_preprocess  # a converted checkpoint names its own mean/std
+
+        own = checkpoint_preprocess(path)
+        if own:
+            model.visual.preprocess_cfg = {**model.visual.preprocess_cfg, "mean": own["mean"], "std": own["std"]}
     return model
 
 

@@ -38,6 +38,15 @@ CLIP_DISTS = ("emo", "torch", "open_clip_torch", "decord", "av", "h5py")  # vers
 CLIP_COMPRESS = frozenset({"clip/pixels"})  # arrays stored gzip-compressed
 
 
+def sampling_key(sampling: SamplingConfig) -> dict:
+    """The sampling part of a cache key. ``center_crop`` appears only when it is not 1, so the sets
+    extracted before it existed keep their keys."""
+    fields = dataclasses.asdict(sampling)
+    if fields["center_crop"] == 1.0:
+        del fields["center_crop"]
+    return fields
+
+
 def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: ExtractOptions) -> dict:
     """Everything that affects the stored values; its sha256 is the feature set's key.
 
@@ -52,7 +61,7 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
         "weights": weights,
         "notes": notes,
         "preprocess": encoder.preprocess_provenance(),
-        "sampling": dataclasses.asdict(sampling),
+        "sampling": sampling_key(sampling),
         "outputs": {"cls": True, "tokens_layer": encoder.spec.tokens_layer, "pixels": options.pixels},
         **({"subject_prompt": {"token": "sum_p a_p * pos[1+p], appended before ln_pre; none without a subject",
                                "several": "largest box",

@@ -22,7 +22,7 @@ __all__ = ["PRESET_DIR", "load_preset", "parse_sets", "run_preset"]
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
 _TOP = {"adapter", "prepare", "extract", "description"}
 _CLIP = {"encoder", "model", "pretrained", "checkpoint", "weights", "segments", "frames_per_segment", "views",
-         "tokens_layer", "pixels", "seed", "shard_size", "batch_size", "timeout", "precision"}
+         "center_crop", "tokens_layer", "pixels", "seed", "shard_size", "batch_size", "timeout", "precision"}
 _AUDIO = {"encoder", "model", "checkpoint", "weights", "seed", "layers", "max_seconds", "shard_size", "timeout",
           "precision"}
 _TEXT = {"encoder", "sentiment", "sentiment_checkpoint", "weights", "seed", "shard_size", "batch_size", "precision"}
@@ -112,7 +112,7 @@ def _clip_step(cache: Path, step: dict, workers: int | None, device: str):
     )
     sampling = SamplingConfig(
         segments=step.pop("segments", 64), frames_per_segment=step.pop("frames_per_segment", 1),
-        views=step.pop("views", 1), seed=seed,
+        views=step.pop("views", 1), seed=seed, center_crop=step.pop("center_crop", 1.0),
     )
     precision = step.pop("precision", "auto")
     opts = ExtractOptions(**step, **({"workers": workers} if workers is not None else {}))

@@ -33,6 +33,7 @@ class SamplingConfig:
     crop_scale: tuple[float, float] = (0.64, 1.0)  # area of a random crop, as a fraction of the frame
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # width / height of a random crop
     seed: int = 0
+    center_crop: float = 1.0  # view 0's side as a fraction of the shorter side (EmotionCLIP: 224 / 256)
 
     def __post_init__(self) -> None:
         for name in ("segments", "frames_per_segment", "views", "image_size"):
@@ -41,6 +42,10 @@ class SamplingConfig:
                 raise ValueError(f"SamplingConfig.{name} must be a positive int, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"SamplingConfig.seed must be an int, got {self.seed!r}")
+        if isinstance(self.center_crop, bool) or not isinstance(self.center_crop, (int, float)) \
+                or not 0.0 < self.center_crop <= 1.0:
+            raise ValueError(f"SamplingConfig.center_crop must be in (0, 1], got {self.center_crop!r}")
+        object.__setattr__(self, "center_crop", float(self.center_crop))
         for name, upper in (("crop_scale", 1.0), ("crop_ratio", math.inf)):
             pair = getattr(self, name)
             try:
@@ -84,7 +89,8 @@ def view_rng(seed: int, item_id: str, view: int) -> np.random.Generator:
 def crop_boxes(height: int, width: int, cfg: SamplingConfig, item_id: str) -> np.ndarray:
     """Crop boxes ``[V, 4]`` float64 ``(x0, y0, x1, y1)`` in source pixels of a ``height x width`` frame.
 
-    View 0 is the centre square of side ``min(height, width)``. View ``v >= 1`` is a random resized
+    View 0 is the centre square of side ``center_crop * min(height, width)`` (1: CLIP's resize of the
+    shorter side + centre crop; 224 / 256: EmotionCLIP's resize to 256 + centre crop 224). View ``v >= 1`` is a random resized
     crop: area ``~ U(crop_scale) * H * W``, aspect ratio ``w / h`` log-uniform in ``crop_ratio``,
     integer size and offset; after ``10`` draws that do not fit, the largest centred box whose ratio
     is clamped into ``crop_ratio`` (torchvision's ``RandomResizedCrop`` rule). Each box is applied to
@@ -92,7 +98,7 @@ def crop_boxes(height: int, width: int, cfg: SamplingConfig, item_id: str) -> np
     """
     if height < 1 or width < 1:
         raise ValueError(f"bad frame size {width}x{height}")
-    side = min(height, width)
+    side = cfg.center_crop * min(height, width)
     boxes = np.empty((cfg.views, 4), dtype=np.float64)
     x0, y0 = (width - side) / 2, (height - side) / 2
     boxes[0] = (x0, y0, x0 + side, y0 + side)
