@@ -347,3 +347,63 @@ def test_a_preset_runs_clip_then_audio_steps(tmp_path):
     assert failed == 0
     assert sorted(fs.config["modality"] for fs in list_feature_sets(tmp_path / "cache")) == ["audio", "clip"]
     assert sum("4 ok, 0 failed of 4 items" in line for line in lines) == 2
+
+
+# -- SEGUE's release -> a wav2vec2 checkpoint directory ------------------------------------------------
+def _segue_release(path: Path, legacy_names: bool = True) -> tuple[Path, dict]:
+    """A replica of SEGUE's release directory around the tiny wav2vec2: config.json (model_type segue)
+    and pytorch_model.bin with ``speech_encoder.*`` (weight-norm under its pre-parametrisation names,
+    as transformers 4.21 saved it) and ``text_encoder.*``."""
+    from transformers import Wav2Vec2Model
+
+    speech = Wav2Vec2Model.from_pretrained(tiny_wav2vec2(path.parent / f"{path.name}-speech", seed=5))
+    own = {k: v.clone() for k, v in speech.state_dict().items()}
+    state = {}
+    for k, v in own.items():
+        if legacy_names:
+            k = k.replace(".parametrizations.weight.original0", ".weight_g").replace(
+                ".parametrizations.weight.original1", ".weight_v")
+        state["speech_encoder." + k] = v
+    state["text_encoder.embeddings.word_embeddings.weight"] = torch.randn(10, 4)
+    path.mkdir(parents=True)
+    torch.save(state, path / "pytorch_model.bin")
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["SegueModel"], "model_type": "segue", "n_classes": 0,
+        "speech_encoder_checkpoint": "facebook/wav2vec2-base-960h",
+        "text_encoder_checkpoint": "sentence-transformers/all-mpnet-base-v2"}))
+    return path, own
+
+
+def test_segue_conversion_keeps_every_speech_weight_and_loads_strictly(tmp_path):
+    from emo.extract.hf import load_wav2vec2
+    from emo.extract.segue import convert_segue
+
+    src, own = _segue_release(tmp_path / "segue")
+    base = tmp_path / "segue-speech"  # the tiny architecture stands for wav2vec2-base-960h
+    summary = convert_segue(src, tmp_path / "segue-w2v2", base_config=str(base))
+    assert summary["dropped"] == ["text_encoder"] and summary["tensors"] == len(own)
+    enc = load_wav2vec2(checkpoint=summary["output"], device="cpu")  # emo's strict loader: no weight unset
+    loaded = enc.model.state_dict()
+    assert set(loaded) == set(own)
+    for k, v in own.items():
+        assert torch.equal(loaded[k], v), k
+    assert enc.normalize  # wav2vec2-base's preprocessor: zero-mean unit-variance input
+
+
+def test_segue_conversion_refuses_what_it_cannot_place(tmp_path):
+    from typer.testing import CliRunner
+
+    from emo.cli import app
+    from emo.extract.segue import convert_segue
+
+    src, _ = _segue_release(tmp_path / "segue")
+    with pytest.raises(WeightsError, match="does not fit the wav2vec2 architecture"):  # base-960h != tiny
+        convert_segue(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    plain = tiny_wav2vec2(tmp_path / "plain")
+    with pytest.raises(WeightsError, match="not SEGUE"):
+        convert_segue(plain, tmp_path / "out2")
+    res = CliRunner().invoke(app, ["extract", "convert-segue", str(src), "--out", str(tmp_path / "o3"),
+                                   "--base-config", str(tmp_path / "segue-speech")])
+    assert res.exit_code == 0, res.output
+    assert f"--checkpoint {tmp_path / 'o3'}" in res.output

@@ -201,6 +201,24 @@ def extract_convert_emotionclip(
                f"--center-crop {summary['center_crop']}")
 
 
+@extract_app.command("convert-segue")
+@friendly
+def extract_convert_segue(
+    src: Path = typer.Argument(..., help="SEGUE's release directory (config.json + pytorch_model.bin)."),
+    out: Path = typer.Option(..., help="The wav2vec2 checkpoint directory to write."),
+    base_config: str = typer.Option(None, help="config.json (or its directory) of SEGUE's speech encoder, "
+                                               "when it is not facebook/wav2vec2-base-960h."),
+    trust_pickle: bool = typer.Option(False, help="Unpickle Python objects in the weights (runs code from the file)."),
+) -> None:
+    """SEGUE's speech encoder as a wav2vec2 directory for `emo extract audio --checkpoint`."""
+    from emo.extract.segue import convert_segue
+
+    summary = convert_segue(src, out, base_config=base_config, trust_pickle=trust_pickle)
+    typer.echo(f"wrote {summary['output']}: {summary['tensors']} tensors of a {summary['layers']}-layer wav2vec2 "
+               f"(dropped: {', '.join(summary['dropped']) or 'nothing'})")
+    typer.echo(f"extract with: emo extract audio CACHE --checkpoint {summary['output']} --layers 9")
+
+
 @extract_app.command("preset")
 @friendly
 def extract_preset(

@@ -1,4 +1,5 @@
-"""Frozen transformers models: the only module of ``emo`` that imports ``transformers`` (lazily, at use).
+"""Frozen transformers models: with ``segue.py``, the only module of ``emo`` that imports ``transformers``
+(lazily, at use).
 
 Two models, one weights policy (SPEC §3.3, the same as ``clip.py``):
 
@@ -316,3 +317,4 @@ def load_sentiment(
     except Exception as e:  # no tokenizer, no sentiment: stop here
         raise WeightsError(f"could not load the tokenizer of {loaded.source}: {e}. {hint}") from e
     return SentimentModel(loaded, tokenizer, dev, dtype)
+
