@@ -375,6 +375,7 @@ def _segue_release(path: Path, legacy_names: bool = True) -> tuple[Path, dict]:
 
 
 def test_segue_conversion_keeps_every_speech_weight_and_loads_strictly(tmp_path):
+    from emo.encoders.clip import file_sha256
     from emo.extract.hf import load_wav2vec2
     from emo.extract.segue import convert_segue
 
@@ -388,6 +389,12 @@ def test_segue_conversion_keeps_every_speech_weight_and_loads_strictly(tmp_path)
     for k, v in own.items():
         assert torch.equal(loaded[k], v), k
     assert enc.normalize  # wav2vec2-base's preprocessor: zero-mean unit-variance input
+    from emo.extract.hf import dir_provenance
+    from emo.heads.runs import describe_encoder
+
+    weights = dir_provenance(summary["output"])  # what an audio set's key holds
+    assert weights["converted_from"] == {"source": "SEGUE", "sha256": file_sha256(src / "pytorch_model.bin")}
+    assert "converted from SEGUE" in describe_encoder({"modality": "audio", "model": "wav2vec2", "weights": weights})
 
 
 def test_segue_conversion_refuses_what_it_cannot_place(tmp_path):

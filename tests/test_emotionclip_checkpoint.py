@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from emo.cli import app
-from emo.encoders.clip import TINY_MODEL, ClipSpec, WeightsError, _build_model, load_clip
+from emo.encoders.clip import TINY_MODEL, ClipSpec, WeightsError, _build_model, file_sha256, load_clip
 from emo.encoders.emotionclip import (
     EMOTIONCLIP_CROP,
     IMAGENET_MEAN,
@@ -143,3 +143,8 @@ def test_extraction_with_the_converted_checkpoint_keys_its_weights_normalisation
     tight = next(c for c in configs if "center_crop" in c["sampling"])
     assert tight["sampling"]["center_crop"] == 0.875
     assert tight["weights"]["kind"] == "checkpoint" and tight["preprocess"]["mean"] == list(IMAGENET_MEAN)
+    source = tight["weights"]["converted_from"]  # the release file the weights came from, in the key
+    assert source == {"source": "EmotionCLIP", "sha256": file_sha256(src)}
+    from emo.heads.runs import describe_encoder
+
+    assert f"converted from EmotionCLIP (sha256 {file_sha256(src)[:12]})" in describe_encoder(tight)

@@ -125,7 +125,11 @@ class ClipSpec:
                 digest = file_sha256(path)
             except OSError as e:
                 raise WeightsError(f"checkpoint {path}: {e}. {_weights_hint(self.model)}") from e
-            return {"kind": "checkpoint", "path": str(path), "sha256": digest}
+            from .emotionclip import checkpoint_preprocess
+
+            own = checkpoint_preprocess(path)  # a converted release names its source file
+            converted = {"converted_from": {"source": own["source"], "sha256": own["source_sha256"]}} if own else {}
+            return {"kind": "checkpoint", "path": str(path), "sha256": digest, **converted}
         return {"kind": "pretrained", "tag": self.pretrained}
 
 

@@ -107,7 +107,7 @@ def convert_emotionclip(
 
 
 def checkpoint_preprocess(path: str | os.PathLike) -> dict:
-    """``{"mean", "std", "center_crop", "source"}`` recorded in a converted checkpoint's metadata ({} for
+    """``{"mean", "std", "center_crop", "source", "source_sha256"}`` recorded in a converted checkpoint's metadata ({} for
     any other file): the preprocessing its weights were trained with."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -120,4 +120,4 @@ def checkpoint_preprocess(path: str | os.PathLike) -> dict:
         return {}
     return {"mean": tuple(json.loads(meta["emo.mean"])), "std": tuple(json.loads(meta["emo.std"])),
             "center_crop": float(json.loads(meta.get("emo.center_crop", "1.0"))),
-            "source": meta.get("emo.source", "")}
+            "source": meta.get("emo.source", ""), "source_sha256": meta.get("emo.source_sha256", "")}

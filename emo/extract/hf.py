@@ -84,7 +84,12 @@ def dir_provenance(path: str | Path) -> dict:
     h = hashlib.sha256()
     for p in files:
         h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
-    return {"kind": "checkpoint", "sha256": h.hexdigest(), "files": [p.name for p in files]}
+    out = {"kind": "checkpoint", "sha256": h.hexdigest(), "files": [p.name for p in files]}
+    source = path / "emo_source.json"  # written by emo extract convert-segue: where the weights came from
+    if source.is_file():
+        meta = json.loads(source.read_text())
+        out["converted_from"] = {"source": meta.get("source"), "sha256": meta.get("sha256")}
+    return out
 
 
 def _config_sha256(config) -> str:

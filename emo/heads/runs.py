@@ -216,6 +216,9 @@ def describe_encoder(meta: dict) -> str:
         weights = f"pretrained {w.get('id') or w.get('tag')}"
     elif kind == "checkpoint":
         weights = f"checkpoint sha256 {str(w.get('sha256', ''))[:12]}"
+        source = w.get("converted_from") or {}
+        if source.get("source"):
+            weights += f", converted from {source['source']} (sha256 {str(source.get('sha256', ''))[:12]})"
     else:
         weights = "weights: " + ", ".join(f"{k}={v}" for k, v in w.items() if isinstance(v, (str, int)))
     return f"{meta.get('modality', '?')}: {meta.get('model', '?')}, {weights}"
