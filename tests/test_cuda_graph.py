@@ -26,7 +26,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def test_capture_needs_at_least_one_warm_up_step():
     with pytest.raises(ValueError, match="warmup"):
-        GraphedStep(lambda batch, labels: (None, {}), warmup=0)
+        GraphedStep(lambda batch, labels: (None, {}), "cuda", warmup=0)
 
 
 def test_on_cpu_the_option_is_inert_and_the_log_reads_losses_per_epoch():
@@ -77,7 +77,7 @@ def test_replayed_steps_equal_eager_steps_batch_for_batch():
             opt.step()
             return loss.detach(), {}
 
-        runner = GraphedStep(step, warmup=2) if graphed else None
+        runner = GraphedStep(step, "cuda", warmup=2) if graphed else None
         losses = []
         for _ in range(2):  # two passes: the ragged batch sits between replays
             for x, y in data:

@@ -18,7 +18,9 @@ What the capture relies on (PyTorch's "whole-network capture"):
 - an optimiser built with ``capturable=True`` and a tensor learning rate, so the schedule, which fills
   that tensor, still acts on replays (``TorchHead._optimizer``);
 - nothing in the step waits for the host: no ``.item()``, loss parts are tensors;
-- no fp16 GradScaler (its inf check syncs with the host); bf16 autocast needs none.
+- no fp16 GradScaler (its inf check syncs with the host); bf16 autocast needs none;
+- the head's GPU as the current device while stepping (``cuda:1``: streams and the capture must not
+  land on GPU 0, where the capture would record none of the step's kernels).
 
 If capture fails (an operation of some head or ablation that cannot be captured), the reason is kept
 in ``failed``, the training log says so, and that batch and every later one run eagerly: a run never
@@ -43,9 +45,10 @@ class GraphedStep:
     Call with ``full=False`` for a batch of another shape: it runs eagerly.
     """
 
-    def __init__(self, step: StepFn, warmup: int = 3):
+    def __init__(self, step: StepFn, device: torch.device | str = "cuda", warmup: int = 3):
         if warmup < 1:
             raise ValueError("warmup must be >= 1: the optimiser state must exist before capture")
+        self.device = torch.device(device)  # streams and the capture belong to the head's GPU, not GPU 0
         self.step = step
         self.warmup = warmup
         self.warmed = 0
@@ -57,6 +60,10 @@ class GraphedStep:
         self.stream: torch.cuda.Stream | None = None  # warm-up and capture share one side stream
 
     def __call__(self, batch: dict, labels: torch.Tensor, full: bool = True):
+        with torch.cuda.device(self.device):
+            return self._call(batch, labels, full)
+
+    def _call(self, batch: dict, labels: torch.Tensor, full: bool):
         if not full or self.failed is not None:
             return self.step(batch, labels)
         if self.graph is None and self.warmed < self.warmup:

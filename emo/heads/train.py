@@ -213,7 +213,7 @@ class TorchHead(Head):
         done = 0
         step = self._step_fn(opt, scaler)
         if graphed:
-            step = GraphedStep(step)
+            step = GraphedStep(step, self.device)
         self.graph_step = step if graphed else None
         best = None  # (val_top1, epoch, state)
         since_best = 0
