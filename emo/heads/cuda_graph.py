@@ -19,8 +19,8 @@ What the capture relies on (PyTorch's "whole-network capture"):
   that tensor, still acts on replays (``TorchHead._optimizer``);
 - nothing in the step waits for the host: no ``.item()``, loss parts are tensors;
 - no fp16 GradScaler (its inf check syncs with the host); bf16 autocast needs none;
-- the head's GPU as the current device while stepping (``cuda:1``: streams and the capture must not
-  land on GPU 0, where the capture would record none of the step's kernels).
+- the head's GPU as the current device while stepping: on ``cuda:1`` the side stream and the capture
+  must belong to that GPU, not to GPU 0 (not exercised here: the lent machines have one GPU).
 
 If capture fails (an operation of some head or ablation that cannot be captured), the reason is kept
 in ``failed``, the training log says so, and that batch and every later one run eagerly: a run never
