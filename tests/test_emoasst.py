@@ -389,3 +389,26 @@ def test_a_probe_checkpoint_reloads_with_its_run_and_reproduces_its_scores(meld,
     saved = np.loadtxt(runs / "probe-rt" / "official" / "predictions.csv", delimiter=",", skiprows=1, usecols=(3, 4, 5))
     assert np.allclose(head.predict_scores(fd.role("test")), saved, rtol=1e-9, atol=1e-9)
     assert head.selected["C"] in head.config.c_grid  # chosen on the official dev split
+
+
+def test_stacked_heads_run_their_feature_runs_once_per_prediction(meld, runs):
+    """A probe and a cache classifier read features from other runs: predict() (what a run stores) runs
+    each of those once for both scores and features, and gives what predict_scores and embed give."""
+    fd = _data(meld)
+    test = fd.role("test")
+    spec = get_head("probe")
+    probe = spec.build(spec.config({"features": str(runs / "vfm")}), fd.classes)
+    probe.fit(fd.role("train"), fd.role("val"))
+    _cache_run(meld, runs, "tip-once", audio=str(runs / "aa"))
+    cache = load_checkpoint(runs / "tip-once" / "official", fd)
+    for head, sources in ((probe, [probe.source]), (cache, list(cache.feature_heads.values()))):
+        calls = []
+        for src in sources:
+            real = src.embed
+            src.embed = lambda data, *a, _real=real, _calls=calls, **k: _calls.append(1) or _real(data, *a, **k)
+        scores, features = head.predict(test)
+        assert len(calls) == len(sources) == (1 if head is probe else 2)  # one pass of each feature run
+        for src in sources:
+            del src.embed  # back to the class's method
+        np.testing.assert_allclose(scores, head.predict_scores(test), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(features, head.embed(test), rtol=1e-6, atol=1e-6)

@@ -174,3 +174,29 @@ def test_official_val_split_is_used_and_val_fraction_then_refused(tmp_path):
     assert cfg["val_source"] == "official" and cfg["n"]["val"] == 6
     with pytest.raises(ValueError, match="official val"):
         train_head("linear", fd, out=tmp_path / "b", val_fraction=0.2)
+
+
+# -- one pass for a run's test scores and features ------------------------------------------------------
+def test_predict_gives_the_scores_and_the_embed_features_of_every_head_with_features(tmp_path):
+    """A run stores head.predict(test): for each head with embed(), the same scores as predict_scores and
+    the same features as embed, so the one-pass overrides change nothing but the work."""
+    import torch
+
+    from emo.heads.registry import get_head
+    from tests.cachetools import emoasst_cache
+    from tests.test_emoasst import SMALL
+    from tests.test_pe_clip import build, tiny_features
+
+    fd = tiny_features()
+    pe = build(fd, device="cpu", epochs=1)
+    pe.fit(fd.role("train"))
+    emoasst_cache(tmp_path / "cache")
+    meld = load_features(tmp_path / "cache", split="meld:official", modalities=("clip",))
+    vfm_spec = get_head("vfm")
+    torch.manual_seed(0)
+    vfm = vfm_spec.build(vfm_spec.config({**SMALL, "epochs": "1"}), meld.classes)
+    vfm.fit(meld.role("train"))
+    for head, data in ((pe, fd), (vfm, meld)):
+        scores, features = head.predict(data)
+        np.testing.assert_allclose(scores, head.predict_scores(data), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(features, head.embed(data), rtol=1e-5, atol=1e-6)

@@ -272,11 +272,15 @@ class CacheClassifierHead(Head):
         self.keys = {m: p.detach().clone() for m, p in params.items()}
 
     def predict_scores(self, data: FeatureData) -> np.ndarray:
+        return self.predict(data)[0]
+
+    def predict(self, data: FeatureData) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and the features ``embed`` gives, from one pass of the feature runs."""
         if self.values is None:
             raise RuntimeError("cache classifier: fit() or load_state_dict() first")
         feats = self.features(data)
-        return tip_logits(feats, self.weights, self.keys, self.values, self.alpha, self.beta,
-                          self.config.logit_scale).numpy()
+        scores = tip_logits(feats, self.weights, self.keys, self.values, self.alpha, self.beta, self.config.logit_scale)
+        return scores.numpy(), torch.cat(list(feats.values()), dim=1).numpy()
 
     def embed(self, data: FeatureData) -> np.ndarray:
         """``[n, D·m]`` the unit features of the modalities in use, side by side (for t-SNE)."""

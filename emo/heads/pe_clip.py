@@ -247,6 +247,11 @@ class PEClipHead(TorchHead):
         m: PEClipModel = self.module
         return m.logits(m(batch["z"]), m.class_weights())  # [B, C]
 
+    def scores_and_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        m: PEClipModel = self.module
+        v0 = m(batch["z"])  # [B, D]
+        return m.logits(v0, m.class_weights()), F.normalize(v0.float(), dim=-1)  # what embed() gives
+
     @torch.no_grad()
     def embed(self, data: FeatureData) -> np.ndarray:
         """``[n, D]`` the evolved prototypes ``v_0`` (unit length): the final features, for t-SNE."""

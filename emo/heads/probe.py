@@ -68,6 +68,10 @@ class ProbeHead(Head):
     def predict_scores(self, data: FeatureData) -> np.ndarray:
         return self.linear.predict_scores(self._with_features(data))
 
+    def predict(self, data: FeatureData) -> tuple[np.ndarray, np.ndarray]:
+        with_features = self._with_features(data)  # the source run's forward pass, once
+        return self.linear.predict_scores(with_features), with_features.arrays[FEATURE].numpy()
+
     def embed(self, data: FeatureData) -> np.ndarray:
         return self.source.embed(data)
 

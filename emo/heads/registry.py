@@ -98,6 +98,12 @@ class Head(ABC):
     def predict_scores(self, data: FeatureData) -> np.ndarray:
         """``[n, C]`` scores (logits or scaled similarities), classes in ``self.classes`` order."""
 
+    def predict(self, data: FeatureData) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(scores [n, C], final features [n, D] or None)``: what a run stores for its test items.
+        Heads whose scores and ``embed`` features come from one pass override this to run it once."""
+        embed = getattr(self, "embed", None)
+        return self.predict_scores(data), (np.asarray(embed(data)) if callable(embed) else None)
+
     @abstractmethod
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every learned value, as CPU tensors."""

@@ -417,7 +417,7 @@ def _run_fold(
             logf.flush()
 
         head.fit(train, val, log=log)
-    scores = head.predict_scores(test)  # [n_test, C]
+    scores, features = head.predict(test)  # [n_test, C], the final features [n_test, D] or None
     metrics = classification_metrics(test.labels.numpy(), scores, fd.classes)
     save_checkpoint(out, head, name, fd.keys, extra={
         "dataset": fd.dataset,
@@ -436,9 +436,8 @@ def _run_fold(
     })
     write_json_atomic(out / "metrics.json", metrics)
     _write_predictions(out / "predictions.csv", test, scores)
-    embed = getattr(head, "embed", None)
-    if callable(embed):  # the head's final features of the test items, in predictions.csv order (t-SNE)
-        save_file({"test": torch.as_tensor(embed(test)).float().contiguous()}, str(out / EMBEDDINGS_FILE))
+    if features is not None:  # the head's final features of the test items, in predictions.csv order (t-SNE)
+        save_file({"test": torch.as_tensor(features).float().contiguous()}, str(out / EMBEDDINGS_FILE))
     plot_confusion(metrics["confusion"], fd.classes, out / "confusion.png",
                    title=f"{name} · {fd.split or fold} · top-1 {100 * metrics['top1']:.1f}")
     return metrics

@@ -179,8 +179,11 @@ class TextGuidedHead(TorchHead):
         return loss, {}
 
     def scores(self, batch: dict) -> torch.Tensor:
-        f = F.normalize(self.module(**batch).float(), dim=-1)  # [B, D]
-        return self.config.logit_scale * f @ self.module.class_weights.T  # [B, C]
+        return self.scores_and_features(batch)[0]
+
+    def scores_and_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        f = F.normalize(self.module(**batch).float(), dim=-1)  # [B, D], what embed() gives
+        return self.config.logit_scale * f @ self.module.class_weights.T, f  # [B, C], [B, D]
 
     @torch.no_grad()
     def embed(self, data: FeatureData, train_sampling: bool = False, generator: torch.Generator | None = None) -> np.ndarray:

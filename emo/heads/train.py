@@ -256,20 +256,39 @@ class TorchHead(Head):
             self.load_state_dict(best[2])
             self.selected = {"epoch": best[1], "val_top1": best[0]}
 
-    @torch.no_grad()
+    def scores_and_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``([B, C] scores, [B, D] final features or None)`` of one batch; heads with ``embed`` override
+        it so that a run's test scores and stored features come from one pass."""
+        return self.scores(batch), None
+
     def predict_scores(self, data: FeatureData) -> np.ndarray:
+        return self._predict(data, features=False)[0]
+
+    def predict(self, data: FeatureData) -> tuple[np.ndarray, np.ndarray | None]:
+        scores, features = self._predict(data, features=True)
+        embed = getattr(self, "embed", None)
+        if features is None and callable(embed):  # a head with embed() but no one-pass override
+            features = np.asarray(embed(data))
+        return scores, features
+
+    @torch.no_grad()
+    def _predict(self, data: FeatureData, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__}: prepare() and fit() or load_state_dict() first")
         self.module.eval()
-        out = []
+        scores, feats = [], []
         gen = torch.Generator().manual_seed(0)  # eval sampling is deterministic; the generator is unused
         for start in range(0, len(data), self.config.eval_batch_size):
             idx = np.arange(start, min(start + self.config.eval_batch_size, len(data)))
+            batch = self._to_device(self.inputs(data, idx, False, gen))
             with self._autocast():
-                out.append(self.scores(self._to_device(self.inputs(data, idx, False, gen))).float().cpu())
-        if not out:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return torch.cat(out).numpy()
+                s, f = self.scores_and_features(batch) if features else (self.scores(batch), None)
+            scores.append(s.float().cpu())
+            if f is not None:
+                feats.append(f.float().cpu())
+        if not scores:
+            return np.zeros((0, len(self.classes)), dtype=np.float32), None
+        return torch.cat(scores).numpy(), (torch.cat(feats).numpy() if feats else None)
 
     # -- state: learned values only ------------------------------------------------------------------
     def _learned_names(self) -> set[str]:
