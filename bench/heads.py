@@ -56,22 +56,15 @@ def profile_step(head, train: FeatureData, batch_size: int, path: str) -> None:
     """Kernel times of 3 eager steps (a graph replay hides its kernels from the profiler), as a table."""
     from torch.profiler import ProfilerActivity, profile
 
-    opt = torch.optim.Adam([p for p in head.module.parameters() if p.requires_grad], lr=1e-5)
+    # the training loop's own eager step (its optimiser, autocast, clipping), without a GradScaler
+    step = head._step_fn(head._optimizer(), torch.amp.GradScaler("cuda", enabled=False))
     batch = head._to_device(head.inputs(train, np.arange(batch_size), True, torch.Generator().manual_seed(0)))
     y = head._tensor_to_device(train.labels[:batch_size])
-
-    def step() -> None:
-        with head._autocast():
-            loss, _ = head.loss(dict(batch), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
+    step(dict(batch), y)
     _sync(head.device)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            step()
+            step(dict(batch), y)
         _sync(head.device)
     table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40)
     kernels = sum(e.count for e in prof.events() if e.device_type.name == "CUDA") / 3

@@ -176,11 +176,7 @@ def extract_au(
                                   shard_size=shard_size, retry_failed=retry_failed, progress=progress)
     else:
         raise ValueError(f"--backend must be openface or py-feat, got {backend!r}")
-    _report_skipped(summary.skipped_rows)
-    typer.echo(summary.line())
-    if summary.failed:
-        typer.echo(f"{summary.failed} item(s) failed: see {summary.path / 'failures.jsonl'}", err=True)
-        raise typer.Exit(1)
+    _finish(summary)
 
 
 @extract_app.command("convert-emotionclip")

@@ -103,7 +103,7 @@ def convert_emotionclip(
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(dst), metadata=metadata)
     return {"source": str(src), "output": str(dst), "model": model, "tensors": len(state),
-            "dropped": dropped, "sha256": file_sha256(dst), "center_crop": EMOTIONCLIP_CROP}
+            "dropped": dropped, "center_crop": EMOTIONCLIP_CROP}
 
 
 def checkpoint_preprocess(path: str | os.PathLike) -> dict:
