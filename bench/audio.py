@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from emo.extract.audio import AudioSpec, extract_audio
-from emo.extract.datasets import prepare_folder
+from emo.datasets import prepare_folder
+from emo.datasets.synthetic import SynthConfig, generate
+from emo.extract.modalities.audio import AudioSpec, extract_audio
 from emo.extract.runner import ExtractOptions
-from emo.extract.synthetic import SynthConfig, generate
 
 
 def main(argv: list[str] | None = None) -> dict:

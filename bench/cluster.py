@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from emo.extract.clip import ClipSpec
+from emo.datasets import prepare_folder
+from emo.datasets.synthetic import SynthConfig, generate
+from emo.decode.sampling import SamplingConfig
+from emo.encoders.clip import ClipSpec
 from emo.extract.cluster import extract_clip_distributed
-from emo.extract.datasets import prepare_folder
-from emo.extract.pipeline import extract_clip
+from emo.extract.modalities.clip import extract_clip
 from emo.extract.runner import ExtractOptions
-from emo.extract.sampling import SamplingConfig
-from emo.extract.synthetic import SynthConfig, generate
 
 
 def main(argv: list[str] | None = None) -> dict:

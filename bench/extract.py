@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emo.extract.clip import ClipSpec, load_clip
-from emo.extract.datasets import prepare_folder
-from emo.extract.pipeline import ExtractOptions, extract_clip
-from emo.extract.sampling import SamplingConfig, frame_positions
-from emo.extract.synthetic import SynthConfig, generate
-from emo.extract.video import decode_item
-from emo.extract.workers import DecodePool
+from emo.datasets import prepare_folder
+from emo.datasets.synthetic import SynthConfig, generate
+from emo.decode.sampling import SamplingConfig, frame_positions
+from emo.decode.video import decode_item
+from emo.decode.workers import DecodePool
+from emo.encoders.clip import ClipSpec, load_clip
+from emo.extract.modalities.clip import ExtractOptions, extract_clip
 
 
 def machine() -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from emo.cache.data import FeatureData
-from emo.extract.clip import ClipSpec, load_clip
+from emo.encoders.clip import ClipSpec, load_clip
 from emo.heads.registry import get_head
 from emo.heads.train import trainable_parameters
 

@@ -19,18 +19,12 @@ from emo.cache.loader import load_features
 from emo.cache.manifest import Item, Manifest, write_manifest
 from emo.cache.shard import read_shard
 from emo.cache.verify import verify_feature_set
-from emo.extract.au import (
-    AU_INTENSITY,
-    AU_PRESENCE,
-    OpenFaceFormatError,
-    align_au,
-    import_openface,
-    read_openface_csv,
-)
-from emo.extract.clip import ClipSpec
-from emo.extract.pipeline import ExtractOptions, extract_clip
-from emo.extract.pyfeat import detect_au
-from emo.extract.sampling import SamplingConfig
+from emo.decode.sampling import SamplingConfig
+from emo.encoders.clip import ClipSpec
+from emo.encoders.openface import AU_INTENSITY, AU_PRESENCE, OpenFaceFormatError, read_openface_csv
+from emo.encoders.pyfeat import detect_au
+from emo.extract.modalities.au import align_au, import_openface
+from emo.extract.modalities.clip import ExtractOptions, extract_clip
 from tests import videos
 
 FPS = 25
@@ -456,7 +450,7 @@ def make_fake_feat(calls: dict, fail: str = "c.mp4", detector_attr: str = "Detec
 
 @pytest.fixture(scope="module")
 def pyfeat_run(cache, tmp_path_factory):
-    from emo.extract.pyfeat import import_pyfeat
+    from emo.extract.modalities.au_pyfeat import import_pyfeat
 
     data = tmp_path_factory.mktemp("pyfeat") / "data"
     shutil.copytree(cache["data"], data)
@@ -519,7 +513,7 @@ def test_pyfeat_config_is_its_own_set(cache, pyfeat_run):
 
 
 def test_pyfeat_resume_writes_nothing(pyfeat_run, monkeypatch):
-    from emo.extract.pyfeat import import_pyfeat
+    from emo.extract.modalities.au_pyfeat import import_pyfeat
 
     fs = open_feature_set(pyfeat_run["summary"].path)
     before = {p.name: p.stat().st_mtime_ns for p in (fs.path / "shards").iterdir() if not p.name.endswith(".claim")}
@@ -534,7 +528,7 @@ def test_pyfeat_resume_writes_nothing(pyfeat_run, monkeypatch):
 
 def test_pyfeat_missing_creates_nothing(pyfeat_run, monkeypatch):
     from emo.cache.featureset import list_feature_sets
-    from emo.extract.pyfeat import import_pyfeat
+    from emo.extract.modalities.au_pyfeat import import_pyfeat
 
     before = sorted(fs.name for fs in list_feature_sets(pyfeat_run["data"]))
     monkeypatch.setitem(sys.modules, "feat", None)
@@ -544,7 +538,8 @@ def test_pyfeat_missing_creates_nothing(pyfeat_run, monkeypatch):
 
 
 def test_pyfeat_detectorv1_and_missing_columns(tmp_path):
-    from emo.extract.pyfeat import align_pyfeat, detect_au
+    from emo.encoders.pyfeat import detect_au
+    from emo.extract.modalities.au_pyfeat import align_pyfeat
 
     calls: dict = {}
     fake = make_fake_feat(calls, detector_attr="Detectorv1")  # py-feat 2.1.5 exports Detectorv1, no Detector

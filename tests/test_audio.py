@@ -21,11 +21,12 @@ from emo.cache.loader import RaggedArray, load_features
 from emo.cache.manifest import Item, Manifest, read_manifest, write_manifest
 from emo.cache.shard import read_shard
 from emo.cache.verify import verify_feature_set
-from emo.extract.audio import SAMPLE_RATE, AudioSpec, decode_audio, extract_audio
-from emo.extract.clip import WeightsError
+from emo.datasets.synthetic import SynthConfig, generate
+from emo.decode.audio import SAMPLE_RATE, decode_audio
+from emo.decode.video import DecodeError
+from emo.encoders.clip import WeightsError
+from emo.extract.modalities.audio import AudioSpec, extract_audio
 from emo.extract.runner import ExtractOptions
-from emo.extract.synthetic import SynthConfig, generate
-from emo.extract.video import DecodeError
 from tests import videos
 
 LAYERS = (1, 2)
@@ -123,10 +124,11 @@ def test_decode_refuses_no_audio_and_too_long(tmp_path):
 
 
 def test_decode_worker_module_does_not_import_torch():
-    from emo.extract import audio, hf
+    from emo.encoders import hf
+    from emo.extract.modalities import audio
 
     assert (audio.DEFAULT_MODEL, audio.SAMPLE_RATE) == (hf.DEFAULT_WAV2VEC2, hf.SAMPLE_RATE)
-    code = "import sys, emo.extract.audio; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = "import sys, emo.decode.audio; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -376,8 +378,8 @@ def _segue_release(path: Path, legacy_names: bool = True) -> tuple[Path, dict]:
 
 def test_segue_conversion_keeps_every_speech_weight_and_loads_strictly(tmp_path):
     from emo.encoders.clip import file_sha256
-    from emo.extract.hf import load_wav2vec2
-    from emo.extract.segue import convert_segue
+    from emo.encoders.hf import load_wav2vec2
+    from emo.encoders.segue import convert_segue
 
     src, own = _segue_release(tmp_path / "segue")
     base = tmp_path / "segue-speech"  # the tiny architecture stands for wav2vec2-base-960h
@@ -389,7 +391,7 @@ def test_segue_conversion_keeps_every_speech_weight_and_loads_strictly(tmp_path)
     for k, v in own.items():
         assert torch.equal(loaded[k], v), k
     assert enc.normalize  # wav2vec2-base's preprocessor: zero-mean unit-variance input
-    from emo.extract.hf import dir_provenance
+    from emo.encoders.hf import dir_provenance
     from emo.heads.runs import describe_encoder
 
     weights = dir_provenance(summary["output"])  # what an audio set's key holds
@@ -401,7 +403,7 @@ def test_segue_conversion_refuses_what_it_cannot_place(tmp_path):
     from typer.testing import CliRunner
 
     from emo.cli import app
-    from emo.extract.segue import convert_segue
+    from emo.encoders.segue import convert_segue
 
     src, _ = _segue_release(tmp_path / "segue")
     with pytest.raises(WeightsError, match="does not fit the wav2vec2 architecture"):  # base-960h != tiny

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emo.extract.boxes import (
+from emo.decode.sampling import SamplingConfig, crop_boxes
+from emo.decode.video import _views
+from emo.extract.modalities.boxes import (
     DEFAULT_TOLERANCE,
     BoxFormatError,
     boxes_at,
@@ -17,8 +19,6 @@ from emo.extract.boxes import (
     parse_subject_boxes,
     patch_coverage,
 )
-from emo.extract.sampling import SamplingConfig, crop_boxes
-from emo.extract.video import _views
 
 S, P, G = 32, 8, 4  # the tiny model's geometry: 4 x 4 patches of 8 px
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from emo.extract.clip import (
+from emo.encoders.clip import (
     TINY_MODEL,
     ClipEncoder,
     ClipSpec,
@@ -446,9 +446,9 @@ def test_mixed_batch_gives_plain_rows_their_plain_output(vitb32):
 
 
 def test_item_coverage_feeds_the_encoder(tiny):
-    """emo.extract.boxes -> encode_images: frames without a subject keep their plain embedding."""
-    from emo.extract.boxes import coverage_for_item
-    from emo.extract.sampling import SamplingConfig, crop_boxes
+    """emo.extract.modalities.boxes -> encode_images: frames without a subject keep their plain embedding."""
+    from emo.decode.sampling import SamplingConfig, crop_boxes
+    from emo.extract.modalities.boxes import coverage_for_item
 
     crops = crop_boxes(48, 64, SamplingConfig(views=2, image_size=32), "clip")  # [V=2, 4]
     index = np.array([[0], [40]])  # [M=2, N=1]

@@ -21,11 +21,11 @@ from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, write_manifest
 from emo.cache.shard import read_shard
 from emo.cache.verify import verify_feature_set
+from emo.decode.sampling import SamplingConfig
+from emo.encoders.clip import ClipSpec
 from emo.extract import cluster
-from emo.extract.clip import ClipSpec
 from emo.extract.cluster import ClusterError, DeviceUnavailable, extract_clip_distributed
-from emo.extract.pipeline import ExtractOptions, extract_clip
-from emo.extract.sampling import SamplingConfig
+from emo.extract.modalities.clip import ExtractOptions, extract_clip
 from tests import videos
 
 distributed = pytest.importorskip("distributed")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from emo.cache.manifest import ManifestError, read_manifest
-from emo.extract.adapters import (
+from emo.datasets import (
+    ADAPTERS,
     DATASET_ADAPTERS,
     DFEW_CLASSES,
     EK6_CLASSES,
@@ -37,8 +38,8 @@ from emo.extract.adapters import (
     prepare_subtitles,
     prepare_ve8,
     read_subtitles,
+    stratified_split,
 )
-from emo.extract.datasets import ADAPTERS, stratified_split
 from emo.extract.presets import PRESET_DIR, load_preset
 
 
@@ -77,10 +78,10 @@ def test_registry_and_every_preset_loads():
     assert load_preset("ve8")["extract"][0]["segments"] == 64
 
 
-@pytest.mark.parametrize("first", ["emo.extract.datasets", "emo.extract.adapters"])
+@pytest.mark.parametrize("first", ["emo.datasets", "emo.datasets"])
 def test_either_module_may_be_imported_first(first):
-    code = (f"import {first}; from emo.extract.datasets import ADAPTERS; "
-            "from emo.extract.adapters import DATASET_ADAPTERS as D; "
+    code = (f"import {first}; from emo.datasets import ADAPTERS; "
+            "from emo.datasets import DATASET_ADAPTERS as D; "
             "assert all(ADAPTERS[k] is f for k, f in D.items()), sorted(ADAPTERS)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

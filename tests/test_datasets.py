@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from emo.cache.manifest import ManifestError, read_manifest
-from emo.extract.datasets import ADAPTERS, prepare_csv, prepare_folder, stratified_split
+from emo.datasets import ADAPTERS, prepare_csv, prepare_folder, stratified_split
 
 
 def _tree(root, counts: dict[str, int], ext=".mp4"):

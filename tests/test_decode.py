@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emo.extract.sampling import SamplingConfig, crop_boxes, frame_positions
-from emo.extract.video import DecodeError, decode_item
+from emo.decode.sampling import SamplingConfig, crop_boxes, frame_positions
+from emo.decode.video import DecodeError, decode_item
 from tests import videos
 
 CFG = SamplingConfig(segments=8, frames_per_segment=3, views=2, image_size=16)  # M N = 24 positions

@@ -1,4 +1,4 @@
-"""The person detector that fills the manifest's ``subject_boxes`` (``emo.extract.detect``)."""
+"""The person detector that fills the manifest's ``subject_boxes`` (``emo.datasets.subjects``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from emo.cache.manifest import Item, Manifest, read_manifest, write_manifest
-from emo.extract.boxes import parse_subject_boxes
-from emo.extract.clip import WeightsError
-from emo.extract.detect import build_detector, detect_subjects
+from emo.datasets.subjects import build_detector, detect_subjects
+from emo.encoders.clip import WeightsError
+from emo.extract.modalities.boxes import parse_subject_boxes
 from tests import videos
 
 TINY = "fasterrcnn_mobilenet_v3_large_320_fpn"
@@ -167,7 +167,7 @@ def test_bad_options_raise(tmp_path):
 def test_cli_detect_then_subject_prompt_marks_random_detector_boxes(tmp_path, net, monkeypatch):
     from typer.testing import CliRunner
 
-    import emo.extract.detect as detect
+    import emo.datasets.subjects as detect
     from emo.cache.featureset import list_feature_sets
     from emo.cli import app
 

@@ -16,16 +16,16 @@ import torch
 from typer.testing import CliRunner
 
 from emo.cli import app
-from emo.encoders.clip import TINY_MODEL, ClipSpec, WeightsError, _build_model, file_sha256, load_clip
+from emo.decode.sampling import SamplingConfig, crop_boxes
+from emo.encoders.clip import TINY_MODEL, ClipSpec, WeightsError, build_model, file_sha256, load_clip
 from emo.encoders.emotionclip import (
     EMOTIONCLIP_CROP,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    checkpoint_preprocess,
     convert_emotionclip,
 )
-from emo.extract.pipeline import sampling_key
-from emo.extract.sampling import SamplingConfig, crop_boxes
+from emo.encoders.weights import checkpoint_preprocess
+from emo.extract.modalities.clip import sampling_key
 
 
 class NotATensor:  # stands for the Python objects a training script may pickle beside the weights
@@ -34,7 +34,7 @@ class NotATensor:  # stands for the Python objects a training script may pickle 
 
 def _release_file(path, extra=None, seed=3):
     """A file shaped like EmotionCLIP's checkpoint; returns it and the backbone's own state dict."""
-    backbone = _build_model(ClipSpec(model=TINY_MODEL, weights="random", random_seed=seed))
+    backbone = build_model(ClipSpec(model=TINY_MODEL, weights="random", random_seed=seed))
     own = {k: v.clone() for k, v in backbone.state_dict().items()}
     model = {f"backbone.{k}": v for k, v in own.items()}
     model["logit_scale"] = own["logit_scale"]  # EmotionCLIP registers the backbone's scale again
@@ -63,7 +63,7 @@ def test_the_converted_file_holds_the_backbone_under_open_clip_names(tmp_path):
 def test_an_ordinary_checkpoint_keeps_the_models_own_normalisation(tmp_path):
     from safetensors.torch import save_file
 
-    model = _build_model(ClipSpec(model=TINY_MODEL, weights="random"))
+    model = build_model(ClipSpec(model=TINY_MODEL, weights="random"))
     path = tmp_path / "plain.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     assert checkpoint_preprocess(path) == {}

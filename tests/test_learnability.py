@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import pytest
 
-from emo.extract.clip import TINY_MODEL, ClipSpec
-from emo.extract.datasets import prepare_folder
-from emo.extract.pipeline import ExtractOptions, extract_clip
-from emo.extract.sampling import SamplingConfig
-from emo.extract.synthetic import SynthConfig, generate
+from emo.datasets import prepare_folder
+from emo.datasets.synthetic import SynthConfig, generate
+from emo.decode.sampling import SamplingConfig
+from emo.encoders.clip import TINY_MODEL, ClipSpec
+from emo.extract.modalities.clip import ExtractOptions, extract_clip
 from emo.heads.runs import train_from_cache
 
 TRAIN = {"d": "1", "epochs": "60", "lr": "1e-3", "batch_size": "8"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from emo.cache.data import FeatureData
-from emo.extract.clip import TINY_MODEL, ClipSpec, load_clip
+from emo.encoders.clip import TINY_MODEL, ClipSpec, load_clip
 from emo.heads.pe_clip import (
     PEClipHead,
     PEClipModel,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from emo.extract.clip import TINY_MODEL, ClipSpec, load_clip
+from emo.encoders.clip import TINY_MODEL, ClipSpec, load_clip
 from emo.heads.layers.prompts import (
     EMOTIONAL_TEMPLATE,
     CAPromptConfig,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emo.extract.sampling import SamplingConfig, crop_boxes, frame_positions
+from emo.decode.sampling import SamplingConfig, crop_boxes, frame_positions
 
 
 def _formula(t: int, m: int, n: int) -> np.ndarray:
@@ -147,7 +147,7 @@ def test_random_crops_are_stable_per_item_and_differ_across_items_seeds_views():
 
 def test_random_crops_do_not_depend_on_the_process():
     # Another interpreter with another string-hash seed (as a spawned worker would have) draws the same boxes.
-    code = "from emo.extract.sampling import *; print(crop_boxes(240, 320, SamplingConfig(views=3), 'clip é').tolist())"
+    code = "from emo.decode.sampling import *; print(crop_boxes(240, 320, SamplingConfig(views=3), 'clip é').tolist())"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(

@@ -9,7 +9,7 @@ from emo.cache.featureset import list_feature_sets
 from emo.cache.manifest import Item, Manifest, write_manifest
 from emo.cache.shard import read_shard
 from emo.cli import app
-from emo.extract.boxes import coverage_for_item
+from emo.extract.modalities.boxes import coverage_for_item
 from tests import videos
 
 TINY = ["--model", "emo-tiny-ViT", "--weights", "random", "--device", "cpu", "--no-progress", "--segments", "3",

@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from emo.extract.datasets import prepare_folder
-from emo.extract.synthetic import (
+from emo.datasets import prepare_folder
+from emo.datasets.synthetic import (
     FLASH_HZ,
     SAMPLE_RATE,
     SHADE_HZ,

@@ -18,13 +18,13 @@ from emo.cache.loader import RaggedArray, load_features
 from emo.cache.manifest import Item, Manifest, write_manifest
 from emo.cache.shard import read_shard
 from emo.cache.verify import verify_feature_set
-from emo.extract.audio import AudioSpec, extract_audio
-from emo.extract.clip import TINY_MODEL, ClipSpec, WeightsError, load_clip
-from emo.extract.hf import SENTIMENT_LABELS
-from emo.extract.pipeline import extract_clip
+from emo.decode.sampling import SamplingConfig
+from emo.encoders.clip import TINY_MODEL, ClipSpec, WeightsError, load_clip
+from emo.encoders.hf import SENTIMENT_LABELS
+from emo.extract.modalities.audio import AudioSpec, extract_audio
+from emo.extract.modalities.clip import extract_clip
+from emo.extract.modalities.text import TextSpec, extract_text
 from emo.extract.runner import ExtractOptions
-from emo.extract.sampling import SamplingConfig
-from emo.extract.text import TextSpec, extract_text
 from tests import videos
 from tests.test_audio import tiny_wav2vec2
 

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from emo.extract.clip import TINY_MODEL, ClipSpec, load_clip
+from emo.encoders.clip import TINY_MODEL, ClipSpec, load_clip
 from emo.heads.layers.prompts import ca_prompts, coop_prompts, neutral_prompt
 from emo.heads.layers.text_tower import (
     CoOpClassifier,

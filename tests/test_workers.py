@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emo.extract.sampling import SamplingConfig
-from emo.extract.video import DecodeError, decode_item
-from emo.extract.workers import DecodePool
+from emo.decode.sampling import SamplingConfig
+from emo.decode.video import DecodeError, decode_item
+from emo.decode.workers import DecodePool
 from tests import videos
 
 # --- tasks: module-level so that the spawned workers can unpickle them ---------------------------------

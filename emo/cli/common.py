@@ -53,11 +53,11 @@ def friendly(fn):
     return wrapper
 
 
-def _csv_list(text: str | None) -> list[str] | None:
+def csv_list(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
-def _report_skipped(skipped) -> None:
+def report_skipped(skipped) -> None:
     for row, item_id, reason in skipped:
         typer.echo(f"skipped manifest row {row} (id {item_id!r}): {reason}", err=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import _csv_list, _report_skipped, datasets_app, friendly, prepare_app
+from .common import csv_list, datasets_app, friendly, prepare_app, report_skipped
 
 
 @prepare_app.command("folder")
@@ -23,13 +23,13 @@ def prepare_folder(
     skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
 ) -> None:
     """A `root/<class>/<video>` tree, with seeded stratified train/test splits (scheme `folder`)."""
-    from emo.extract.datasets import prepare_folder as run
+    from emo.datasets import prepare_folder as run
 
     manifest, skipped = run(
         root, out, dataset=dataset, test_ratio=test_ratio, val_ratio=val_ratio, folds=folds, seed=seed,
-        classes=_csv_list(classes), skip_invalid=skip_invalid,
+        classes=csv_list(classes), skip_invalid=skip_invalid,
     )
-    _report_skipped(skipped)
+    report_skipped(skipped)
     typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes, folds {manifest.split_schemes}")
 
 
@@ -45,13 +45,13 @@ def prepare_csv(
     skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
 ) -> None:
     """Any CSV/JSONL item list (SPEC §3.1 columns)."""
-    from emo.extract.datasets import prepare_csv as run
+    from emo.datasets import prepare_csv as run
 
     manifest, skipped = run(
-        file, out, dataset=dataset, classes=_csv_list(classes), root=str(root) if root else None,
+        file, out, dataset=dataset, classes=csv_list(classes), root=str(root) if root else None,
         label_type=label_type, skip_invalid=skip_invalid,
     )
-    _report_skipped(skipped)
+    report_skipped(skipped)
     typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes")
 
 
@@ -99,7 +99,7 @@ def _paper_dataset_command(key: str, help_text: str):
         set_: list[str] = typer.Option(None, "--set", help="Adapter option OPTION=VALUE (see docs; repeatable)."),
         skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
     ) -> None:
-        from emo.extract.datasets import ADAPTERS
+        from emo.datasets import ADAPTERS
 
         fn = ADAPTERS[key]
         options = {}
@@ -109,7 +109,7 @@ def _paper_dataset_command(key: str, help_text: str):
                 raise ValueError(f"--set expects OPTION=VALUE, got {s!r}")
             options[k.strip().replace("-", "_")] = _adapter_value(fn, k.strip().replace("-", "_"), v)
         manifest, skipped = fn(root, out, dataset=dataset, skip_invalid=skip_invalid, **options)
-        _report_skipped(skipped)
+        report_skipped(skipped)
         typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes, "
                    f"folds {manifest.split_schemes}")
 
@@ -134,11 +134,11 @@ def prepare_subtitles(
     skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
 ) -> None:
     """Videos with SRT/WebVTT subtitles: one item per cue, with its text, speaker and start/end."""
-    from emo.extract.adapters import prepare_subtitles as run
+    from emo.datasets import prepare_subtitles as run
 
     manifest, skipped = run(videos, out, dataset=dataset, language=language, min_duration=min_duration,
                             max_duration=max_duration, subs=subs, skip_invalid=skip_invalid)
-    _report_skipped(skipped)
+    report_skipped(skipped)
     typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} cues from {manifest.source['subtitle_files']} "
                "subtitle files")
 
@@ -158,7 +158,7 @@ def detect_subjects_cmd(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """Person boxes (largest per frame) from a torchvision detector into the manifest's subject_boxes."""
-    from emo.extract.detect import detect_subjects
+    from emo.datasets.subjects import detect_subjects
 
     counts = detect_subjects(cache, model=model, checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
                              seed=seed, stride=stride, score_threshold=score_threshold, device=device,
@@ -182,7 +182,7 @@ def datasets_synth(
     seed: int = typer.Option(0),
 ) -> None:
     """Generate emo's small synthetic dataset (appearance + event timing classes, with audio)."""
-    from emo.extract.synthetic import SynthConfig, generate
+    from emo.datasets.synthetic import SynthConfig, generate
 
     generate(out, SynthConfig(classes=classes, per_class=per_class, frames=frames, seed=seed))
     typer.echo(f"{out}: {classes} classes × {per_class} videos")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import _csv_list, _report_skipped, extract_app, friendly
+from .common import csv_list, extract_app, friendly, report_skipped
 
 
 @extract_app.command("clip")
@@ -41,9 +41,10 @@ def extract_clip_cmd(
     scheduler: str = typer.Option(None, help="Run shards as dask tasks on an existing cluster: tcp://host:8786."),
 ) -> None:
     """CLIP image embeddings of M×N×V sampled frames per video into a feature set of CACHE."""
+    from emo.decode.sampling import SamplingConfig
     from emo.encoders.clip import ClipSpec
-    from emo.extract.pipeline import ExtractOptions, extract_clip
-    from emo.extract.sampling import SamplingConfig
+    from emo.extract.modalities.clip import extract_clip
+    from emo.extract.runner import ExtractOptions
 
     if weights not in ("pretrained", "random"):
         raise ValueError(f"--weights must be pretrained or random, got {weights!r}")
@@ -88,11 +89,11 @@ def extract_audio_cmd(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """wav2vec 2.0 hidden states of each item's 16 kHz mono audio (its start/end span), exact lengths."""
-    from emo.extract.audio import AudioSpec, extract_audio
+    from emo.extract.modalities.audio import AudioSpec, extract_audio
     from emo.extract.runner import ExtractOptions
 
     spec = AudioSpec(model=model, checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
-                     random_seed=seed, layers=tuple(int(v) for v in _csv_list(layers) or []), max_seconds=max_seconds)
+                     random_seed=seed, layers=tuple(int(v) for v in csv_list(layers) or []), max_seconds=max_seconds)
     options = ExtractOptions(shard_size=shard_size, workers=workers, timeout=timeout, skip_invalid=skip_invalid,
                              retry_failed=retry_failed, progress=progress)
     _finish(extract_audio(cache, spec, options, device=device, precision=precision))
@@ -120,8 +121,8 @@ def extract_text_cmd(
 ) -> None:
     """Utterance/caption CLIP tokens and text embeddings (all references) and 7-way sentiment logits."""
     from emo.encoders.clip import ClipSpec
+    from emo.extract.modalities.text import TextSpec, extract_text
     from emo.extract.runner import ExtractOptions
-    from emo.extract.text import TextSpec, extract_text
 
     clip = None
     if clip_model:
@@ -137,7 +138,7 @@ def extract_text_cmd(
 
 def _finish(summary) -> None:
     """Print an extraction's summary; exit 1 (with the count) when any item failed."""
-    _report_skipped(summary.skipped_rows)
+    report_skipped(summary.skipped_rows)
     typer.echo(summary.line())
     if summary.failed:
         typer.echo(f"{summary.failed} item(s) failed: see {summary.path / 'failures.jsonl'}", err=True)
@@ -162,8 +163,8 @@ def extract_au(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """Facial action units (OpenFace CSVs, or py-feat), at the sampled frames of a clip feature set."""
-    from emo.extract.au import import_openface
-    from emo.extract.pyfeat import import_pyfeat
+    from emo.extract.modalities.au import import_openface
+    from emo.extract.modalities.au_pyfeat import import_pyfeat
 
     if backend == "py-feat":
         kwargs = {k: v for k, v in {"au_model": au_model, "face_model": face_model, "device": detector_device}.items() if v}
@@ -207,7 +208,7 @@ def extract_convert_segue(
     trust_pickle: bool = typer.Option(False, help="Unpickle Python objects in the weights (runs code from the file)."),
 ) -> None:
     """SEGUE's speech encoder as a wav2vec2 directory for `emo extract audio --checkpoint`."""
-    from emo.extract.segue import convert_segue
+    from emo.encoders.segue import convert_segue
 
     summary = convert_segue(src, out, base_config=base_config, trust_pickle=trust_pickle)
     typer.echo(f"wrote {summary['output']}: {summary['tensors']} tensors of a {summary['layers']}-layer wav2vec2 "

@@ -3,7 +3,7 @@
 ``load_clip(ClipSpec(...))`` builds an open_clip ViT, loads its weights by the weights policy
 (SPEC §3.3) and wraps it in a ``ClipEncoder`` that turns uint8 frames into projected image
 embeddings (and optionally all tokens after block ``k``) and prompts into text embeddings. Given the
-patches' subject coverage (``emo.extract.boxes``), ``encode_images`` adds EmotionCLIP's subject-aware
+patches' subject coverage (``emo.extract.modalities.boxes``), ``encode_images`` adds EmotionCLIP's subject-aware
 prompt (SPEC §4.4; see ``ClipEncoder.encode_images``).
 
 Weights policy, strict:
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .weights import WeightsError, checkpoint_preprocess, file_sha256, resolve_device, resolve_dtype
+
 __all__ = [
     "WeightsError",
     "ClipSpec",
     "ClipEncoder",
     "load_clip",
+    "build_model",
     "resolve_device",
     "resolve_dtype",
     "register_tiny_model",
@@ -41,17 +42,13 @@ __all__ = [
     "MODEL_CONFIG_DIR",
     "file_sha256",
     "spec_from_config",
+    "checkpoint_preprocess",
 ]
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"  # repo-local architectures
 TINY_MODEL = "emo-tiny-ViT"  # 32 px, patch 8, width 64, 2 blocks: tests and the demo
 _WEIGHTS = ("pretrained", "random")
-_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _TEXT_BATCH = 256  # prompts per text-tower batch
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be loaded; the run must stop (random weights never stand in)."""
 
 
 def _weights_hint(model: str) -> str:
@@ -67,22 +64,6 @@ def _weights_hint(model: str) -> str:
         f"Give weights either as --pretrained TAG (downloads through open_clip; {known}) or as "
         "--checkpoint PATH (a local weights file, for offline boxes). Random weights are never used instead."
     )
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file; ``size`` and ``mtime_ns`` are part of the cache key so an edited file is re-hashed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, computed once per (path, size, mtime)."""
-    st = os.stat(path)
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -125,42 +106,10 @@ class ClipSpec:
                 digest = file_sha256(path)
             except OSError as e:
                 raise WeightsError(f"checkpoint {path}: {e}. {_weights_hint(self.model)}") from e
-            from .emotionclip import checkpoint_preprocess
-
             own = checkpoint_preprocess(path)  # a converted release names its source file
             converted = {"converted_from": {"source": own["source"], "sha256": own["source_sha256"]}} if own else {}
             return {"kind": "checkpoint", "path": str(path), "sha256": digest, **converted}
         return {"kind": "pretrained", "tag": self.pretrained}
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> ``cuda`` if available else ``cpu``; a CUDA device that is absent raises ValueError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device {device!r}: {e} (use auto, cpu, cuda or cuda:N)") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for CUDA, which this machine does not have")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise ValueError(f"device {device!r}: use auto, cpu, cuda or cuda:N")
-    return dev
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """Compute dtype: ``"auto"`` -> float16 on CUDA, float32 on CPU; else fp32 | fp16 | bf16."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision not in _PRECISIONS:
-        raise ValueError(f"precision must be auto, {', '.join(_PRECISIONS)}; got {precision!r}")
-    dtype = _PRECISIONS[precision]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16")
-    return dtype
 
 
 def _register_local_config(name: str) -> bool:
@@ -191,7 +140,7 @@ def _is_torchscript(path: Path) -> bool:
         return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
 
 
-def _build_model(spec: ClipSpec) -> torch.nn.Module:
+def build_model(spec: ClipSpec) -> torch.nn.Module:
     """The open_clip model in fp32 on the CPU with the weights ``spec`` names (strict; see module doc)."""
     import open_clip
 
@@ -232,9 +181,7 @@ def _build_model(spec: ClipSpec) -> torch.nn.Module:
             f"could not load {what} for {spec.model}: {str(e).rstrip('.')}. {_weights_hint(spec.model)}"
         ) from e
     if spec.source == "checkpoint":
-        from .emotionclip import checkpoint_preprocess  # a converted checkpoint names its own mean/std
-
-        own = checkpoint_preprocess(path)
+        own = checkpoint_preprocess(path)  # a converted checkpoint names its own mean/std
         if own:
             model.visual.preprocess_cfg = {**model.visual.preprocess_cfg, "mean": own["mean"], "std": own["std"]}
     return model
@@ -302,7 +249,7 @@ class ClipEncoder:
         """``{"cls": [B, D]}`` projected image embeddings (not L2-normalised), plus ``"tokens": [B, L, W]``
         (all tokens after block ``tokens_layer``) when asked; float32 on the CPU.
 
-        ``coverage`` ``[B, G*G]`` (a_p in [0, 1], patches row-major; ``emo.extract.boxes``) turns on
+        ``coverage`` ``[B, G*G]`` (a_p in [0, 1], patches row-major; ``emo.extract.modalities.boxes``) turns on
         EmotionCLIP's subject-aware prompt: the token ``h = Σ_p a_p · pos[1+p]`` is appended after the
         class and patch tokens once the positional embedding is added, before ``ln_pre`` (as EmotionCLIP's
         code does); it goes through every block, and the output is still the class token, pooled and
@@ -460,7 +407,7 @@ def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> 
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
     _check_tokens_layer(spec)  # before any download; ClipEncoder checks again on the built model
-    return ClipEncoder(_build_model(spec), spec, dev, dtype)
+    return ClipEncoder(build_model(spec), spec, dev, dtype)
 
 
 def _check_tokens_layer(spec: ClipSpec) -> None:

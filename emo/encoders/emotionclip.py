@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from .clip import ClipSpec, WeightsError, _build_model, file_sha256
+from .clip import ClipSpec, build_model
+from .weights import WeightsError, checkpoint_preprocess, file_sha256
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EMOTIONCLIP_CROP", "convert_emotionclip", "checkpoint_preprocess"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "EMOTIONCLIP_CROP", "convert_emotionclip", "checkpoint_preprocess"]  # the reader lives in weights.py
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,7 +81,7 @@ def convert_emotionclip(
     if not src.is_file():
         raise WeightsError(f"{src}: no such file")
     state, dropped = backbone_state(_read(src, trust_pickle), src)
-    target = _build_model(ClipSpec(model=model, weights="random"))  # the architecture, to check the fit
+    target = build_model(ClipSpec(model=model, weights="random"))  # the architecture, to check the fit
     try:
         result = target.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -104,20 +105,3 @@ def convert_emotionclip(
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(dst), metadata=metadata)
     return {"source": str(src), "output": str(dst), "model": model, "tensors": len(state),
             "dropped": dropped, "center_crop": EMOTIONCLIP_CROP}
-
-
-def checkpoint_preprocess(path: str | os.PathLike) -> dict:
-    """``{"mean", "std", "center_crop", "source", "source_sha256"}`` recorded in a converted checkpoint's metadata ({} for
-    any other file): the preprocessing its weights were trained with."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if "emo.mean" not in meta:
-        return {}
-    return {"mean": tuple(json.loads(meta["emo.mean"])), "std": tuple(json.loads(meta["emo.std"])),
-            "center_crop": float(json.loads(meta.get("emo.center_crop", "1.0"))),
-            "source": meta.get("emo.source", ""), "source_sha256": meta.get("emo.source_sha256", "")}

@@ -10,7 +10,7 @@ task, on a worker:
 - takes the encoder from a per-process cache (``_ENCODERS``): the model is loaded once per worker;
 - claims its shard with the same ``flock`` as single-process runs (so ``emo extract clip`` and a
   cluster may fill one feature set together), waiting while a live process elsewhere holds it;
-- fills it with ``pipeline._ClipFill`` — decoding in a ``DecodePool`` of ``options.workers``
+- fills it with ``pipeline.ClipFill`` — decoding in a ``DecodePool`` of ``options.workers``
   processes with the per-video timeout — and writes it like ``ShardRunner`` does (``.tmp``, rename,
   ``.done.json``, then failures). Per-video errors are recorded by the fill; they never fail a task.
 
@@ -48,12 +48,19 @@ from tqdm import tqdm
 from emo.cache.featureset import FeatureSet, config_key
 from emo.cache.manifest import Manifest
 from emo.cache.shard import SCHEMA_VERSION
+from emo.decode.sampling import SamplingConfig
+from emo.decode.workers import DecodePool
 from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip
 
-from .pipeline import CLIP_COMPRESS, CLIP_DISTS, _ClipFill, _store_class_text, clip_config, read_clip_inputs
+from .modalities.clip import (
+    CLIP_COMPRESS,
+    CLIP_DISTS,
+    ClipFill,
+    clip_config,
+    read_clip_inputs,
+    store_class_text,
+)
 from .runner import ExtractOptions, ExtractSummary, Progress, ShardRunner, summarize
-from .sampling import SamplingConfig
-from .workers import DecodePool
 
 __all__ = ["ClusterError", "DeviceUnavailable", "extract_clip_distributed"]
 
@@ -121,7 +128,7 @@ def _configure(spec, sampling, options, device, precision) -> tuple[dict, Sampli
 
 
 def _class_text_task(fs_path: str, manifest: Manifest, spec, device, precision) -> None:
-    _store_class_text(FeatureSet(fs_path), _encoder(spec, device, precision), manifest)
+    store_class_text(FeatureSet(fs_path), _encoder(spec, device, precision), manifest)
 
 
 def _shard_task(
@@ -139,7 +146,7 @@ def _shard_task(
         )
     progress = Progress(tqdm(disable=True), time.perf_counter())
     with DecodePool(options.workers, options.timeout) as pool:
-        clip_fill = _ClipFill(manifest, encoder, sampling, options, pool)
+        clip_fill = ClipFill(manifest, encoder, sampling, options, pool)
 
         def fill(k, items, progress):
             filled = clip_fill(k, items, progress)

@@ -11,11 +11,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from emo.datasets import ADAPTERS
+from emo.decode.sampling import SamplingConfig
 from emo.encoders.clip import ClipSpec
 
-from .datasets import ADAPTERS
-from .pipeline import ExtractOptions, extract_clip
-from .sampling import SamplingConfig
+from .modalities.clip import extract_clip
+from .runner import ExtractOptions
 
 __all__ = ["PRESET_DIR", "load_preset", "parse_sets", "run_preset"]
 
@@ -120,7 +121,7 @@ def _clip_step(cache: Path, step: dict, workers: int | None, device: str):
 
 
 def _audio_step(cache: Path, step: dict, workers: int | None, device: str):
-    from .audio import DEFAULT_MODEL, AudioSpec, extract_audio
+    from .modalities.audio import DEFAULT_MODEL, AudioSpec, extract_audio
 
     spec = AudioSpec(model=step.pop("model", DEFAULT_MODEL), checkpoint=step.pop("checkpoint", None),
                      weights=step.pop("weights", "pretrained"), random_seed=step.pop("seed", 0),
@@ -131,7 +132,7 @@ def _audio_step(cache: Path, step: dict, workers: int | None, device: str):
 
 
 def _text_step(cache: Path, step: dict, workers: int | None, device: str):
-    from .text import DEFAULT_SENTIMENT, TextSpec, extract_text
+    from .modalities.text import DEFAULT_SENTIMENT, TextSpec, extract_text
 
     checkpoint = step.pop("sentiment_checkpoint", None)
     weights = step.pop("weights", "pretrained")

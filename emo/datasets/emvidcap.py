@@ -7,20 +7,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emo.cache.manifest import Item, Manifest, ManifestError
-from emo.extract.datasets import (
-    VIDEO_EXTENSIONS,
-    _hidden,
-    _sha256,
-)
 
 from .common import (
-    _csv_rows,
-    _finish,
-    _option_path,
-    _Problem,
-    _rel,
-    _root_dir,
-    _text_lines,
+    Problem,
+    dataset_root,
+    finish_manifest,
+    is_hidden,
+    option_path,
+    read_csv_rows,
+    read_text_lines,
+    relative_path,
+    sha256_file,
+)
+from .folder import (
+    VIDEO_EXTENSIONS,
 )
 
 # --- emvidcap ------------------------------------------------------------------------------------
@@ -53,8 +53,8 @@ def prepare_emvidcap(
     ``text`` is the list of all the video's captions; a listed video without a caption or file is a bad
     row. Counts other than 362 / 164 are allowed and recorded.
     """
-    root = _root_dir(root, "emvidcap")
-    split_path = _option_path(split_file, root / "ecpa_split.txt")
+    root = dataset_root(root, "emvidcap")
+    split_path = option_path(split_file, root / "ecpa_split.txt")
     if not split_path.is_file():
         raise ManifestError(
             f"emvidcap: the list of ECPA's 526 clear-faced videos and their 362 / 164 train/test split is "
@@ -70,42 +70,42 @@ def prepare_emvidcap(
         if not f.is_file():
             raise ManifestError(f"emvidcap: caption file {f} not found (expected {' and '.join(_EMVIDCAP_CAPTION_FILES)} "
                                 "with columns VideoID, EmCaptions in root; captions=FILES names them)")
-    video_dir = _option_path(videos, root / "videos" if (root / "videos").is_dir() else root)
+    video_dir = option_path(videos, root / "videos" if (root / "videos").is_dir() else root)
     if not video_dir.is_dir():
         raise ManifestError(f"emvidcap: video folder {video_dir} not found")
     refs: dict[str, list[str]] = {}
     for f in caption_files:
         delimiter = "\t" if "\t" in f.read_text(encoding="utf-8-sig").split("\n", 1)[0] else ","
-        _, rows = _csv_rows(f, ("VideoID", "EmCaptions"), delimiter=delimiter)
+        _, rows = read_csv_rows(f, ("VideoID", "EmCaptions"), delimiter=delimiter)
         for _, row in rows:
             vid, cap = (row.get("VideoID") or "").strip(), (row.get("EmCaptions") or "").strip()
             if vid and cap and cap not in refs.setdefault(vid, []):
                 refs[vid].append(cap)
     files_by_stem: dict[str, str] = {}
     for p in sorted(video_dir.iterdir()):
-        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not _hidden(p):
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not is_hidden(p):
             files_by_stem.setdefault(p.stem, p.name)
     items, origins, problems = [], [], []
-    shown = _rel(split_path, root)
-    for n, line in enumerate(_text_lines(split_path), start=1):
+    shown = relative_path(split_path, root)
+    for n, line in enumerate(read_text_lines(split_path), start=1):
         tokens = [t for t in re.split(r"[,\s]+", line.strip()) if t]
         if not tokens:
             continue
         if len(tokens) != 2 or tokens[1].lower() not in ("train", "test"):
             if n == 1 and len(tokens) == 2 and tokens[0].lower() in ("id", "videoid", "video_id", "video"):
                 continue  # a header line
-            problems.append(_Problem(shown, n, tokens[0], f"expected '<VideoID> train|test', got {line!r}"))
+            problems.append(Problem(shown, n, tokens[0], f"expected '<VideoID> train|test', got {line!r}"))
             continue
         vid, part = tokens[0], tokens[1].lower()
         if not refs.get(vid):
-            problems.append(_Problem(shown, n, vid, f"no caption for {vid!r} in {', '.join(f.name for f in caption_files)}"))
+            problems.append(Problem(shown, n, vid, f"no caption for {vid!r} in {', '.join(f.name for f in caption_files)}"))
             continue
         name = files_by_stem.get(vid)
         if name is None:
-            problems.append(_Problem(shown, n, vid, f"no video file {vid}.* ({', '.join(VIDEO_EXTENSIONS[:3])}, ...) "
+            problems.append(Problem(shown, n, vid, f"no video file {vid}.* ({', '.join(VIDEO_EXTENSIONS[:3])}, ...) "
                                      f"in {video_dir}"))
             continue
-        items.append(Item(id=vid, path=_rel(video_dir / name, root), text=list(refs[vid]),
+        items.append(Item(id=vid, path=relative_path(video_dir / name, root), text=list(refs[vid]),
                           splits={"emvidcap": {"ecpa": part}}))
         origins.append((shown, n))
     counts = {p: sum(it.splits["emvidcap"]["ecpa"] == p for it in items) for p in ("train", "test")}
@@ -113,8 +113,8 @@ def prepare_emvidcap(
         dataset=dataset or Path(out).resolve().name, classes=[], items=items, root=str(root),
         label_type="none", split_schemes={"emvidcap": ["ecpa"]},
         source={"adapter": "emvidcap", "root": str(root), "videos": str(video_dir),
-                "split_file": str(split_path), "split_sha256": _sha256(split_path),
-                "caption_files": {str(f): _sha256(f) for f in caption_files},
+                "split_file": str(split_path), "split_sha256": sha256_file(split_path),
+                "caption_files": {str(f): sha256_file(f) for f in caption_files},
                 "counts": counts, "paper_counts": {"train": 362, "test": 164}},
     )
-    return _finish(manifest, origins, problems, out, skip_invalid)
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)

@@ -1,17 +1,22 @@
-"""What the dataset adapters share: the papers' class orders, problem reporting, file helpers."""
+"""What the dataset adapters share: the papers' class orders, problem reporting, finishing a manifest
+(validate, drop or raise, write), and small file helpers."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from emo.cache.manifest import Manifest, ManifestError
-from emo.extract.datasets import (
-    _write,
-)
+from emo.cache.manifest import Manifest, ManifestError, write_manifest
+
+__all__ = [
+    "VE8_CLASSES", "EK6_CLASSES", "MV6_CLASSES", "MELD_CLASSES", "DFEW_CLASSES", "FERV39K_CLASSES",
+    "MAFW_CLASSES", "SUBTITLE_EXTENSIONS", "Problem", "raise_first", "finish_manifest", "dataset_root",
+    "option_path", "relative_path", "read_text_lines", "read_csv_rows", "sha256_file", "write_to", "is_hidden",
+]
 
 # The papers' class orders (DATASETS.md). PE-CLIP loses 0.5 points when the order is reversed.
 VE8_CLASSES = ["anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust"]
@@ -30,7 +35,7 @@ SUBTITLE_EXTENSIONS = (".srt", ".vtt")
 
 
 @dataclass
-class _Problem:
+class Problem:
     file: str  # a display name: the file (relative to root where possible)
     row: int | None  # data row / line; None for items found by scanning folders and whole-file problems
     item_id: str | None
@@ -38,17 +43,17 @@ class _Problem:
     position: int | None = None  # the item's position (from 1) when there is no row
 
 
-def _fail(problems: list[_Problem]) -> NoReturn:
+def raise_first(problems: list[Problem]) -> NoReturn:
     p = problems[0]
     where = f"{p.file} row {p.row}" if p.row is not None else p.file
     more = f" (+{len(problems) - 1} more invalid rows)" if len(problems) > 1 else ""
     raise ManifestError(f"{where} (id {p.item_id!r}): {p.reason}{more}")
 
 
-def _finish(
+def finish_manifest(
     manifest: Manifest,
     origins: list[tuple[str, int | None]],
-    problems: list[_Problem],
+    problems: list[Problem],
     out: str | Path,
     skip_invalid: bool,
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
@@ -63,13 +68,13 @@ def _finish(
     origins = [o for _, o in kept]
     for pos, item_id, reason in manifest.validate(check_files=True, skip_invalid=True):
         file, row = origins[pos - 1]  # pos counts the validated items from 1
-        problems.append(_Problem(file, row, item_id, reason, position=pos))
+        problems.append(Problem(file, row, item_id, reason, position=pos))
     if problems and not skip_invalid:
-        _fail(problems)
+        raise_first(problems)
     if not manifest.items:
         raise ManifestError(f"{manifest.dataset}: no valid items under {manifest.root} ({len(problems)} skipped)")
     manifest.source["skipped_rows"] = len(problems)
-    _write(manifest, out)
+    write_to(manifest, out)
     skipped = []
     for p in problems:
         where = f"{p.file} row {p.row}" if p.row is not None else p.file
@@ -78,18 +83,18 @@ def _finish(
     return manifest, skipped
 
 
-def _root_dir(root: str | Path, key: str) -> Path:
+def dataset_root(root: str | Path, key: str) -> Path:
     root = Path(root).resolve()
     if not root.is_dir():
         raise ManifestError(f"{key}: dataset root {root} is not a directory")
     return root
 
 
-def _option_path(value: str | Path | None, default: Path) -> Path:
+def option_path(value: str | Path | None, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value is not None else default
 
 
-def _rel(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` when inside it (manifests stay movable with their root; messages stay
     short), else absolute."""
     try:
@@ -98,7 +103,7 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _text_lines(file: Path) -> list[str]:
+def read_text_lines(file: Path) -> list[str]:
     """Lines of a UTF-8 text file (BOM and CRLF tolerated)."""
     try:
         return file.read_text(encoding="utf-8-sig").splitlines()
@@ -106,7 +111,7 @@ def _text_lines(file: Path) -> list[str]:
         raise ManifestError(f"{file}: not UTF-8 text ({e})") from None
 
 
-def _csv_rows(file: Path, required: Sequence[str], delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict]]]:
+def read_csv_rows(file: Path, required: Sequence[str], delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and ``(row, {column: value})`` of a CSV; a missing column is an error naming the file."""
     with open(file, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, delimiter=delimiter)
@@ -120,3 +125,25 @@ def _csv_rows(file: Path, required: Sequence[str], delimiter: str = ",") -> tupl
                 continue  # a blank line keeps its number
             rows.append((n, dict(zip(header, cells, strict=False))))
     return header, rows
+
+
+_IGNORED_DIRS = ("__MACOSX",)
+
+
+def is_hidden(p: Path) -> bool:
+    """A dot file or folder, or an archiver's side folder (``__MACOSX``): never an item."""
+    return p.name.startswith(".") or p.name in _IGNORED_DIRS
+
+
+def sha256_file(file: Path) -> str:
+    """Hex sha256 of a file's bytes (split lists and annotation files are recorded in ``source``)."""
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_to(manifest: Manifest, out: str | Path) -> Path:
+    """Write ``manifest`` as ``<out>/manifest.jsonl`` (atomically, by ``write_manifest``)."""
+    return write_manifest(manifest, Path(out) / "manifest.jsonl")

@@ -1,216 +1,24 @@
-"""Dataset adapters: a dataset's release layout -> a ``Manifest`` in ``<out>/manifest.jsonl`` (SPEC §3.1).
+"""The ``csv`` adapter: a CSV or JSONL item list with the manifest's own columns -> manifest.
 
-Every adapter has the signature ``prepare_x(source, out, *, dataset=None, ..., skip_invalid=False)`` and
-returns ``(manifest, skipped)``, ``skipped`` being the rows dropped by ``skip_invalid`` as
-``(row, id, reason)``. The manifest is validated (every file must exist) before it is written; without
-``skip_invalid`` the first bad row raises a ``ManifestError`` that names its row number and id.
-
-- ``folder``: a ``root/<class>/<video>`` tree. A video is a file with one of ``extensions`` or a frame
-  folder (a sub-directory of images). Ids are ``<class>/<file stem>``. Scheme ``folder`` holds ``folds``
-  seeded stratified random splits (``stratified_split``; fold ``k`` uses seed ``seed + k``).
-- ``csv``: a CSV or JSONL item list with the manifest's own columns (see ``prepare_csv``).
-
-``dataset`` defaults to the name of the ``out`` folder.
+Columns ``CSV_COLUMNS`` (see ``prepare_csv``); a plain ``split`` column is scheme ``csv``, fold ``"0"``;
+``split:SCHEME:FOLD`` columns name their own. ``dataset`` defaults to the name of the ``out`` folder.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from emo.cache.manifest import LABEL_TYPES, Item, Manifest, ManifestError, split_schemes_of
 
-from emo.cache.manifest import (
-    LABEL_TYPES,
-    Item,
-    Manifest,
-    ManifestError,
-    split_schemes_of,
-    write_manifest,
-)
-from emo.extract.video import IMAGE_SUFFIXES
+from .common import sha256_file, write_to
 
-__all__ = [
-    "VIDEO_EXTENSIONS",
-    "CSV_COLUMNS",
-    "ADAPTERS",
-    "prepare_folder",
-    "prepare_csv",
-    "stratified_split",
-]
+__all__ = ["CSV_COLUMNS", "CSV_SCHEME", "prepare_csv"]
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts",
-                    ".3gp")
 CSV_COLUMNS = ("id", "path", "label", "start", "end", "text", "speaker", "subject_boxes", "split")
 CSV_SCHEME = "csv"  # scheme of a plain ``split`` column; its one fold is "0"
-FOLDER_SCHEME = "folder"
-_IGNORED_DIRS = ("__MACOSX",)
-
-
-# --- splits -------------------------------------------------------------------------------------
-
-
-def stratified_split(labels: Sequence[str], test_ratio: float, val_ratio: float = 0.0, seed: int = 0) -> list[str]:
-    """``train | val | test`` for each label: per class, a seeded shuffle cut by the ratios.
-
-    A class of ``n`` items puts ``round(n * test_ratio)`` in test, at least 1 and at most ``n - 1`` when
-    ``n >= 2`` (a class of one item stays in train); then ``round(n_train * val_ratio)`` of the rest in
-    val, with the same bounds when ``val_ratio > 0``. Each class is shuffled by its own generator seeded
-    with ``(seed, crc32(class name))``, so a class's split depends only on its own items (in the given
-    order) and the seed — adding a class leaves the others' splits as they were.
-    """
-    _check_ratios(test_ratio, val_ratio)
-    out = ["train"] * len(labels)
-    members: dict[str, list[int]] = {}
-    for i, label in enumerate(labels):
-        members.setdefault(label, []).append(i)
-    for label, idx in members.items():
-        n = len(idx)
-        rng = np.random.default_rng([seed, zlib.crc32(label.encode("utf-8"))])
-        order = rng.permutation(n)  # [n] positions into idx
-        n_test = _cut(n, test_ratio)
-        n_val = _cut(n - n_test, val_ratio)
-        for rank, pos in enumerate(order.tolist()):
-            if rank < n_test:
-                out[idx[pos]] = "test"
-            elif rank < n_test + n_val:
-                out[idx[pos]] = "val"
-    return out
-
-
-def _cut(n: int, ratio: float) -> int:
-    """``round(n * ratio)`` (halves up), kept in ``[1, n - 1]`` when ``n >= 2`` and ``ratio > 0``."""
-    if ratio <= 0 or n < 2:
-        return 0
-    return min(max(int(n * ratio + 0.5), 1), n - 1)
-
-
-def _check_ratios(test_ratio: float, val_ratio: float) -> None:
-    if not 0.0 < test_ratio < 1.0:
-        raise ManifestError(f"test_ratio must be in (0, 1), got {test_ratio}")
-    if not 0.0 <= val_ratio < 1.0:
-        raise ManifestError(f"val_ratio must be in [0, 1), got {val_ratio}")
-
-
-# --- folder -------------------------------------------------------------------------------------
-
-
-def prepare_folder(
-    root: str | Path,
-    out: str | Path,
-    *,
-    dataset: str | None = None,
-    test_ratio: float = 0.33,
-    val_ratio: float = 0.0,
-    folds: int = 1,
-    seed: int = 0,
-    classes: list[str] | None = None,
-    extensions: Iterable[str] = VIDEO_EXTENSIONS,
-    skip_invalid: bool = False,
-) -> tuple[Manifest, list[tuple[int, str, str]]]:
-    """A ``root/<class>/<video>`` tree -> manifest with scheme ``folder``, folds ``"0".."folds-1"``.
-
-    ``classes`` fixes the class order (every class folder must be listed and every listed class must
-    have a folder); without it the class order is the sorted folder names. In a class folder, files
-    with one of ``extensions`` (case-insensitive) are videos, sub-directories holding images are frame
-    folders; hidden entries are skipped, other files are ignored and counted in ``source``, and a
-    sub-directory without images is an error. Fold ``k`` is ``stratified_split`` with seed ``seed + k``.
-    """
-    root = Path(root).resolve()
-    _check_ratios(test_ratio, val_ratio)
-    if folds < 1:
-        raise ManifestError(f"folds must be >= 1, got {folds}")
-    exts = tuple(sorted({(e if e.startswith(".") else "." + e).lower() for e in extensions}))
-    folders = _class_folders(root, exts)
-    order = _class_order(folders, classes, root)
-
-    items, ignored = [], 0
-    for name in order:
-        videos, n_ignored = _videos_in(folders[name], exts)
-        ignored += n_ignored
-        if not videos:
-            raise ManifestError(f"class folder {folders[name]} holds no videos ({', '.join(exts)}) "
-                                "and no frame folders")
-        for entry in videos:
-            stem = entry.name if entry.is_dir() else entry.stem
-            items.append(Item(id=f"{name}/{stem}", path=f"{name}/{entry.name}", label=name))
-
-    labels = [it.label for it in items]
-    fold_names = [str(k) for k in range(folds)]
-    for k, fold in enumerate(fold_names):
-        for item, part in zip(items, stratified_split(labels, test_ratio, val_ratio, seed + k), strict=True):
-            item.splits.setdefault(FOLDER_SCHEME, {})[fold] = part
-
-    manifest = Manifest(
-        dataset=dataset or Path(out).resolve().name,
-        classes=list(order),
-        items=items,
-        root=str(root),
-        label_type="single",
-        split_schemes={FOLDER_SCHEME: fold_names},
-        source={
-            "adapter": "folder", "root": str(root), "test_ratio": test_ratio, "val_ratio": val_ratio,
-            "seed": seed, "folds": folds, "fold_seeds": [seed + k for k in range(folds)],
-            "classes_from": "argument" if classes else "sorted folder names", "extensions": list(exts),
-            "ignored_files": ignored,
-        },
-    )
-    skipped = manifest.validate(check_files=True, skip_invalid=skip_invalid)
-    _write(manifest, out)
-    return manifest, skipped
-
-
-def _class_folders(root: Path, exts: tuple[str, ...]) -> dict[str, Path]:
-    if not root.is_dir():
-        raise ManifestError(f"dataset root {root} is not a directory")
-    folders = {p.name: p for p in root.iterdir() if p.is_dir() and not _hidden(p)}
-    if not folders:
-        loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in exts]
-        hint = f" ({len(loose)} videos lie directly in it: move them into class folders)" if loose else ""
-        raise ManifestError(f"dataset root {root} has no class folders{hint}; expected root/<class>/<video>")
-    return folders
-
-
-def _class_order(folders: dict[str, Path], classes: list[str] | None, root: Path) -> list[str]:
-    if not classes:
-        return sorted(folders)
-    unlisted = sorted(set(folders) - set(classes))
-    if unlisted:
-        raise ManifestError(f"class folder(s) {unlisted} under {root} are not in the classes given "
-                            f"({', '.join(classes)})")
-    missing = [c for c in classes if c not in folders]
-    if missing:
-        raise ManifestError(f"class(es) {missing} have no folder under {root}")
-    return list(classes)
-
-
-def _videos_in(folder: Path, exts: tuple[str, ...]) -> tuple[list[Path], int]:
-    """Videos and frame folders of a class folder in name order, and the number of other files."""
-    videos, ignored = [], 0
-    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if _hidden(entry):
-            continue
-        if entry.is_dir():
-            if not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in entry.iterdir()):
-                raise ManifestError(f"{entry} is a folder without images ({', '.join(IMAGE_SUFFIXES)}): "
-                                    "expected videos or frame folders in a class folder")
-            videos.append(entry)
-        elif entry.suffix.lower() in exts:
-            videos.append(entry)
-        else:
-            ignored += 1
-    return videos, ignored
-
-
-def _hidden(p: Path) -> bool:
-    return p.name.startswith(".") or p.name in _IGNORED_DIRS
-
-
-# --- csv / jsonl ----------------------------------------------------------------------------------
 
 
 class _RowProblem(Exception):
@@ -270,7 +78,7 @@ def prepare_csv(
         label_type=label_type,
         split_schemes=dict(column_schemes),  # + the folds of valid rows' splits, below
         source={
-            "adapter": "csv", "file": str(file), "format": fmt, "sha256": _sha256(file), "root": str(root),
+            "adapter": "csv", "file": str(file), "format": fmt, "sha256": sha256_file(file), "root": str(root),
             "label_type": label_type, "rows": len(rows),
             "classes_from": "argument" if classes else "inferred: sorted labels seen",
         },
@@ -287,7 +95,7 @@ def prepare_csv(
     if not manifest.items:
         raise ManifestError(f"{file}: no valid rows left ({len(problems)} skipped)")
     manifest.source["skipped_rows"] = len(problems)
-    _write(manifest, out)
+    write_to(manifest, out)
     return manifest, problems
 
 
@@ -492,24 +300,3 @@ def _labels_seen(items: list[Item], label_type: str) -> list[str]:
             seen.update(x for x in it.label if isinstance(x, str))
     return sorted(seen)
 
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write(manifest: Manifest, out: str | Path) -> Path:
-    return write_manifest(manifest, Path(out) / "manifest.jsonl")
-
-
-ADAPTERS: dict[str, Callable[..., tuple[Manifest, list]]] = {
-    "folder": prepare_folder,
-    "csv": prepare_csv,
-}
-
-# The papers' datasets and video + subtitle folders (the ``adapters`` package): importing it adds them to ADAPTERS.
-# At the end of this module so that either module may be imported first (adapters imports helpers from here).
-import emo.extract.adapters  # noqa: E402, F401

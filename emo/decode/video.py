@@ -32,9 +32,12 @@ import av
 import numpy as np
 from PIL import Image
 
-from emo.extract.sampling import SamplingConfig, crop_boxes, frame_positions
+from .sampling import SamplingConfig, crop_boxes, frame_positions
 
-__all__ = ["BACKENDS", "IMAGE_SUFFIXES", "FRAME_FOLDER_FPS", "DecodeError", "DecodedItem", "decode_item"]
+__all__ = [
+    "BACKENDS", "IMAGE_SUFFIXES", "FRAME_FOLDER_FPS", "DecodeError", "DecodedItem", "VideoProbe", "decode_item",
+    "probe_video", "stream_times",
+]
 
 BACKENDS = ("auto", "decord", "pyav")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -68,7 +71,7 @@ class DecodedItem:
 
 
 @dataclass
-class _Probe:
+class VideoProbe:
     """What the demux pass learned about a file's video stream."""
 
     format: str  # libavformat's name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
@@ -110,7 +113,7 @@ def decode_item(
         raise DecodeError(f"not a regular file (a pipe, socket or device): {path}")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
-    probe = _probe(path)
+    probe = probe_video(path)
     if backend == "pyav":
         return _decode_pyav(path, probe, cfg, item_id, start, end, reason=None)
     reason = _decord_unfit(probe) if backend == "auto" else None
@@ -127,7 +130,7 @@ def decode_item(
 # --- probing ------------------------------------------------------------------------------------
 
 
-def _probe(path: Path) -> _Probe:
+def probe_video(path: Path) -> VideoProbe:
     """Demux (not decode) the first video stream; reject what cannot be a playable video."""
     try:
         container = av.open(str(path))
@@ -164,9 +167,9 @@ def _probe(path: Path) -> _Probe:
             raise DecodeError(
                 f"corrupt data in {sum(corrupt)} of {len(pts)} packets (first: frame {corrupt.index(True)})"
             )
-        times = _stream_times(pts if None in pts else sorted(pts), stream)
+        times = stream_times(pts if None in pts else sorted(pts), stream)
         codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder's "libdav1d"
-        return _Probe(
+        return VideoProbe(
             format=fmt,
             codec=codec,
             promised=promised,
@@ -181,7 +184,7 @@ def _is_cover(stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
-def _stream_times(pts: list[int | None], stream) -> np.ndarray:
+def stream_times(pts: list[int | None], stream) -> np.ndarray:
     """Presentation times ``[n]`` in seconds from the stream start, from pts in ``stream.time_base``.
 
     Where pts are missing or not increasing (H.264 with B-frames in AVI stores none), frames are
@@ -233,7 +236,7 @@ def _assemble(index: np.ndarray, views: dict[int, np.ndarray]) -> np.ndarray:
 
 
 def _decode_pyav(
-    path: Path, probe: _Probe, cfg: SamplingConfig, item_id: str, start, end, reason: str | None
+    path: Path, probe: VideoProbe, cfg: SamplingConfig, item_id: str, start, end, reason: str | None
 ) -> DecodedItem:
     """Decode sequentially, keeping the sampled frames; redo the selection if the decoder disagrees."""
     index, _ = _select(probe.times, cfg, start, end)  # [M, N] as the packets predict
@@ -260,7 +263,7 @@ def _decode_pyav(
     )
 
 
-def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, probe: _Probe):
+def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, probe: VideoProbe):
     """One decoding pass: views of the ``wanted`` frame indices, and the times of all decoded frames."""
     views: dict[int, np.ndarray] = {}
     pts: list[int | None] = []
@@ -288,7 +291,7 @@ def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, 
             ) from None
         if not pts:
             raise DecodeError(f"no frame decodes (the stream has {len(probe.times)} packets)")
-        decoded = _stream_times(pts, stream)
+        decoded = stream_times(pts, stream)
     return views, decoded, size, boxes
 
 
@@ -299,7 +302,7 @@ class _DecordMismatch(Exception):
     """decord cannot be trusted on this file; the message says why (becomes ``fallback_reason``)."""
 
 
-def _decord_unfit(probe: _Probe) -> str | None:
+def _decord_unfit(probe: VideoProbe) -> str | None:
     """Why ``auto`` should not use decord on this file, or None."""
     if probe.video_streams > 1:
         return f"{probe.video_streams} video streams; decord might pick another"
@@ -318,7 +321,7 @@ def _import_decord():
     return decord
 
 
-def _decode_decord(path: Path, probe: _Probe, cfg: SamplingConfig, item_id: str, start, end) -> DecodedItem:
+def _decode_decord(path: Path, probe: VideoProbe, cfg: SamplingConfig, item_id: str, start, end) -> DecodedItem:
     """Seek to the sampled frames with decord, after checking its frame list against the probe."""
     decord = _import_decord()
     try:

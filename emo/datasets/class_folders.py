@@ -7,24 +7,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from emo.cache.manifest import Item, Manifest, ManifestError
-from emo.extract.datasets import (
-    VIDEO_EXTENSIONS,
-    _class_folders,
-    _sha256,
-    _videos_in,
-    stratified_split,
-)
 
 from .common import (
     EK6_CLASSES,
     MV6_CLASSES,
     VE8_CLASSES,
-    _finish,
-    _option_path,
-    _Problem,
-    _rel,
-    _root_dir,
-    _text_lines,
+    Problem,
+    dataset_root,
+    finish_manifest,
+    option_path,
+    read_text_lines,
+    relative_path,
+    sha256_file,
+)
+from .folder import (
+    VIDEO_EXTENSIONS,
+    class_folders,
+    stratified_split,
+    videos_in,
 )
 
 # --- class folders: ve8, ek6, mv6 ----------------------------------------------------------------
@@ -131,14 +131,14 @@ def _prepare_class_folders(
     skip_invalid: bool,
     lists_required: bool,
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
-    root = _root_dir(root, key)
+    root = dataset_root(root, key)
     exts = tuple(sorted({(e if e.startswith(".") else "." + e).lower() for e in extensions}))
-    split_dir = _option_path(splits, root / "splits")
+    split_dir = option_path(splits, root / "splits")
     folder_class = _match_class_folders(key, root, classes, exts, skip=split_dir)
     items, origins, ignored = [], [], 0
     for cls in classes:
         folder = folder_class[cls]
-        videos, n_ignored = _videos_in(root / folder, exts)
+        videos, n_ignored = videos_in(root / folder, exts)
         ignored += n_ignored
         if not videos:
             raise ManifestError(f"{key}: class folder {root / folder} holds no videos ({', '.join(exts)}) "
@@ -150,7 +150,7 @@ def _prepare_class_folders(
 
     source = {"adapter": key, "root": str(root), "class_folders": {c: folder_class[c] for c in classes},
               "extensions": list(exts), "ignored_files": ignored}
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     if splits is not None or split_dir.is_dir():
         fold_names = _apply_split_lists(key, split_dir, root, items, problems, source,
                                         single="official" if lists_required else None)
@@ -175,7 +175,7 @@ def _prepare_class_folders(
         dataset=dataset or Path(out).resolve().name, classes=list(classes), items=items, root=str(root),
         label_type="single", split_schemes={key: fold_names}, source=source,
     )
-    return _finish(manifest, origins, problems, out, skip_invalid)
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)
 
 
 def _match_class_folders(
@@ -184,7 +184,7 @@ def _match_class_folders(
     """class -> folder name, matching folder names to the classes case-insensitively; ``skip`` (the split
     list folder when it lies in ``root``) is not a class folder."""
     try:
-        folders = {n: p for n, p in _class_folders(root, exts).items() if p.resolve() != skip}
+        folders = {n: p for n, p in class_folders(root, exts).items() if p.resolve() != skip}
         if not folders:
             raise ManifestError(f"dataset root {root} has no class folders")
     except ManifestError as e:
@@ -239,7 +239,7 @@ def _class_index(split_dir: Path) -> dict[int, str] | None:
     if not file.is_file():
         return None
     out = {}
-    for n, line in enumerate(_text_lines(file), start=1):
+    for n, line in enumerate(read_text_lines(file), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -254,7 +254,7 @@ def _apply_split_lists(
     split_dir: Path,
     root: Path,
     items: list[Item],
-    problems: list[_Problem],
+    problems: list[Problem],
     source: dict,
     single: str | None,
 ) -> list[str]:
@@ -273,27 +273,27 @@ def _apply_split_lists(
     for fold, files in pairs.items():
         seen: dict[str, tuple[str, str]] = {}
         for part, file in zip(("train", "test"), files, strict=True):
-            shown = _rel(file, root)
-            for n, line in enumerate(_text_lines(file), start=1):
+            shown = relative_path(file, root)
+            for n, line in enumerate(read_text_lines(file), start=1):
                 if not line.strip():
                     continue
                 m = _LIST_LINE.match(line.strip())
                 entry = m.group("entry").strip().replace("\\", "/")
                 item = by_id.get(entry) or by_fold_id.get(entry.casefold()) or by_name.get(entry.casefold())
                 if item is None:
-                    problems.append(_Problem(shown, n, entry, f"no video {entry!r} under {root} "
+                    problems.append(Problem(shown, n, entry, f"no video {entry!r} under {root} "
                                              "(expected <ClassFolder>/<video stem>)"))
                     continue
                 if class_index is not None and m.group("label") is not None:
                     named = class_index.get(int(m.group("label")))
                     if named != item.label:
-                        problems.append(_Problem(shown, n, item.id, f"class number {m.group('label')} is "
+                        problems.append(Problem(shown, n, item.id, f"class number {m.group('label')} is "
                                                  f"{named!r} in classInd.txt but the video is in class {item.label!r}"))
                         continue
                 if item.id in seen:
                     prev_part, prev_where = seen[item.id]
                     what = "listed twice" if prev_part == part else f"in both train and test of fold {fold}"
-                    problems.append(_Problem(shown, n, item.id, f"{what} (first at {prev_where})"))
+                    problems.append(Problem(shown, n, item.id, f"{what} (first at {prev_where})"))
                     continue
                 seen[item.id] = (part, f"{shown} line {n}")
                 item.splits.setdefault(key, {})[fold] = part
@@ -301,7 +301,7 @@ def _apply_split_lists(
     source |= {
         "folds_from": "split lists", "split_dir": str(split_dir),
         "split_files": {f: [p.name for p in files] for f, files in pairs.items()},
-        "split_sha256": {p.name: _sha256(p) for files in pairs.values() for p in files},
+        "split_sha256": {p.name: sha256_file(p) for files in pairs.values() for p in files},
         "class_index": "checked against classInd.txt" if class_index else "absent (numbers not checked)",
         "unlisted_items": unlisted,  # items in no list of that fold: kept in the manifest, not in the fold
     }

@@ -1,5 +1,4 @@
-"""Frozen transformers models: with ``segue.py``, the only module of ``emo`` that imports ``transformers``
-(lazily, at use).
+"""Frozen transformers models: the only module of ``emo`` that imports ``transformers`` (lazily, at use).
 
 Two models, one weights policy (SPEC §3.3, the same as ``clip.py``):
 
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emo.encoders.clip import WeightsError, file_sha256
+from .weights import WeightsError, file_sha256, resolve_device, resolve_dtype
 
 __all__ = [
     "DEFAULT_WAV2VEC2",
@@ -44,6 +43,7 @@ __all__ = [
     "load_wav2vec2",
     "load_sentiment",
     "dir_provenance",
+    "wav2vec2_architecture",
 ]
 
 DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base"
@@ -242,7 +242,6 @@ def load_wav2vec2(
     ``model``: hub id (with ``weights="random"`` also a local directory holding a ``config.json``);
     ``checkpoint``: a local ``save_pretrained`` directory, wins over ``model``.
     """
-    from emo.encoders.clip import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
@@ -311,7 +310,6 @@ def load_sentiment(
     """A frozen sequence classifier and its tokenizer by the strict weights policy (module doc)."""
     import transformers
 
-    from emo.encoders.clip import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
@@ -323,3 +321,12 @@ def load_sentiment(
         raise WeightsError(f"could not load the tokenizer of {loaded.source}: {e}. {hint}") from e
     return SentimentModel(loaded, tokenizer, dev, dtype)
 
+
+def wav2vec2_architecture(base_config: str | None = None):
+    """An untrained ``Wav2Vec2Model`` (fp32, CPU) to load converted weights into: the architecture of
+    ``base_config`` (a directory or a config.json), or transformers' ``Wav2Vec2Config()`` defaults (the
+    wav2vec2-base architecture) when None."""
+    import transformers
+
+    config = transformers.Wav2Vec2Config.from_pretrained(base_config) if base_config else transformers.Wav2Vec2Config()
+    return transformers.Wav2Vec2Model(config)

@@ -6,7 +6,7 @@ of that speech encoder. The release (``declare-lab/segue-w2v2-base``) is a ``Seg
 ``speech_encoder.*`` (a ``Wav2Vec2Model``) and ``text_encoder.*`` (the sentence embedder). transformers
 cannot load it as wav2vec2, and emo refuses a checkpoint that leaves weights unset, so it is converted
 once: the speech encoder becomes a ``save_pretrained`` directory that ``emo extract audio --checkpoint``
-loads strictly. Like ``hf.py``, this module imports ``transformers`` only when called.
+loads strictly. The wav2vec2 architecture comes from ``hf.py``, the only file that imports ``transformers``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from emo.encoders.clip import WeightsError, file_sha256
-
-from .hf import SAMPLE_RATE
+from .hf import SAMPLE_RATE, wav2vec2_architecture
+from .weights import WeightsError, file_sha256
 
 __all__ = ["SEGUE_SPEECH", "convert_segue"]
 
@@ -63,8 +62,6 @@ def convert_segue(
     ``Wav2Vec2Config()`` defaults, which are that base architecture. Every weight of the model must
     come from the file (legacy weight-norm names are mapped); else ``WeightsError`` and nothing is written.
     """
-    import transformers
-
     src, out = Path(src).expanduser().resolve(), Path(out).expanduser()
     cfg_path = src / "config.json"
     if not cfg_path.is_file():
@@ -73,17 +70,13 @@ def convert_segue(
     if segue.get("model_type") != "segue":
         raise WeightsError(f"{src} holds a {segue.get('model_type')!r} model, not SEGUE (model_type 'segue')")
     speech = segue.get("speech_encoder_checkpoint")
-    if base_config:
-        config = transformers.Wav2Vec2Config.from_pretrained(base_config)
-    elif speech == SEGUE_SPEECH:
-        config = transformers.Wav2Vec2Config()
-    else:
+    if not base_config and speech != SEGUE_SPEECH:
         raise WeightsError(f"SEGUE's speech encoder here is {speech!r}: give its config.json with --base-config")
     state, weights_file = _segue_state(src, trust_pickle)
     speech_state = {k[len(_SEGUE_PREFIX):]: v for k, v in state.items() if k.startswith(_SEGUE_PREFIX)}
     if not speech_state:
         raise WeightsError(f"{weights_file}: no '{_SEGUE_PREFIX}*' weights (found {sorted(state)[:5]})")
-    net = transformers.Wav2Vec2Model(config)
+    net = wav2vec2_architecture(base_config)
     own = set(net.state_dict())
 
     def current(key: str) -> str:
@@ -109,4 +102,4 @@ def convert_segue(
     source = {"source": "SEGUE", "speech_encoder": speech, "file": weights_file.name,
               "sha256": file_sha256(weights_file), "dropped": dropped}
     (out / "emo_source.json").write_text(json.dumps(source, indent=1) + "\n")
-    return {"output": str(out), "tensors": len(mapped), "layers": config.num_hidden_layers, **source}
+    return {"output": str(out), "tensors": len(mapped), "layers": net.config.num_hidden_layers, **source}

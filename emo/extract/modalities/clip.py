@@ -1,4 +1,4 @@
-"""The CLIP extraction pipeline: manifest -> decode workers -> batched frozen encoder -> HDF5 shards.
+"""The ``clip`` feature set: manifest -> decode workers -> batched frozen CLIP image encoder -> HDF5 shards.
 
 Decoding runs in worker processes (``DecodePool``) with a per-video timeout while the main process
 encodes: frames of many videos share one encoder batch. The shard machinery common to every
@@ -23,13 +23,13 @@ import torch
 from emo.cache.featureset import FeatureSet
 from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
+from emo.decode.sampling import SamplingConfig
+from emo.decode.video import DecodedItem, decode_item
+from emo.decode.workers import DecodePool
 from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip
 
+from ..runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction, versions
 from .boxes import BoxFormatError, boxes_at, coverage_for_item, subject_boxes_info
-from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction, versions
-from .sampling import SamplingConfig
-from .video import DecodedItem, decode_item
-from .workers import DecodePool
 
 __all__ = ["ExtractOptions", "ExtractSummary", "CLASS_TEMPLATES", "clip_config", "extract_clip", "FrameBatcher"]
 
@@ -132,7 +132,7 @@ class FrameBatcher:
                 yield item_id, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _store_class_text(fs: FeatureSet, encoder: ClipEncoder, manifest: Manifest) -> None:
+def store_class_text(fs: FeatureSet, encoder: ClipEncoder, manifest: Manifest) -> None:
     """Embed ``template.format(class)`` for every class once per feature set (for zero-shot heads)."""
     path = fs.path / CLASS_TEXT_FILE
     if path.exists() or manifest.label_type not in ("single", "multi") or not manifest.classes:
@@ -177,15 +177,15 @@ def extract_clip(
     encoder = load_clip(spec, device=device, precision=precision)
     sampling = dataclasses.replace(sampling, image_size=encoder.image_size)  # crops at the encoder's input size
     fs = FeatureSet.create(cache_dir, clip_config(encoder, sampling, options))
-    _store_class_text(fs, encoder, manifest)
+    store_class_text(fs, encoder, manifest)
     with DecodePool(options.workers, options.timeout) as pool:
-        fill = _ClipFill(manifest, encoder, sampling, options, pool)
+        fill = ClipFill(manifest, encoder, sampling, options, pool)
         return run_extraction(
             fs, manifest, options, fill, skipped=skipped, compress=CLIP_COMPRESS, dists=CLIP_DISTS
         )
 
 
-class _ClipFill:
+class ClipFill:
     """Fills one shard: decode its videos in the pool, encode their frames in shared batches."""
 
     def __init__(self, manifest: Manifest, encoder: ClipEncoder, sampling: SamplingConfig, options, pool: DecodePool):

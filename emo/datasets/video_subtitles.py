@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from emo.cache.manifest import Item, Manifest, ManifestError
-from emo.extract.datasets import (
-    VIDEO_EXTENSIONS,
-    _hidden,
-)
 
-from ..subtitles import read_subtitles
 from .common import (
     SUBTITLE_EXTENSIONS,
-    _finish,
-    _Problem,
-    _rel,
-    _root_dir,
+    Problem,
+    dataset_root,
+    finish_manifest,
+    is_hidden,
+    relative_path,
 )
+from .folder import (
+    VIDEO_EXTENSIONS,
+)
+from .subtitles import read_subtitles
 
 # --- subtitles -----------------------------------------------------------------------------------
 
@@ -48,32 +48,32 @@ def prepare_subtitles(
     ``source["cues_out_of_duration"]``. A malformed cue is a bad row at its time line. Videos without
     subtitles are counted and named in ``source``. Scheme ``subtitles``, fold ``all``: every item train.
     """
-    root = _root_dir(root, "subtitles")
-    sub_root = _root_dir(subs, "subtitles (subs)") if subs is not None else root
+    root = dataset_root(root, "subtitles")
+    sub_root = dataset_root(subs, "subtitles (subs)") if subs is not None else root
     videos: dict[str, Path] = {}
     sub_files: list[Path] = []
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or any(_hidden(part) for part in p.relative_to(root).parents if part.name) or _hidden(p):
+        if not p.is_file() or any(is_hidden(part) for part in p.relative_to(root).parents if part.name) or is_hidden(p):
             continue
         if p.suffix.lower() in VIDEO_EXTENSIONS:
             stem = p.with_suffix("").relative_to(root).as_posix()
             if stem in videos:
-                problems.append(_Problem(_rel(p, root), None, None, f"a second video for {stem} (first: "
-                                         f"{_rel(videos[stem], root)}); its subtitles would be ambiguous"))
+                problems.append(Problem(relative_path(p, root), None, None, f"a second video for {stem} (first: "
+                                         f"{relative_path(videos[stem], root)}); its subtitles would be ambiguous"))
                 continue
             videos[stem] = p
         elif p.suffix.lower() in SUBTITLE_EXTENSIONS and sub_root == root:
             sub_files.append(p)
     if sub_root != root:
         sub_files = [p for p in sorted(sub_root.rglob("*")) if p.is_file() and p.suffix.lower() in SUBTITLE_EXTENSIONS
-                     and not _hidden(p)]
+                     and not is_hidden(p)]
     if not videos:
         raise ManifestError(f"subtitles: no videos ({', '.join(VIDEO_EXTENSIONS)}) under {root}")
     paired: dict[str, Path] = {}
     for sub in sub_files:
         base = sub.with_suffix("").relative_to(sub_root).as_posix()
-        shown = _rel(sub, sub_root)
+        shown = relative_path(sub, sub_root)
         if language is not None:
             if not base.endswith("." + language):
                 continue
@@ -81,21 +81,21 @@ def prepare_subtitles(
         else:
             key = base if base in videos else (base.rsplit(".", 1)[0] if "." in Path(base).name else base)
         if key not in videos:
-            problems.append(_Problem(shown, None, None, f"no video for this subtitle file (expected {key}.mp4 or "
+            problems.append(Problem(shown, None, None, f"no video for this subtitle file (expected {key}.mp4 or "
                                      "another video extension beside it)"))
             continue
         if key in paired:
-            problems.append(_Problem(shown, None, None, f"second subtitle file for {_rel(videos[key], root)} "
-                                     f"(first: {_rel(paired[key], root)}; language=... picks one)"))
+            problems.append(Problem(shown, None, None, f"second subtitle file for {relative_path(videos[key], root)} "
+                                     f"(first: {relative_path(paired[key], root)}; language=... picks one)"))
             continue
         paired[key] = sub
     items, origins = [], []
     empty, out_of_range = 0, 0
     for key in sorted(paired):
         sub, video = paired[key], videos[key]
-        shown = _rel(sub, sub_root)
+        shown = relative_path(sub, sub_root)
         cues, cue_problems = read_subtitles(sub)
-        problems += [_Problem(shown, line, None, reason) for line, reason in cue_problems]
+        problems += [Problem(shown, line, None, reason) for line, reason in cue_problems]
         for cue in cues:
             if not cue.text:
                 empty += 1
@@ -105,10 +105,10 @@ def prepare_subtitles(
                     max_duration is not None and duration > max_duration):
                 out_of_range += 1
                 continue
-            items.append(Item(id=f"{key}-{cue.index}", path=_rel(video, root), start=cue.start, end=cue.end,
+            items.append(Item(id=f"{key}-{cue.index}", path=relative_path(video, root), start=cue.start, end=cue.end,
                               text=cue.text, speaker=cue.speaker, splits={"subtitles": {"all": "train"}}))
             origins.append((shown, cue.line))
-    unpaired = sorted(_rel(v, root) for k, v in videos.items() if k not in paired)
+    unpaired = sorted(relative_path(v, root) for k, v in videos.items() if k not in paired)
     manifest = Manifest(
         dataset=dataset or Path(out).resolve().name, classes=[], items=items, root=str(root),
         label_type="none", split_schemes={"subtitles": ["all"]},
@@ -117,4 +117,4 @@ def prepare_subtitles(
                 "subtitle_files": len(paired), "empty_cues": empty, "cues_out_of_duration": out_of_range,
                 "videos_without_subtitles": len(unpaired), "videos_without_subtitles_first": unpaired[:20]},
     )
-    return _finish(manifest, origins, problems, out, skip_invalid)
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)

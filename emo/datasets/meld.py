@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from emo.cache.manifest import Item, Manifest, ManifestError
-from emo.extract.datasets import (
-    _sha256,
-)
 
 from .common import (
     MELD_CLASSES,
-    _csv_rows,
-    _finish,
-    _Problem,
-    _root_dir,
+    Problem,
+    dataset_root,
+    finish_manifest,
+    read_csv_rows,
+    sha256_file,
 )
 
 # --- meld ----------------------------------------------------------------------------------------
@@ -52,7 +50,7 @@ def prepare_meld(
     (``fix_mojibake``); the count is recorded in ``source["texts_fixed"]``. A row whose clip is missing
     (a few in the release) is a "file not found" row: an error, or listed with ``skip_invalid``.
     """
-    root = _root_dir(root, "meld")
+    root = dataset_root(root, "meld")
     base = root
     if not (root / _MELD_PARTS[0][1]).is_file() and (root / "MELD.Raw" / _MELD_PARTS[0][1]).is_file():
         base = root / "MELD.Raw"
@@ -67,12 +65,12 @@ def prepare_meld(
     items, origins, problems, fixed = [], [], [], 0
     for part, label_file, video_dir, split in _MELD_PARTS:
         file = base / label_file
-        _, rows = _csv_rows(file, _MELD_COLUMNS)
+        _, rows = read_csv_rows(file, _MELD_COLUMNS)
         for n, row in rows:
             try:
                 dia, utt = int(row["Dialogue_ID"].strip()), int(row["Utterance_ID"].strip())
             except (ValueError, AttributeError, KeyError):
-                problems.append(_Problem(label_file, n, None, f"Dialogue_ID / Utterance_ID must be integers, got "
+                problems.append(Problem(label_file, n, None, f"Dialogue_ID / Utterance_ID must be integers, got "
                                          f"{row.get('Dialogue_ID')!r} / {row.get('Utterance_ID')!r}"))
                 continue
             text = row.get("Utterance") or ""
@@ -89,10 +87,10 @@ def prepare_meld(
         dataset=dataset or Path(out).resolve().name, classes=list(MELD_CLASSES), items=items, root=str(base),
         label_type="single", split_schemes={"meld": ["official"]},
         source={"adapter": "meld", "root": str(base), "fix_text": fix_text, "texts_fixed": fixed,
-                "label_files": {p[1]: _sha256(base / p[1]) for p in _MELD_PARTS},
+                "label_files": {p[1]: sha256_file(base / p[1]) for p in _MELD_PARTS},
                 "parts": {p[0]: p[3] for p in _MELD_PARTS}},
     )
-    return _finish(manifest, origins, problems, out, skip_invalid)
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)
 
 
 def _part_archive(video_dir: str) -> str:

@@ -1,9 +1,9 @@
-"""py-feat as the action-unit backend (``emo extract au --backend py-feat``): run its detector on each
-video and keep, for every sampled frame of one clip feature set, the AUs of its best face.
+"""The ``pyfeat`` feature set (``emo extract au --backend py-feat``): run py-feat's detector on each video
+and keep, for every sampled frame of one clip feature set, the AUs of its best face.
 
-The only file that imports py-feat (``feat``), lazily, with an install hint. The feature set's layout,
-the alignment to the clip set and the failure policy are those of :mod:`emo.extract.au`; the arrays
-are ``pyfeat/*`` (modality ``pyfeat``).
+py-feat itself is behind ``emo.encoders.pyfeat`` (the only file importing it). The feature set's layout,
+the alignment to the clip set and the failure policy are those of :mod:`emo.extract.modalities.au`; the
+arrays are ``pyfeat/*`` (modality ``pyfeat``).
 """
 
 from __future__ import annotations
@@ -16,111 +16,34 @@ import numpy as np
 
 from emo.cache.featureset import FeatureSet
 from emo.cache.manifest import Item, read_manifest
+from emo.encoders.openface import OpenFaceFormatError
+from emo.encoders.pyfeat import (
+    DEFAULT_FACE_THRESHOLD,
+    PYFEAT_AUS,
+    PYFEAT_DETECTOR_DEFAULTS,
+    PYFEAT_TOOL,
+    detect_au,
+    detect_video,
+    detector_class,
+    fex_column,
+    fex_columns,
+    import_feat,
+    pyfeat_aus,
+)
 
-from .au import STAGE, OpenFaceFormatError, aligned_clip_set, frame_times
-from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction
+from ..runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction
+from .au import STAGE, aligned_clip_set, frame_times
 
 __all__ = [
+    "PYFEAT_AUS",  # py-feat's own names, re-exported from emo.encoders.pyfeat (importable here since 0.1.0)
     "detect_au",
-    "PYFEAT_AUS",
-    "PYFEAT_DETECTOR_DEFAULTS",
-    "DEFAULT_FACE_THRESHOLD",
+    "PYFEAT_FACE_RULE",
     "align_pyfeat",
     "pyfeat_config",
     "import_pyfeat",
 ]
 
-# Written against py-feat 2.1.5 (PyPI wheel py_feat-2.1.5). What this code relies on, and nothing else:
-#
-# * ``feat.__version__`` (feat/__init__.py:54, feat/version.py:1) -> the config's ``version``.
-# * The detector class: ``feat.Detector`` where a release has it (py-feat <= 0.6), else ``feat.Detectorv1``
-#   (2.1.5 exports only ``Detectorv1``/``Detectorv2``, feat/__init__.py:50-51; ``Detectorv1.__init__``
-#   keyword defaults face_model="retinaface", landmark_model="mobilefacenet", au_model="xgb",
-#   emotion_model="resmasknet", identity_model="arcface", gaze_model="l2cs", device="cpu",
-#   feat/detector.py:124-133).
-# * ``Detectorv1.detect(inputs, data_type="video", batch_size=1, face_detection_threshold=0.5,
-#   skip_frames=None, progress_bar=True, ...)`` (feat/detector.py:906-919) returns a ``Fex`` (a pandas
-#   DataFrame subclass, feat/data.py:385) with one row per detected face and frame; a frame without a
-#   face still gets one row, with FaceScore 0 / NaN and NaN AUs (feat/detector.py:564-568, 882-886).
-# * Its ``frame`` column is the 0-based index of the frame in the whole video file (VideoDataset decodes
-#   ``np.arange(0, num_frames, skip_frames or 1)`` and reports that index, feat/data.py:2993-2995, 3079;
-#   detect() copies it into ``frame``, feat/detector.py:1003-1011). Rows are matched to our sampled frames
-#   by that index (``clip/frame_index``, also counted in the whole file), never by ``approx_time``.
-# * ``FaceScore`` (feat/utils/__init__.py:27-33) is the face detector's score per row.
-# * The AU columns are ``AU_LANDMARK_MAP["Feat"]`` (feat/pretrained.py:88-109, 20 AUs, presence
-#   probabilities 0..1, not OpenFace intensities), the ``au_columns`` of the Fex (feat/detector.py:1046).
-#
-# The table is read only through ``_fex_columns`` / ``_fex_column`` (``.columns`` and
-# ``table[name].to_numpy()``), so a DataFrame, a Fex or a stand-in object all work.
-PYFEAT_AUS = (  # AU_LANDMARK_MAP["Feat"] of py-feat 2.1.5; used when the installed feat does not expose it
-    "AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU11", "AU12",
-    "AU14", "AU15", "AU17", "AU20", "AU23", "AU24", "AU25", "AU26", "AU28", "AU43",
-)  # fmt: skip
-PYFEAT_DETECTOR_DEFAULTS = {  # Detectorv1.__init__ defaults in py-feat 2.1.5 (device left out: not keyed)
-    "face_model": "retinaface",
-    "landmark_model": "mobilefacenet",
-    "au_model": "xgb",
-    "emotion_model": "resmasknet",
-    "identity_model": "arcface",
-    "gaze_model": "l2cs",
-}
-DEFAULT_FACE_THRESHOLD = 0.5  # py-feat's own face_detection_threshold default
-PYFEAT_TOOL = "py-feat"
 PYFEAT_FACE_RULE = "per frame index: the row with the highest FaceScore (ties: the first row)"
-_PYFEAT_HINT = "py-feat is not installed: pip install py-feat (and its model weights)"
-
-
-def _import_feat():
-    try:
-        import feat  # optional: only this file touches the AU tool library
-    except ImportError as e:
-        raise ImportError(_PYFEAT_HINT) from e
-    return feat
-
-
-def _detector_class(feat):
-    cls = getattr(feat, "Detector", None) or getattr(feat, "Detectorv1", None)
-    if cls is None:
-        raise ImportError(f"feat {getattr(feat, '__version__', '?')} has neither Detector nor Detectorv1 (written for py-feat 2.1.5)")
-    return cls
-
-
-def _pyfeat_aus(feat) -> tuple[str, ...]:
-    """The AU columns py-feat reports, in its order: ``feat.pretrained.AU_LANDMARK_MAP["Feat"]`` if present."""
-    names = getattr(getattr(feat, "pretrained", None), "AU_LANDMARK_MAP", {}).get("Feat")
-    return tuple(str(n) for n in names) if names else PYFEAT_AUS
-
-
-def _fex_columns(table) -> list[str]:
-    """Column names of a py-feat result (uses only ``.columns``)."""
-    return [str(c) for c in table.columns]
-
-
-def _fex_column(table, name: str) -> np.ndarray:
-    """One column as float64 numpy (uses only ``table[name].to_numpy()``); non-numbers become NaN."""
-    values = np.asarray(table[name].to_numpy())
-    try:
-        return values.astype(np.float64)
-    except (TypeError, ValueError):
-        return np.array([_to_float(v) for v in values.reshape(-1)], dtype=np.float64)
-
-
-def _to_float(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def detect_au(video: str | os.PathLike, **detector_kwargs):
-    """Run py-feat's detector on a video and return its ``Fex`` table (one row per frame and face).
-
-    A convenience for looking at py-feat's raw output; ``import_pyfeat`` is the feature-set import.
-    Raises ``ImportError`` saying what to install when py-feat is absent.
-    """
-    feat = _import_feat()
-    detector = _detector_class(feat)(**detector_kwargs)
-    return detector.detect(str(video), data_type="video", progress_bar=False)
 
 
 def align_pyfeat(
@@ -133,13 +56,13 @@ def align_pyfeat(
     score is ≥ ``face_threshold`` and all its AUs are finite. Raises ``OpenFaceFormatError`` (a format
     error of the tool's output) naming missing columns.
     """
-    have = set(_fex_columns(table))
+    have = set(fex_columns(table))
     missing = [c for c in ("frame", "FaceScore", *au_names) if c not in have]
     if missing:
         raise OpenFaceFormatError(f"py-feat output lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    frame = _fex_column(table, "frame")  # [R]
-    score = _fex_column(table, "FaceScore")  # [R]
-    aus = np.stack([_fex_column(table, a) for a in au_names], axis=-1) if au_names else np.zeros((len(frame), 0))
+    frame = fex_column(table, "frame")  # [R]
+    score = fex_column(table, "FaceScore")  # [R]
+    aus = np.stack([fex_column(table, a) for a in au_names], axis=-1) if au_names else np.zeros((len(frame), 0))
     keep = np.isfinite(frame)
     frame, score, aus = frame[keep].astype(np.int64), score[keep], aus[keep]
     rank = np.where(np.isfinite(score), score, -np.inf)
@@ -207,11 +130,11 @@ def import_pyfeat(
         raise ValueError(f"--face-threshold must be in [0, 1], got {face_threshold}")
     if shard_size < 1:
         raise ValueError(f"--shard-size must be ≥ 1, got {shard_size}")
-    feat = _import_feat()
-    cls = _detector_class(feat)
+    feat = import_feat()
+    cls = detector_class(feat)
     kwargs = dict(detector_kwargs or {})
     keyed = PYFEAT_DETECTOR_DEFAULTS | {k: v for k, v in kwargs.items() if k != "device"}
-    au_names = _pyfeat_aus(feat)
+    au_names = pyfeat_aus(feat)
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir / "manifest.jsonl")
     rows = {it.id: row for row, it in enumerate(manifest.items, start=1)}
@@ -241,9 +164,7 @@ class _PyFeat:
     def _detect(self, path: Path, skip: int | None):
         if self.detector is None:  # once per call; only when some shard needs it (a resume may not)
             self.detector = self.cls(**self.kwargs)
-        return self.detector.detect(
-            str(path), data_type="video", skip_frames=skip, face_detection_threshold=self.face_threshold, progress_bar=False
-        )
+        return detect_video(self.detector, path, skip, self.face_threshold)
 
     def fill(self, k: int, items: list[Item], progress: Progress) -> Filled:
         filled = Filled(records={"pyfeat": {}})

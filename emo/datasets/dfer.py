@@ -6,22 +6,22 @@ import re
 from pathlib import Path
 
 from emo.cache.manifest import Item, Manifest, ManifestError
-from emo.extract.datasets import (
-    VIDEO_EXTENSIONS,
-    _sha256,
-)
 
 from .common import (
     DFEW_CLASSES,
     FERV39K_CLASSES,
     MAFW_CLASSES,
-    _csv_rows,
-    _finish,
-    _option_path,
-    _Problem,
-    _rel,
-    _root_dir,
-    _text_lines,
+    Problem,
+    dataset_root,
+    finish_manifest,
+    option_path,
+    read_csv_rows,
+    read_text_lines,
+    relative_path,
+    sha256_file,
+)
+from .folder import (
+    VIDEO_EXTENSIONS,
 )
 
 # --- dfew ----------------------------------------------------------------------------------------
@@ -59,15 +59,15 @@ def prepare_dfew(
     ``splits`` replaces ``root/EmoLabel_DataSplit``. Ids are the 5-digit clip numbers.
     A clip's label must agree across files; a clip in train and test of one fold is an error.
     """
-    root = _root_dir(root, "dfew")
+    root = dataset_root(root, "dfew")
     if media not in DFEW_MEDIA:
         raise ManifestError(f"dfew: media {media!r} is not one of {sorted(DFEW_MEDIA)}")
     folder, pattern = DFEW_MEDIA[media]
-    media_dir = _option_path(videos, root / folder)
+    media_dir = option_path(videos, root / folder)
     if not media_dir.is_dir():
         raise ManifestError(f"dfew: clip folder {media_dir} not found (media={media!r} expects "
                             f"root/{folder}; choose media= from {sorted(DFEW_MEDIA)} or pass videos=FOLDER)")
-    split_dir = _option_path(splits, root / _DFEW_SPLITS)
+    split_dir = option_path(splits, root / _DFEW_SPLITS)
     files = {}
     for k in range(1, 6):
         for part in ("train", "test"):
@@ -79,38 +79,38 @@ def prepare_dfew(
     labels: dict[int, tuple[str, str]] = {}  # clip -> (class, where first seen)
     parts: dict[int, dict[str, str]] = {}
     origin: dict[int, tuple[str, int]] = {}
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     for (fold, part), file in files.items():
-        shown = _rel(file, split_dir)
-        _, rows = _csv_rows(file, ("video_name", "label"))
+        shown = relative_path(file, split_dir)
+        _, rows = read_csv_rows(file, ("video_name", "label"))
         for n, row in rows:
             name, raw = (row.get("video_name") or "").strip(), (row.get("label") or "").strip()
             try:
                 clip = int(name)
             except ValueError:
-                problems.append(_Problem(shown, n, name or None, f"video_name must be a clip number, got {name!r}"))
+                problems.append(Problem(shown, n, name or None, f"video_name must be a clip number, got {name!r}"))
                 continue
             item_id = f"{clip:05d}"
             if raw not in {str(i) for i in range(1, 8)}:
                 why = "0 = no single label" if raw == "0" else "expected 1..7"
-                problems.append(_Problem(shown, n, item_id, f"label {raw!r} ({why}; 1..7 = {', '.join(DFEW_CLASSES)})"))
+                problems.append(Problem(shown, n, item_id, f"label {raw!r} ({why}; 1..7 = {', '.join(DFEW_CLASSES)})"))
                 continue
             cls = DFEW_CLASSES[int(raw) - 1]
             where = f"{shown} row {n}"
             if clip in labels and labels[clip][0] != cls:
-                problems.append(_Problem(shown, n, item_id, f"label {cls!r} disagrees with {labels[clip][0]!r} "
+                problems.append(Problem(shown, n, item_id, f"label {cls!r} disagrees with {labels[clip][0]!r} "
                                          f"at {labels[clip][1]}"))
                 continue
             if fold in parts.get(clip, {}):
                 what = "listed twice" if parts[clip][fold] == part else f"in both train and test of set_{fold}"
-                problems.append(_Problem(shown, n, item_id, what))
+                problems.append(Problem(shown, n, item_id, what))
                 continue
             labels.setdefault(clip, (cls, where))
             origin.setdefault(clip, (shown, n))
             parts.setdefault(clip, {})[fold] = part
     items, origins = [], []
     for clip in sorted(labels):
-        items.append(Item(id=f"{clip:05d}", path=_rel(media_dir / pattern.format(n=clip), root),
+        items.append(Item(id=f"{clip:05d}", path=relative_path(media_dir / pattern.format(n=clip), root),
                           label=labels[clip][0], splits={"dfew": dict(sorted(parts[clip].items()))}))
         origins.append(origin[clip])
     manifest = Manifest(
@@ -118,9 +118,9 @@ def prepare_dfew(
         label_type="single", split_schemes={"dfew": ["1", "2", "3", "4", "5"]},
         source={"adapter": "dfew", "root": str(root), "media": media, "media_dir": str(media_dir),
                 "split_dir": str(split_dir),
-                "split_sha256": {_rel(f, split_dir): _sha256(f) for f in files.values()}},
+                "split_sha256": {relative_path(f, split_dir): sha256_file(f) for f in files.values()}},
     )
-    return _finish(manifest, origins, problems, out, skip_invalid)
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)
 
 
 # --- ferv39k -------------------------------------------------------------------------------------
@@ -145,9 +145,9 @@ def prepare_ferv39k(
     of the 7 classes (angry, disgust, fear, happy, neutral, sad, surprise; case-insensitive) or whose
     path's emotion folder disagrees with it is a bad row. Ids are the listed paths.
     """
-    root = _root_dir(root, "ferv39k")
-    split_dir = _option_path(splits, root / "4_setups" / "All_scenes")
-    frames = _option_path(videos, root / "2_ClipsforFaceCrop")
+    root = dataset_root(root, "ferv39k")
+    split_dir = option_path(splits, root / "4_setups" / "All_scenes")
+    frames = option_path(videos, root / "2_ClipsforFaceCrop")
     lists = {"train": split_dir / "train_All.csv", "test": split_dir / "test_All.csv"}
     for f in lists.values():
         if not f.is_file():
@@ -159,36 +159,36 @@ def prepare_ferv39k(
     by_name = {c.casefold(): c for c in FERV39K_CLASSES}
     items, origins, problems = [], [], []
     for part, file in lists.items():
-        shown = _rel(file, root)
-        for n, line in enumerate(_text_lines(file), start=1):
+        shown = relative_path(file, root)
+        for n, line in enumerate(read_text_lines(file), start=1):
             tokens = [t for t in re.split(r"[,\s]+", line.strip()) if t]
             if not tokens:
                 continue
             if n == 1 and "/" not in tokens[0]:
                 continue  # a header line
             if len(tokens) != 2:
-                problems.append(_Problem(shown, n, tokens[0], f"expected '<Scene>/<Emotion>/<clip> <Emotion>', got {line!r}"))
+                problems.append(Problem(shown, n, tokens[0], f"expected '<Scene>/<Emotion>/<clip> <Emotion>', got {line!r}"))
                 continue
             path, raw = tokens[0].strip("/"), tokens[1]
             cls = by_name.get(raw.casefold())
             if cls is None:
-                problems.append(_Problem(shown, n, path, f"unknown class {raw!r} (classes: {', '.join(FERV39K_CLASSES)})"))
+                problems.append(Problem(shown, n, path, f"unknown class {raw!r} (classes: {', '.join(FERV39K_CLASSES)})"))
                 continue
             folders = path.split("/")
             if len(folders) >= 2 and folders[-2].casefold() != cls:
-                problems.append(_Problem(shown, n, path, f"path's emotion folder {folders[-2]!r} disagrees with "
+                problems.append(Problem(shown, n, path, f"path's emotion folder {folders[-2]!r} disagrees with "
                                          f"its label {raw!r}"))
                 continue
-            items.append(Item(id=path, path=_rel(frames / path, root), label=cls,
+            items.append(Item(id=path, path=relative_path(frames / path, root), label=cls,
                               splits={"ferv39k": {"official": part}}))
             origins.append((shown, n))
     manifest = Manifest(
         dataset=dataset or Path(out).resolve().name, classes=list(FERV39K_CLASSES), items=items, root=str(root),
         label_type="single", split_schemes={"ferv39k": ["official"]},
         source={"adapter": "ferv39k", "root": str(root), "frames": str(frames), "split_dir": str(split_dir),
-                "split_sha256": {f.name: _sha256(f) for f in lists.values()}},
+                "split_sha256": {f.name: sha256_file(f) for f in lists.values()}},
     )
-    return _finish(manifest, origins, problems, out, skip_invalid)
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)
 
 
 # --- mafw ----------------------------------------------------------------------------------------
@@ -228,13 +228,13 @@ def prepare_mafw(
     with the classification lists, or a clip in train and test of one fold is a bad row. The 43
     compound classes (``compound/``) are not read.
     """
-    root = _root_dir(root, "mafw")
+    root = dataset_root(root, "mafw")
     if caption_language not in ("en", "zh"):
         raise ManifestError(f"mafw: caption_language must be 'en' or 'zh', got {caption_language!r}")
     if caption_eval_as not in ("test", "val"):
         raise ManifestError(f"mafw: caption_eval_as must be 'test' or 'val', got {caption_eval_as!r}")
-    clips = _option_path(videos, root / "data" / "clips")
-    split_dir = _option_path(splits, root / _MAFW_SPLITS)
+    clips = option_path(videos, root / "data" / "clips")
+    split_dir = option_path(splits, root / _MAFW_SPLITS)
     if not clips.is_dir():
         raise ManifestError(f"mafw: clip folder {clips} not found (expected data/clips/ under root; "
                             "videos=FOLDER replaces it)")
@@ -255,30 +255,30 @@ def prepare_mafw(
     texts: dict[str, list[str]] = {}
     origin: dict[str, tuple[str, int]] = {}
     names: dict[str, str] = {}  # clip id -> file name as listed
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     encodings: set[str] = set()
     for (view, fold, part), file in files.items():
-        shown = _rel(file, split_dir)
+        shown = relative_path(file, split_dir)
         scheme = "mafw" if view == "no_caption" else "mafw_caption"
         value = part if scheme == "mafw" or part == "train" else caption_eval_as
         for n, fields in _mafw_lines(file, caption=view == "with_caption", encodings=encodings):
             if isinstance(fields, str):
-                problems.append(_Problem(shown, n, None, fields))
+                problems.append(Problem(shown, n, None, fields))
                 continue
             name, raw = fields[0], fields[1]
             item_id = name.rsplit(".", 1)[0] if name.lower().endswith(VIDEO_EXTENSIONS) else name
             cls = by_name.get(raw.casefold())
             if cls is None:
-                problems.append(_Problem(shown, n, item_id, f"unknown class {raw!r} (classes: {', '.join(MAFW_CLASSES)})"))
+                problems.append(Problem(shown, n, item_id, f"unknown class {raw!r} (classes: {', '.join(MAFW_CLASSES)})"))
                 continue
             if item_id in labels and labels[item_id][0] != cls:
-                problems.append(_Problem(shown, n, item_id, f"label {cls!r} disagrees with {labels[item_id][0]!r} "
+                problems.append(Problem(shown, n, item_id, f"label {cls!r} disagrees with {labels[item_id][0]!r} "
                                          f"at {labels[item_id][1]}"))
                 continue
             assigned = parts.setdefault(item_id, {}).setdefault(scheme, {})
             if fold in assigned:
                 what = "listed twice" if assigned[fold] == value else f"in both train and test of set_{fold}"
-                problems.append(_Problem(shown, n, item_id, f"{what} ({view})"))
+                problems.append(Problem(shown, n, item_id, f"{what} ({view})"))
                 continue
             assigned[fold] = value
             labels.setdefault(item_id, (cls, f"{shown} line {n}"))
@@ -292,7 +292,7 @@ def prepare_mafw(
     items, origins = [], []
     for item_id in sorted(labels):
         splits_of = {s: dict(sorted(f.items())) for s, f in sorted(parts[item_id].items())}
-        items.append(Item(id=item_id, path=_rel(clips / names[item_id], root), label=labels[item_id][0],
+        items.append(Item(id=item_id, path=relative_path(clips / names[item_id], root), label=labels[item_id][0],
                           text=texts.get(item_id) or None, splits=splits_of))
         origins.append(origin[item_id])
     schemes = {"mafw": ["1", "2", "3", "4", "5"]} | ({"mafw_caption": ["1", "2", "3", "4", "5"]} if captions else {})
@@ -304,9 +304,9 @@ def prepare_mafw(
                 "caption_eval_as": caption_eval_as if captions else None,
                 "caption_encodings": sorted(encodings),
                 "ecpa_caption_fold": "1" if captions else None,
-                "split_sha256": {_rel(f, split_dir): _sha256(f) for f in files.values()}},
+                "split_sha256": {relative_path(f, split_dir): sha256_file(f) for f in files.values()}},
     )
-    return _finish(manifest, origins, problems, out, skip_invalid)
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)
 
 
 def _mafw_lines(file: Path, caption: bool, encodings: set[str]):

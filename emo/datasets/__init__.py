@@ -1,7 +1,10 @@
-"""Adapters for the papers' datasets and for video + subtitle folders (SPEC §3.1, DATASETS.md).
+"""Dataset preparation: a dataset's release -> ``<out>/manifest.jsonl`` (SPEC §3.1, DATASETS.md).
 
-Every adapter is ``prepare_<key>(root, out, *, dataset=None, ..., skip_invalid=False)`` like
-``prepare_folder``: it reads the release under ``root``, writes ``<out>/manifest.jsonl`` and returns
+To add a dataset, write ``prepare_<key>`` in a module here (one per dataset family) and add it to
+``ADAPTERS`` below. Also here: the SRT/WebVTT parser (``subtitles``), emo's synthetic demo videos
+(``synthetic``) and the person detector run that fills a manifest's ``subject_boxes`` (``subjects``).
+
+Every adapter is ``prepare_<key>(root, out, *, dataset=None, ..., skip_invalid=False)``: it reads the release under ``root``, writes ``<out>/manifest.jsonl`` and returns
 ``(manifest, skipped)``, ``skipped`` being ``(row, id, reason)`` for the rows dropped by ``skip_invalid``.
 ``row`` is the data row of a CSV (counted from 1 after its header), the line of a text or subtitle
 file, the item's position for items found by scanning folders, or 0 for a problem with a whole file
@@ -18,6 +21,7 @@ fails with a message naming what it expected, never guessing silently.
 
 Split schemes (``scheme: folds``; values ``train|val|test``):
 
+- ``folder``: ``0..folds-1`` (seeded stratified, ``folder.py``); ``csv``: as the list gives (``item_list.py``).
 - ``ve8``: ``0..9`` (seeded stratified 2:1) or the list files' numbers; ``mv6``: ``0..2`` likewise.
 - ``ek6``: ``official`` (from the authors' list; required).
 - ``meld``: ``official`` (train / dev -> val / test).
@@ -31,7 +35,10 @@ Split schemes (``scheme: folds``; values ``train|val|test``):
 
 from __future__ import annotations
 
-from ..subtitles import Cue, parse_subtitles, read_subtitles
+from collections.abc import Callable
+
+from emo.cache.manifest import Manifest
+
 from .class_folders import prepare_ek6, prepare_mv6, prepare_ve8
 from .common import (
     DFEW_CLASSES,
@@ -44,10 +51,21 @@ from .common import (
 )
 from .dfer import DFEW_MEDIA, prepare_dfew, prepare_ferv39k, prepare_mafw
 from .emvidcap import prepare_emvidcap
+from .folder import FOLDER_SCHEME, VIDEO_EXTENSIONS, prepare_folder, stratified_split
+from .item_list import CSV_COLUMNS, CSV_SCHEME, prepare_csv
 from .meld import fix_mojibake, prepare_meld
+from .subtitles import Cue, parse_subtitles, read_subtitles
 from .video_subtitles import prepare_subtitles
 
 __all__ = [
+    "ADAPTERS",
+    "VIDEO_EXTENSIONS",
+    "CSV_COLUMNS",
+    "CSV_SCHEME",
+    "FOLDER_SCHEME",
+    "prepare_folder",
+    "prepare_csv",
+    "stratified_split",
     "VE8_CLASSES",
     "EK6_CLASSES",
     "MV6_CLASSES",
@@ -74,7 +92,8 @@ __all__ = [
 
 # --- registry ------------------------------------------------------------------------------------
 
-DATASET_ADAPTERS = {
+# The papers' datasets and video + subtitle folders, by the key ``emo datasets prepare KEY`` takes.
+DATASET_ADAPTERS: dict[str, Callable[..., tuple[Manifest, list]]] = {
     "ve8": prepare_ve8,
     "ek6": prepare_ek6,
     "mv6": prepare_mv6,
@@ -86,13 +105,9 @@ DATASET_ADAPTERS = {
     "subtitles": prepare_subtitles,
 }
 
-
-def _register() -> None:
-    """Add these adapters to ``datasets.ADAPTERS``. Runs when this module finishes loading, whichever of the
-    two modules is imported first (``datasets`` imports this one at its end)."""
-    from emo.extract import datasets
-
-    datasets.ADAPTERS.update(DATASET_ADAPTERS)
-
-
-_register()
+# Every adapter: the generic ones and the papers' datasets.
+ADAPTERS: dict[str, Callable[..., tuple[Manifest, list]]] = {
+    "folder": prepare_folder,
+    "csv": prepare_csv,
+    **DATASET_ADAPTERS,
+}

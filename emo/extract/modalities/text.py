@@ -32,9 +32,9 @@ import numpy as np
 from emo.cache.featureset import FeatureSet, list_feature_sets, open_feature_set
 from emo.cache.manifest import Item, read_manifest
 from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip, spec_from_config
+from emo.encoders.hf import DEFAULT_SENTIMENT, SentimentModel, load_sentiment
 
-from .hf import DEFAULT_SENTIMENT, SentimentModel, load_sentiment
-from .runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction
+from ..runner import ExtractOptions, ExtractSummary, Filled, Progress, run_extraction
 
 __all__ = ["TextSpec", "item_captions", "text_config", "resolve_clip_spec", "extract_text"]
 
