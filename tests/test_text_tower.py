@@ -11,13 +11,11 @@ import torch
 
 from emo.encoders.clip import TINY_MODEL, ClipSpec, load_clip
 from emo.heads.layers.prompts import ca_prompts, coop_prompts, neutral_prompt
+from emo.heads.layers.text_decoder import LearnablePrototype, PrototypeDecoder, RandomDecoder
 from emo.heads.layers.text_tower import (
     CoOpClassifier,
     FrozenTextTower,
-    LearnablePrototype,
     PrefixStates,
-    PrototypeDecoder,
-    RandomDecoder,
     TrainableTextEncoder,
     count_trainable,
     prompt_states,

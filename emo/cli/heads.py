@@ -104,7 +104,8 @@ def heads_sweep(
     preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
 ) -> None:
     """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
-    from emo.heads.runs import format_results_table, sweep_from_cache
+    from emo.heads.report import format_results_table
+    from emo.heads.sweep import sweep_from_cache
 
     overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
     results = sweep_from_cache(

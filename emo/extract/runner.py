@@ -1,8 +1,8 @@
 """The modality-agnostic half of an extraction: plan, shard claims, atomic writes, failures, summary.
 
-Every modality (``clip`` in ``pipeline.py``, ``audio``, ``text``) supplies one *fill* function that
-turns the manifest items of one shard into per-item arrays (or per-item errors); ``run_extraction``
-does the rest the same way for all of them:
+Every modality (one module each in ``emo.extract.modalities``) supplies one *fill* function that turns
+the manifest items of one shard into per-item arrays (or per-item errors); ``run_extraction`` does the
+rest the same way for all of them:
 
 1. extend the feature set's plan with the manifest's ids (``FeatureSet.extend_plan``);
 2. claim each unfinished shard exclusively, skip it if another process finished it meanwhile, and

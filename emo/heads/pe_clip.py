@@ -37,15 +37,8 @@ from emo.cache.data import FeatureData, segment_array, segment_batch, subsample_
 from .layers.clip_text import clip_text_of
 from .layers.prompts import ca_prompts, check_fits, coop_prompts, emotional_prompts, neutral_prompt
 from .layers.temporal import build_temporal
-from .layers.text_tower import (
-    CoOpClassifier,
-    FrozenTextTower,
-    LearnablePrototype,
-    PrototypeDecoder,
-    RandomDecoder,
-    TrainableTextEncoder,
-    prompt_states,
-)
+from .layers.text_decoder import LearnablePrototype, PrototypeDecoder, RandomDecoder
+from .layers.text_tower import CoOpClassifier, FrozenTextTower, TrainableTextEncoder, prompt_states
 from .registry import register_head
 from .train import TorchHead, TrainConfig
 

@@ -26,11 +26,9 @@ import json
 import os
 import platform
 import random
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 import sklearn
@@ -58,10 +56,10 @@ __all__ = [
     "RunResult",
     "train_head",
     "train_from_cache",
-    "sweep_from_cache",
     "evaluate_run",
-    "parse_grid",
-    "grid_cells",
+    "cache_folds",
+    "read_run_result",
+    "needed_modalities",
     "stratified_holdout",
     "seed_everything",
     "format_results_table",
@@ -224,7 +222,7 @@ def describe_encoder(meta: dict) -> str:
     return f"{meta.get('modality', '?')}: {meta.get('model', '?')}, {weights}"
 
 
-def _cache_folds(
+def cache_folds(
     cache: str | os.PathLike, split: str, feature_sets: list[str] | None, modalities: tuple[str, ...] = ()
 ) -> tuple[list[str], Loader, FeatureData]:
     """Read the cache once; return the folds of ``split`` and a loader setting each fold's roles."""
@@ -254,95 +252,12 @@ def train_from_cache(
 ) -> RunResult:
     """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``)."""
     config = get_head(name).config(overrides)  # a typo in an option fails before the cache is read
-    folds, load, _ = _cache_folds(cache, split, feature_sets, needed_modalities(config))
+    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config))
     return train_head(name, load, folds=folds, out=out, overrides=overrides, val_fraction=val_fraction,
                       seed=seed, command=command, cache=cache)
 
 
-def parse_grid(grids: list[str]) -> list[tuple[str, list[str]]]:
-    """``["d=6,8,10", "bidirectional=on,off"]`` -> ``[("d", ["6", "8", "10"]), ("bidirectional", ["on", "off"])]``.
-
-    Values holding commas or spaces are separated by ``|`` instead, and then kept verbatim:
-    ``"prompt_separator=; |, "`` -> ``("prompt_separator", ["; ", ", "])``.
-    """
-    out: list[tuple[str, list[str]]] = []
-    for g in grids:
-        key, eq, values = g.partition("=")
-        key = key.strip().replace("-", "_")
-        if "|" in values:
-            vals = [v for v in values.split("|") if v]
-        else:
-            vals = [v.strip() for v in values.split(",") if v.strip()]
-        if not eq or not key or not vals:
-            raise ValueError(f"--grid expects FIELD=V1,V2,..., got {g!r}")
-        if key in {k for k, _ in out}:
-            raise ValueError(f"--grid {key} given twice")
-        out.append((key, vals))
-    return out
-
-
-def grid_cells(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
-    """Every combination of the grid's values, first field slowest."""
-    cells: list[dict[str, str]] = [{}]
-    for key, values in grid:
-        cells = [{**c, key: v} for c in cells for v in values]
-    return cells
-
-
-def cell_name(cell: dict[str, str]) -> str:
-    """Directory name of a sweep cell: ``d=6,bidirectional=on`` (``default`` for an empty grid). Values are
-    percent-encoded where a character is unsafe in a file name (``with/without`` -> ``with%2Fwithout``,
-    ``"; "`` -> ``%3B%20``), so distinct cells never share a directory."""
-    return ",".join(f"{k}={quote(v, safe='+')}" for k, v in cell.items()) or "default"
-
-
-def sweep_from_cache(
-    name: str,
-    cache: str | os.PathLike,
-    *,
-    split: str,
-    grid: list[str],
-    out: str | os.PathLike,
-    feature_sets: list[str] | None = None,
-    overrides: dict[str, str] | None = None,
-    val_fraction: float = 0.0,
-    seed: int = 0,
-    command: list[str] | None = None,
-    echo: Callable[[str], None] = lambda line: None,
-) -> list[RunResult]:
-    """One run directory ``out/<cell>/`` per grid cell × every fold of ``split``; the cache is read once.
-
-    Every cell's config is checked before anything is trained. A cell whose run is already complete
-    (its ``summary.json`` exists) is kept and skipped, so an interrupted sweep resumes.
-    """
-    spec = get_head(name)
-    cells = grid_cells(parse_grid(grid))
-    configs = [spec.config({**(overrides or {}), **cell}) for cell in cells]
-    needs = tuple(dict.fromkeys(m for c in configs for m in needed_modalities(c)))
-    folds, load, _ = _cache_folds(cache, split, feature_sets, needs)
-    out = Path(out)
-    results = []
-    for k, cell in enumerate(cells, 1):
-        where = out / cell_name(cell)
-        label = f"{name} " + ",".join(f"{k}={_shown(v)}" for k, v in cell.items()) if cell else name
-        if (where / SUMMARY_FILE).exists():
-            echo(f"[{k}/{len(cells)}] {label}: done earlier, kept")
-            results.append(_result_of(where))
-            continue
-        if where.exists():  # a cell interrupted mid-run: its folds are redone from scratch
-            shutil.rmtree(where)
-        echo(f"[{k}/{len(cells)}] {label}")
-        results.append(train_head(name, load, folds=folds, out=where, overrides={**(overrides or {}), **cell},
-                                  val_fraction=val_fraction, seed=seed, command=command, label=label, cache=cache))
-    return results
-
-
-def _shown(value: str) -> str:
-    """A grid value as a report shows it: quoted when it holds spaces, commas, ``;`` or ``|``."""
-    return json.dumps(value) if any(c in value for c in " ,;|") else value
-
-
-def _result_of(run: Path) -> RunResult:
+def read_run_result(run: Path) -> RunResult:
     with open(run / SUMMARY_FILE, encoding="utf-8") as f:
         s = json.load(f)
     folds = {}
@@ -374,7 +289,7 @@ def evaluate_run(
     split = split or (f"{scheme}:all" if len(s["folds"]) > 1 else s["split"])
     spec = get_head(s["head"])
     needs = needed_modalities(spec.config(s.get("config") or {}))
-    folds, load, _ = _cache_folds(cache, split, feature_sets, needs)
+    folds, load, _ = cache_folds(cache, split, feature_sets, needs)
     missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
     if missing:
         raise ValueError(f"{run} has no checkpoint for fold(s) {missing} of {split}; it holds {s['folds']}")
