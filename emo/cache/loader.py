@@ -4,6 +4,10 @@ A cache of a few thousand videos is read once, whole: each array of each finishe
 then scattered into one preallocated array per name. Only ``ok`` items of finished shards (those with
 a ``.done.json``) are seen; items missing from any requested feature set are left out and counted.
 
+The large arrays (``LARGE_ARRAYS``: ``clip/tokens``, ``clip/pixels``) are loaded only when named, and
+never read whole: they come as a ``ShardedArray`` (``emo.cache.lazy``) that knows which shard and row
+holds each item and reads rows on demand (``arr[rows].read()``; heads use ``data.take_items``).
+
 Ragged arrays (variable length per item: ``audio/layer09``, ``text/clip``, ...) load as a
 ``RaggedArray``: one ``values [sum_len, ...]`` tensor plus ``offsets [n + 1]``, indexed like the other
 arrays (``arr[rows]`` keeps items ``rows``; ``arr[i]`` is item ``i``'s ``[len_i, ...]`` tensor), with
@@ -21,97 +25,22 @@ import torch
 
 from .data import FeatureData
 from .featureset import FeatureSet, FeatureSetError, list_feature_sets, open_feature_set
+from .lazy import ShardedArray
 from .manifest import Manifest, ManifestError, parse_split, read_manifest
+from .ragged import RaggedArray
 from .shard import array_names, open_shard
 
-__all__ = ["load_features", "read_class_text", "RaggedArray", "LARGE_ARRAYS", "CLASS_TEXT_FILE"]
+__all__ = [
+    "load_features",
+    "read_class_text",
+    "RaggedArray",
+    "ShardedArray",
+    "LARGE_ARRAYS",
+    "CLASS_TEXT_FILE",
+]
 
-LARGE_ARRAYS = ("clip/tokens", "clip/pixels")  # loaded only when asked for by name
+LARGE_ARRAYS = ("clip/tokens", "clip/pixels")  # loaded only when asked for by name, as a ShardedArray
 CLASS_TEXT_FILE = "class_text.h5"
-
-
-class RaggedArray:
-    """Items of different lengths: item ``i`` is ``values[offsets[i]:offsets[i + 1]]`` (``[len_i, ...]``).
-
-    Indexing by an int gives that item's tensor (a view); by a slice, a boolean mask or an index list /
-    array / tensor it gives a new ``RaggedArray`` of those items in that order, so ``FeatureData.select``
-    works on it as on a tensor.
-    """
-
-    def __init__(self, values: torch.Tensor, offsets: torch.Tensor):
-        offsets = torch.as_tensor(offsets, dtype=torch.int64)
-        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(values):
-            raise ValueError(f"offsets must run from 0 to len(values) = {len(values)}")
-        if torch.any(offsets[1:] < offsets[:-1]):
-            raise ValueError("offsets must not decrease")
-        self.values, self.offsets = values, offsets
-
-    @classmethod
-    def from_list(cls, items: list[torch.Tensor]) -> RaggedArray:
-        offsets = torch.tensor([0] + [len(a) for a in items], dtype=torch.int64).cumsum(0)
-        return cls(torch.cat(items) if items else torch.empty(0), offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """``[n]`` int64 rows per item."""
-        return self.offsets[1:] - self.offsets[:-1]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.values.dtype
-
-    @property
-    def item_shape(self) -> tuple[int, ...]:
-        """Shape of one row (``[H]`` for ``[len_i, H]`` items)."""
-        return tuple(self.values.shape[1:])
-
-    def __getitem__(self, index) -> torch.Tensor | RaggedArray:
-        if isinstance(index, (int, np.integer)) or (
-            torch.is_tensor(index) and index.ndim == 0 and index.dtype != torch.bool
-        ):
-            i = int(index)
-            i = i + len(self) if i < 0 else i
-            if not 0 <= i < len(self):
-                raise IndexError(f"item {int(index)} of {len(self)}")
-            return self.values[self.offsets[i] : self.offsets[i + 1]]
-        if isinstance(index, slice):
-            rows = torch.arange(len(self))[index]
-        else:
-            rows = index if torch.is_tensor(index) else torch.as_tensor(np.asarray(index))
-            if rows.dtype == torch.bool:
-                rows = torch.nonzero(rows).reshape(-1)
-        rows = rows.to(torch.int64).reshape(-1)
-        lengths = self.lengths[rows]  # [m]
-        offsets = torch.zeros(len(rows) + 1, dtype=torch.int64)
-        offsets[1:] = lengths.cumsum(0)
-        starts = self.offsets[:-1][rows]  # [m]
-        # position of every kept row in values: its item's start + its index inside the item
-        within = torch.arange(int(offsets[-1])) - torch.repeat_interleave(offsets[:-1], lengths)
-        return RaggedArray(self.values[torch.repeat_interleave(starts, lengths) + within], offsets)
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def tolist(self) -> list[torch.Tensor]:
-        return list(self)
-
-    def padded(self, value: float = 0.0, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x [n, L, ...], lengths [n])`` with ``L = max_len`` or the longest item; rows past an item's
-        length are ``value`` (items longer than ``max_len`` are cut, and their lengths say so)."""
-        lengths = self.lengths if max_len is None else self.lengths.clamp(max=max_len)
-        width = int(lengths.max()) if len(self) and max_len is None else (max_len or 0)
-        out = self.values.new_full((len(self), width, *self.item_shape), value)
-        rows = torch.repeat_interleave(torch.arange(len(self)), lengths)  # [sum kept]
-        within = torch.arange(int(lengths.sum())) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
-        src = torch.repeat_interleave(self.offsets[:-1], lengths) + within
-        out[rows, within] = self.values[src]
-        return out, lengths
-
-    def __repr__(self) -> str:
-        return f"RaggedArray(n={len(self)}, rows={len(self.values)}, item_shape={self.item_shape}, dtype={self.dtype})"
 
 
 def load_features(
@@ -127,16 +56,17 @@ def load_features(
     ``split``: ``"scheme:fold"`` sets ``roles``; None leaves them empty. ``arrays``: names to load
     (``"clip/cls"``…), each from the chosen set whose modality is its group (``audio/...`` from the
     audio set), so joined sets can be asked for by name; None = all but the large ones (tokens,
-    pixels). Ragged arrays come as ``RaggedArray`` (see the module doc). ``modalities``: with no
-    ``feature_sets`` named, take the one set of each of these modalities (a head's needs, e.g.
-    ``("clip", "audio")``) instead of requiring the cache to hold a single set.
+    pixels). Ragged arrays come as ``RaggedArray``, named large ones as a ``ShardedArray`` that has read
+    nothing (see the module doc). ``modalities``: with no ``feature_sets`` named, take the one set of
+    each of these modalities (a head's needs, e.g. ``("clip", "audio")``) instead of requiring the cache
+    to hold a single set.
     """
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir / "manifest.jsonl")
     sets = _choose_sets(cache_dir, feature_sets, modalities)
-    loaded: dict[str, np.ndarray | RaggedArray] = {}
+    loaded: dict[str, np.ndarray | RaggedArray | ShardedArray] = {}
     present: set[str] | None = None
-    per_set: list[tuple[dict[str, int], dict[str, np.ndarray | RaggedArray]]] = []
+    per_set: list[tuple[dict[str, int], dict[str, np.ndarray | RaggedArray | ShardedArray]]] = []
     for fs in sets:
         index, data = _load_set(fs, _names_for(fs, arrays, len(sets)))
         clash = set(data) & set(loaded)
@@ -150,12 +80,12 @@ def load_features(
         raise FeatureSetError(f"no chosen feature set has array(s) {unknown} (sets: {', '.join(s.name for s in sets)})")
     order = [it for it in manifest.items if it.id in (present or set())]
     ids = [it.id for it in order]
-    out: dict[str, torch.Tensor | RaggedArray] = {}
+    out: dict[str, torch.Tensor | RaggedArray | ShardedArray] = {}
     for index, data in per_set:
         rows = np.array([index[i] for i in ids], dtype=np.int64)
         in_order = len(rows) == len(index) and np.array_equal(rows, np.arange(len(rows)))
         for name, arr in data.items():
-            if isinstance(arr, RaggedArray):
+            if isinstance(arr, (RaggedArray, ShardedArray)):  # a view of the rows, nothing copied or read
                 out[name] = arr if in_order else arr[torch.from_numpy(rows)]
             else:
                 out[name] = torch.from_numpy(arr if in_order else arr[rows])  # no copy when already in order
@@ -229,10 +159,14 @@ def _choose_sets(cache_dir: Path, names: list[str] | None, modalities: tuple[str
     return sets
 
 
-def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], dict[str, np.ndarray | RaggedArray]]:
-    """(id -> row, name -> [n_ok, ...] or a RaggedArray of n_ok items) over the finished shards of one set."""
+def _load_set(
+    fs: FeatureSet, names: list[str] | None
+) -> tuple[dict[str, int], dict[str, np.ndarray | RaggedArray | ShardedArray]]:
+    """(id -> row, name -> [n_ok, ...], a RaggedArray or a ShardedArray of n_ok items) over the finished
+    shards of one set. Large arrays are not read: only their ok rows, item shape and dtype are noted."""
     chunks: dict[str, list] = {}
     ragged: set[str] = set()
+    large: set[str] = set()  # parts are (shard path, ok rows [n_k], item shape, dtype)
     ids: list[str] = []
     for k in fs.done_indices():
         status = fs.done_record(k)["status"]
@@ -248,6 +182,13 @@ def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], 
                         raise FeatureSetError(f"feature set {fs.name} has no array {name!r}")
                     continue
                 obj = f[name]
+                if name in LARGE_ARRAYS:  # left on disk: read by rows later
+                    if not isinstance(obj, h5py.Dataset):
+                        raise FeatureSetError(f"feature set {fs.name}: {name!r} must be a fixed-shape array")
+                    where = (fs.shard_path(k), np.flatnonzero(keep), obj.shape[1:], obj.dtype)  # ok rows
+                    chunks.setdefault(name, []).append(where)
+                    large.add(name)
+                    continue
                 if isinstance(obj, h5py.Group):  # ragged: values [sum_len, ...] + offsets [n + 1], one read each
                     part = RaggedArray(torch.from_numpy(obj["values"][()]), torch.from_numpy(obj["offsets"][()]))
                     chunks.setdefault(name, []).append(part if keep.all() else part[torch.from_numpy(keep)])
@@ -259,13 +200,28 @@ def _load_set(fs: FeatureSet, names: list[str] | None) -> tuple[dict[str, int], 
     index = {i: r for r, i in enumerate(ids)}
     if len(index) != len(ids):
         raise FeatureSetError(f"feature set {fs.name}: an id is ok in two shards (run `emo cache verify`)")
-    out: dict[str, np.ndarray | RaggedArray] = {}
+    out: dict[str, np.ndarray | RaggedArray | ShardedArray] = {}
     for name, parts in chunks.items():
-        if name in ragged:
+        if name in large:
+            out[name] = _sharded(fs, name, parts)
+        elif name in ragged:
             out[name] = parts[0] if len(parts) == 1 else _concat_ragged(parts)
         else:
             out[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return index, out
+
+
+def _sharded(fs: FeatureSet, name: str, parts: list[tuple]) -> ShardedArray:
+    """One ShardedArray over the ok rows of every shard in ``parts``; every shard must store one item shape
+    and dtype."""
+    kinds = sorted({(tuple(shape), str(dtype)) for _, _, shape, dtype in parts})
+    if len(kinds) > 1:
+        raise FeatureSetError(
+            f"feature set {fs.name}: shards store {name!r} with different item shapes / dtypes {kinds}"
+        )
+    item_shape, dtype = kinds[0]
+    paths, rows = [p[0] for p in parts], [p[1] for p in parts]
+    return ShardedArray.from_shards(paths, name, rows, item_shape, dtype)
 
 
 def _concat_ragged(parts: list[RaggedArray]) -> RaggedArray:

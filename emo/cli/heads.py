@@ -17,7 +17,7 @@ def heads_list() -> None:
     from emo.heads.registry import list_heads
 
     for spec in list_heads():
-        typer.echo(f"{spec.name:<17} {spec.description}")
+        typer.echo(f"{spec.name:<17} {spec.task:<15} {spec.description}")
 
 
 @heads_app.command("config")

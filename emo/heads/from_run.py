@@ -2,8 +2,12 @@
 EmoAsst's cache classifier) load the run's checkpoint for the current fold and read its ``embed``.
 
 A run directory holds one sub-directory per fold (``runs/vfm/official/``); a fold directory itself
-(holding ``model.safetensors``) is accepted too. The stacked head's features must include the feature
-sets the run was trained on (checked by cache key when the checkpoint loads).
+(holding ``model.safetensors``) is accepted too. When the stacked head's features include the feature
+sets the run was trained on (same cache keys), the run's checkpoint of the same fold is used. Otherwise
+the run is *transferred* (another dataset, or another sampling of the same encoder's features): its
+checkpoint is loaded only if every feature set it was trained on has a counterpart from the same frozen
+encoder (``registry.encoder_identity``), from the run's one fold (or the fold directory given), and
+``run_source`` says where the features came from.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from emo.cache.manifest import parse_split
 
 from .registry import CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE, Head, get_head, load_checkpoint
 
-__all__ = ["fold_dir", "fold_config", "load_run_head", "run_summary", "run_modalities", "run_split", "run_feature_sets"]
+__all__ = ["fold_dir", "fold_config", "load_run_head", "run_summary", "run_modalities", "run_split", "run_feature_sets",
+           "is_transfer", "run_source"]
 
 
 def run_summary(run: str | Path) -> dict:
@@ -42,21 +47,58 @@ def fold_dir(run: str | Path, fold: str) -> Path:
     return d
 
 
+def is_transfer(run: str | Path, data: FeatureData) -> bool:
+    """Whether ``data`` lacks a feature set ``run`` was trained on (so using the run is a transfer)."""
+    trained = set((run_summary(run).get("cache_keys") or {}).values())
+    return not trained <= set(data.keys.values())
+
+
+def _transfer_dir(run: str | Path) -> Path:
+    run = Path(run)
+    if (run / WEIGHTS_FILE).exists():
+        return run
+    folds = run_summary(run)["folds"]
+    if len(folds) != 1:
+        raise ValueError(f"run {run} has {len(folds)} folds ({', '.join(folds)}); to use it on other features, "
+                         f"name one fold's directory (e.g. {run / folds[0]})")
+    return fold_dir(run, folds[0])
+
+
+def run_source(run: str | Path, data: FeatureData) -> dict:
+    """Provenance of ``run``'s features as used on ``data``: the run, its head, dataset, split, fold and cache
+    keys, and whether it is a transfer."""
+    transfer = is_transfer(run, data)
+    d = _transfer_dir(run) if transfer else fold_dir(run, parse_split(data.split)[1] if data.split else "0")
+    s = run_summary(run)
+    record = fold_config(d, "")  # d holds the checkpoint itself
+    return {"run": str(Path(run).resolve()), "fold_dir": str(d.resolve()), "head": s["head"],
+            "dataset": record.get("dataset"), "split": record.get("split"), "cache_keys": record["cache_keys"],
+            "transfer": transfer}
+
+
 def load_run_head(run: str | Path, data: FeatureData) -> Head:
-    """The head of ``run`` for ``data``'s fold, loaded against ``data`` (other cache keys are refused)."""
-    fold = parse_split(data.split)[1] if data.split else "0"
-    head = load_checkpoint(fold_dir(run, fold), data)
+    """The head of ``run`` for ``data``'s fold, loaded against ``data``; on other features, transferred
+    (module doc): other encoders are refused, naming both."""
+    if is_transfer(run, data):
+        head = load_checkpoint(_transfer_dir(run), data, transfer=True)
+    else:
+        fold = parse_split(data.split)[1] if data.split else "0"
+        head = load_checkpoint(fold_dir(run, fold), data)
     if not callable(getattr(head, "embed", None)):
         raise ValueError(f"run {run}: a {type(head).__name__} does not produce features (no embed())")
     return head
 
 
 def run_modalities(run: str | Path) -> tuple[str, ...]:
-    """The feature-set modalities the run's head reads."""
+    """The feature-set modalities the run's head reads to make its features: the config's
+    ``embed_modalities()`` when it has one (a pre-training head reads text to train, not to embed), else
+    all it reads."""
     from .runs import needed_modalities
 
     s = run_summary(run)
-    return needed_modalities(get_head(s["head"]).config(s.get("config") or {}))
+    config = get_head(s["head"]).config(s.get("config") or {})
+    own = getattr(config, "embed_modalities", None)
+    return tuple(own()) if callable(own) else needed_modalities(config)
 
 
 def run_feature_sets(run: str | Path) -> list[str]:

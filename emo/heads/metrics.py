@@ -1,4 +1,4 @@
-"""Single-label classification metrics, the confusion-matrix figure, and mean ± std over folds.
+"""Classification and retrieval metrics, the confusion-matrix figure, and mean ± std over folds.
 
 Metric values are fractions in [0, 1]. Conventions (stated because papers differ):
 
@@ -8,6 +8,12 @@ Metric values are fractions in [0, 1]. Conventions (stated because papers differ
 - ``macro_f1`` averages F1 over the same present classes; ``weighted_f1`` weights F1 by support.
   A present class that is never predicted has F1 0.
 - ``confusion`` is ``[C, C]`` (rows true, columns predicted) over every class, absent ones included.
+
+Retrieval (``retrieval_metrics``): item ``i``'s video matches item ``i``'s text. The rank of the match
+counts from 1 among all ``n`` candidates by cosine similarity; ties count against the match (a
+constant similarity gives rank ``n``, never a lucky 1). ``v2t_r{k}`` is the fraction of videos whose
+text ranks within the first ``k``; ``v2t_medr`` / ``v2t_meanr`` the median / mean rank; the same with
+``t2v_`` for texts retrieving videos. ``r1`` is the mean of the two R@1 (the default validation metric).
 """
 
 from __future__ import annotations
@@ -19,9 +25,18 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-__all__ = ["classification_metrics", "plot_confusion", "mean_std", "SCALAR_METRICS"]
+__all__ = ["classification_metrics", "retrieval_metrics", "plot_confusion", "mean_std", "SCALAR_METRICS",
+           "RETRIEVAL_METRICS", "lower_is_better"]
 
 SCALAR_METRICS = ("top1", "macro_f1", "weighted_f1", "uar", "war")
+RETRIEVAL_METRICS = ("r1", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_meanr",
+                     "t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_meanr")
+_LOWER_IS_BETTER = ("loss", "medr", "meanr")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (losses and ranks) — for early stopping."""
+    return metric.endswith(_LOWER_IS_BETTER)
 
 
 def classification_metrics(
@@ -63,6 +78,41 @@ def classification_metrics(
     }
 
 
+def match_ranks(similarity: np.ndarray) -> np.ndarray:
+    """``[n]`` rank (from 1) of ``similarity[i, i]`` in row ``i`` of ``similarity [n, n]``; ties count against it."""
+    sim = np.asarray(similarity, dtype=np.float64)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"similarity must be [n, n], got {sim.shape}")
+    diag = np.diag(sim)[:, None]  # [n, 1]
+    return (sim > diag).sum(axis=1) + (sim == diag).sum(axis=1)  # better ones + ties (the match included)
+
+
+def retrieval_metrics(video: np.ndarray | torch.Tensor, text: np.ndarray | torch.Tensor) -> dict:
+    """Video→text and text→video retrieval of the pairs ``(video[i], text[i])`` (module doc): R@1/5/10,
+    median and mean rank, by cosine similarity. Also ``n`` and the per-item ranks (``ranks``)."""
+    v = np.asarray(video, dtype=np.float64)
+    t = np.asarray(text, dtype=np.float64)
+    if v.ndim != 2 or v.shape != t.shape:
+        raise ValueError(f"video and text must both be [n, D], got {v.shape} and {t.shape}")
+    if len(v) == 0:
+        raise ValueError("no items to score")
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    sim = v @ t.T  # [n, n]: row = video, column = text
+    out: dict = {"n": len(v)}
+    ranks = {}
+    for name, s in (("v2t", sim), ("t2v", sim.T)):
+        r = match_ranks(s)
+        ranks[name] = r.tolist()
+        for k in (1, 5, 10):
+            out[f"{name}_r{k}"] = float((r <= k).mean())
+        out[f"{name}_medr"] = float(np.median(r))
+        out[f"{name}_meanr"] = float(r.mean())
+    out["r1"] = (out["v2t_r1"] + out["t2v_r1"]) / 2
+    out["ranks"] = ranks
+    return out
+
+
 def plot_confusion(cm, classes: list[str], path: str | os.PathLike, title: str = "") -> Path:
     """Write the row-normalised confusion matrix (rows true, columns predicted) as a PNG.
 
@@ -98,15 +148,18 @@ def plot_confusion(cm, classes: list[str], path: str | os.PathLike, title: str =
     return path
 
 
-def mean_std(per_fold: list[dict]) -> dict:
+def mean_std(per_fold: list[dict], metrics: tuple[str, ...] = SCALAR_METRICS) -> dict:
     """Mean and sample standard deviation (ddof=1; 0 for one fold) of each scalar metric over folds.
 
-    Returns ``{metric: {"mean", "std", "n"}}`` for ``SCALAR_METRICS`` and, under ``per_class_recall``,
-    the same per class over the folds where that class was present (``None`` when it never was).
+    Returns ``{metric: {"mean", "std", "n"}}`` for ``metrics`` (a task's, default the classification
+    ones) and, when the folds have it, under ``per_class_recall`` the same per class over the folds where
+    that class was present (``None`` when it never was).
     """
     if not per_fold:
         raise ValueError("mean_std needs at least one fold")
-    out: dict = {m: _stats([f[m] for f in per_fold]) for m in SCALAR_METRICS}
+    out: dict = {m: _stats([f[m] for f in per_fold]) for m in metrics}
+    if "per_class_recall" not in per_fold[0]:
+        return out
     classes = list(per_fold[0].get("per_class_recall", {}))
     out["per_class_recall"] = {
         c: _stats([f["per_class_recall"][c] for f in per_fold if f["per_class_recall"].get(c) is not None])

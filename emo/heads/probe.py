@@ -3,7 +3,10 @@
 ``emo heads probe CACHE --features RUN``: the run's head (a VFM, an auditory adapter, PE-CLIP…) is
 reloaded for the fold, its :meth:`embed` features (unit length, evaluation sampling) are computed for
 every item, and the shared linear probe (:mod:`emo.heads.linear`: standardised logistic regression,
-``C`` chosen on the validation part when there is one) is fitted on them.
+``C`` chosen on the validation part when there is one) is fitted on them. On another dataset than the
+run's (EmotionCLIP's protocol: pre-train on one corpus, probe on MELD), the run is transferred
+(:mod:`emo.heads.from_run`: the same frozen encoder is required) and recorded as the probe's
+``source_run``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from emo.cache.data import FeatureData
 
-from .from_run import load_run_head, run_modalities, run_summary
+from .from_run import load_run_head, run_modalities, run_source, run_summary
 from .linear import LinearConfig, LinearHead
 from .registry import Head, LogFn, register_head
 
@@ -49,11 +52,14 @@ class ProbeHead(Head):
         self.linear = LinearHead(LinearConfig(feature=FEATURE, C=config.C, c_grid=list(config.c_grid),
                                               max_iter=config.max_iter), classes)
         self.source: Head | None = None
+        self.source_run: dict | None = None  # provenance of transferred features (runs record it)
 
     def prepare(self, data: FeatureData) -> None:
         if not self.config.features:
             raise ValueError("the probe needs --features RUN (a trained run directory)")
         self.source = load_run_head(self.config.features, data)
+        source = run_source(self.config.features, data)
+        self.source_run = source if source["transfer"] else None
 
     def _with_features(self, data: FeatureData) -> FeatureData:
         if self.source is None:

@@ -6,7 +6,11 @@ dataset's class names. A head registers itself with :func:`register_head` at the
 
 Checkpoints are a directory with ``config.json`` (head name, resolved config, classes, and the cache
 keys of the features it was trained on) and ``model.safetensors``. Loading a checkpoint against
-features with other cache keys raises :class:`CheckpointError`.
+features with other cache keys raises :class:`CheckpointError`, unless it is loaded for *transfer*
+(another dataset, or another sampling of the same videos): then every feature set it was trained on
+must have a counterpart made by the same frozen encoder (``encoder_identity``: modality, model,
+weights, preprocessing — sampling and classes may differ), and a head whose features depend on its
+class list (``Head.class_free`` False) also needs the same classes. A mismatch names both encoders.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ __all__ = [
     "LogFn",
     "CheckpointError",
     "check_features",
+    "encoder_identity",
+    "checkpoint_record",
     "register_head",
     "get_head",
     "list_heads",
@@ -80,6 +86,8 @@ class Head(ABC):
     """
 
     needs_data = False  # True: load_checkpoint needs the features (prepare rebuilds frozen parts)
+    task = "classification"  # the kind of task (emo.heads.tasks): decides evaluation, metrics and report columns
+    class_free = False  # True: the learned features do not depend on the class list (transfer to other classes)
 
     def __init__(self, config: Any, classes: list[str]):
         self.config = config
@@ -122,6 +130,7 @@ class HeadSpec:
     build: Callable[[Any, list[str]], Head]
     description: str
     paper_features: str = ""  # the frozen encoders the paper's numbers belong to (reports compare)
+    task: str = "classification"  # the head's kind (emo.heads.tasks.TASKS)
 
     def config(self, overrides: dict[str, Any] | None = None) -> Any:
         """The default config with ``overrides`` applied (strings are coerced, unknown keys raise)."""
@@ -137,15 +146,22 @@ def register_head(
     build: Callable[[Any, list[str]], Head],
     description: str,
     paper_features: str = "",
+    task: str | None = None,
 ) -> HeadSpec:
     """Add a head to the table; a second head under one name raises. ``paper_features``: the encoders
-    behind the paper's numbers, shown beside a run's own in reports. (The feature sets a head reads
-    come from its config: ``emo.heads.runs.needed_modalities``.)"""
+    behind the paper's numbers, shown beside a run's own in reports. ``task``: its kind, by default the
+    ``task`` attribute of ``build`` (a Head class). (The feature sets a head reads come from its config:
+    ``emo.heads.runs.needed_modalities``.)"""
+    from .tasks import TASKS
+
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"head {name!r}: config class {config_cls!r} is not a dataclass")
     if name in _HEADS:
         raise ValueError(f"a head named {name!r} is already registered")
-    spec = HeadSpec(name, config_cls, build, description, paper_features)
+    task = task or getattr(build, "task", "classification")
+    if task not in TASKS:
+        raise ValueError(f"head {name!r}: unknown task kind {task!r} (known: {', '.join(TASKS)})")
+    spec = HeadSpec(name, config_cls, build, description, paper_features, task)
     _HEADS[name] = spec
     return spec
 
@@ -313,16 +329,24 @@ def save_checkpoint(
     return directory
 
 
-def load_checkpoint(directory: str | os.PathLike, data: FeatureData | None = None) -> Head:
-    """The head saved in ``directory``; with ``data``, check it has the same cache keys and classes."""
+def checkpoint_record(directory: str | os.PathLike) -> dict:
+    """The ``config.json`` of a checkpoint directory, checked to be one."""
     directory = Path(directory)
     with open(directory / CONFIG_FILE, encoding="utf-8") as f:
         record = json.load(f)
     for field in ("head", "config", "classes", "cache_keys"):
         if field not in record:
             raise CheckpointError(f"{directory / CONFIG_FILE} has no {field!r}; not a head checkpoint")
+    return record
+
+
+def load_checkpoint(directory: str | os.PathLike, data: FeatureData | None = None, transfer: bool = False) -> Head:
+    """The head saved in ``directory``; with ``data``, check it has the same cache keys and classes, or with
+    ``transfer``, the same frozen encoders (module doc)."""
+    directory = Path(directory)
+    record = checkpoint_record(directory)
     if data is not None:
-        check_features(record, data, where=str(directory))
+        check_features(record, data, where=str(directory), transfer=transfer)
     spec = get_head(record["head"])
     head = spec.build(config_from_dict(spec.config_cls, record["config"]), record["classes"])
     head.selected = record.get("selected", {})
@@ -337,10 +361,31 @@ def load_checkpoint(directory: str | os.PathLike, data: FeatureData | None = Non
     return head
 
 
-def check_features(record: dict, data: FeatureData, where: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointError` unless ``data`` holds every trained-on cache key and the classes."""
+def encoder_identity(meta: dict) -> dict:
+    """What makes two feature sets come from the same frozen encoder: modality, model, weights (without
+    unkeyed notes such as a checkpoint's path), preprocessing and the centre crop. Sampling (segments,
+    frames, views, seed), the boxes, the dataset and its classes are not part of it."""
+    weights = {k: v for k, v in (meta.get("weights") or {}).items() if k != "path"}
+    sampling = meta.get("sampling") or {}
+    return {"modality": meta.get("modality"), "model": meta.get("model"), "weights": weights,
+            "preprocess": meta.get("preprocess"), "center_crop": sampling.get("center_crop", 1.0)}
+
+
+def _describe(meta: dict) -> str:
+    w = meta.get("weights") or {}
+    weights = w.get("tag") or (f"sha256 {str(w.get('sha256', ''))[:12]}" if w.get("sha256") else w.get("kind"))
+    return f"{meta.get('modality')}: {meta.get('model')} ({weights})"
+
+
+def check_features(record: dict, data: FeatureData, where: str = "checkpoint", transfer: bool = False) -> None:
+    """Raise :class:`CheckpointError` unless ``data`` holds every trained-on cache key and the classes; with
+    ``transfer``, unless every trained-on feature set has one made by the same encoder (``encoder_identity``)
+    and, for a head that is not ``class_free``, the classes are the same."""
     trained: dict[str, str] = record["cache_keys"]
     have = data.keys
+    if transfer:
+        _check_transfer(record, data, where)
+        return
     missing = {n: k for n, k in trained.items() if k not in set(have.values())}
     if missing:
         raise CheckpointError(
@@ -349,3 +394,23 @@ def check_features(record: dict, data: FeatureData, where: str = "checkpoint") -
         )
     if list(record["classes"]) != list(data.classes):
         raise CheckpointError(f"{where} was trained on classes {record['classes']}, these features have {data.classes}")
+
+
+def _check_transfer(record: dict, data: FeatureData, where: str) -> None:
+    trained_sets: dict[str, dict] = record.get("feature_sets") or {}
+    if set(trained_sets) != set(record["cache_keys"]):
+        raise CheckpointError(f"{where} does not record the feature sets it was trained on; it cannot be transferred")
+    for name, meta in trained_sets.items():
+        same = [n for n, m in data.feature_sets.items() if encoder_identity(m) == encoder_identity(meta)]
+        if not same:
+            ours = "; ".join(_describe(m) for m in data.feature_sets.values()) or "none"
+            raise CheckpointError(
+                f"{where} was trained on {name} ({_describe(meta)}); these features come from other encoders "
+                f"({ours}): a transferred head needs the same frozen encoder, weights and preprocessing"
+            )
+    class_free = getattr(get_head(record["head"]).build, "class_free", False)
+    if not class_free and list(record["classes"]) != list(data.classes):
+        raise CheckpointError(
+            f"{where}: a {record['head']} head's features depend on its classes {record['classes']}; "
+            f"these features have {data.classes}"
+        )

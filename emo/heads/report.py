@@ -2,7 +2,10 @@
 
 Every table starts with :data:`RANDOM_BANNER` when any row was trained on random-weight features, and
 :func:`report_runs` names, for heads that record the paper's encoders, the encoders each run's
-features came from beside the paper's.
+features came from beside the paper's. Each kind of task (``emo.heads.tasks``) has its own columns:
+a report of runs of several kinds is one table per kind, under the kind's name. Runs scored on their
+validation part (pre-training without a test split) and runs built on another run (transfer) say so
+under the tables.
 """
 
 from __future__ import annotations
@@ -15,38 +18,49 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
-from .metrics import SCALAR_METRICS
 from .registry import EMBEDDINGS_FILE, SUMMARY_FILE
+from .tasks import TASKS, get_task
 
 __all__ = ["RANDOM_BANNER", "format_results_table", "report_runs", "tsne_plot"]
 
 RANDOM_BANNER = "RANDOM WEIGHTS — these numbers say nothing about the papers"
-TABLE_COLUMNS = (("top1", "top-1"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("uar", "UAR"))
 OPTIONAL_COLUMNS = (("silhouette", "silhouette"),)  # shown when any row has them
 
 
 def format_results_table(rows: list[dict]) -> str:
-    """A Markdown table (head, split, top-1, macro-F1, weighted-F1, UAR; percent).
+    """Markdown: one table per task kind present (classification: head, split, top-1, macro-F1,
+    weighted-F1, UAR in percent; retrieval: R@k in percent and median ranks), each under its kind's
+    name when there are several kinds.
 
-    Each row: ``name``, ``split``, ``random_weights`` and per metric a float or ``{"mean", "std", "n"}``.
-    The first line is :data:`RANDOM_BANNER` whenever any row was trained on random-weight features.
+    Each row: ``name``, ``split``, ``random_weights``, ``task`` (default classification) and per metric a
+    float or ``{"mean", "std", "n"}``. The first line is :data:`RANDOM_BANNER` whenever any row was
+    trained on random-weight features.
     """
     lines = []
     if any(r.get("random_weights") for r in rows):
         lines += [RANDOM_BANNER, ""]
-    columns = TABLE_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in rows))
-    lines.append("| head | split | " + " | ".join(title for _, title in columns) + " |")
-    lines.append("|---|---|" + "---:|" * len(columns))
-    for r in rows:
-        cells = [_percent(r.get(m)) if m != "silhouette" else _plain(r.get(m)) for m, _ in columns]
-        lines.append(f"| {r['name']} | {r['split']} | " + " | ".join(cells) + " |")
+    kinds = [k for k in TASKS if any(r.get("task", "classification") == k for r in rows)]
+    for n, kind in enumerate(kinds):
+        task = get_task(kind)
+        mine = [r for r in rows if r.get("task", "classification") == kind]
+        if len(kinds) > 1:
+            lines += ([""] if n else []) + [f"**{kind}** ({task.description})", ""]
+        columns = task.columns + tuple(c for c in OPTIONAL_COLUMNS if any(c[0] in r for r in mine))
+        lines.append("| head | split | " + " | ".join(title for _, title in columns) + " |")
+        lines.append("|---|---|" + "---:|" * len(columns))
+        for r in mine:
+            cells = [_percent(r.get(m)) if m in task.percent else _plain(r.get(m), 1 if m != "silhouette" else 3)
+                     for m, _ in columns]
+            lines.append(f"| {r['name']} | {r['split']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _plain(v) -> str:
+def _plain(v, digits: int = 3) -> str:
     if v is None:
         return "—"
-    return f"{v['mean']:.3f} ± {v['std']:.3f}" if v.get("n", 1) > 1 else f"{v['mean']:.3f}"
+    if not isinstance(v, dict):
+        return f"{v:.{digits}f}"
+    return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if v.get("n", 1) > 1 else f"{v['mean']:.{digits}f}"
 
 
 def _percent(v) -> str:
@@ -69,7 +83,7 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
     found = sorted(path.rglob(SUMMARY_FILE))
     if not found:
         raise FileNotFoundError(f"no runs under {path} (a run directory holds {SUMMARY_FILE})")
-    rows, notes = [], []
+    rows, notes, run_notes = [], [], []
     for p in found:
         with open(p, encoding="utf-8") as f:
             s = json.load(f)
@@ -77,8 +91,17 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
             own = "; ".join(s.get("encoders", {}).values()) or "unknown"
             notes.append(f"- {s.get('label', s['head'])} ({p.parent.name}): features from {own}. "
                          f"The paper's numbers used {s['paper_features']}.")
-        row = {"name": s.get("label", s["head"]), "split": s["split"], "random_weights": s["random_weights"],
-               **{m: s["summary"][m] for m in SCALAR_METRICS}}
+        task = get_task(s.get("task", "classification"))
+        name = s.get("label", s["head"])
+        on = [e for e in s.get("evaluated_on", ["test"]) if e != "test"]
+        if on:
+            run_notes.append(f"- {name} ({p.parent.name}): scored on its held-out {' / '.join(on)} part (no test split).")
+        if s.get("source_run"):
+            src = s["source_run"]
+            run_notes.append(f"- {name} ({p.parent.name}): features of run {src.get('run')} (head {src.get('head')}, "
+                         f"trained on {src.get('dataset')} {src.get('split')}), transferred.")
+        row = {"name": name, "split": s["split"], "random_weights": s["random_weights"], "task": task.name,
+               **{m: s["summary"][m] for m in task.metrics}}
         if tsne:
             sil = [tsne_plot(p.parent / fold) for fold in s["folds"]]
             sil = [v for v in sil if v is not None]
@@ -87,20 +110,22 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
         rows.append(row)
     if csv_path is not None:
         _write_rows_csv(Path(csv_path), rows)
-    return format_results_table(rows) + ("\n\nFeatures:\n" + "\n".join(notes) if notes else "")
+    return (format_results_table(rows) + ("\n\nFeatures:\n" + "\n".join(notes) if notes else "")
+            + ("\n\nRuns:\n" + "\n".join(run_notes) if run_notes else ""))
 
 
 def _write_rows_csv(path: Path, rows: list[dict]) -> None:
-    metrics = [m for m in (*SCALAR_METRICS, "silhouette") if any(m in r for r in rows)]
+    every = dict.fromkeys(m for t in TASKS.values() for m in t.metrics)
+    metrics = [m for m in (*every, "silhouette") if any(m in r for r in rows)]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["name", "split", "random_weights", *(f"{m}_{k}" for m in metrics for k in ("mean", "std", "n"))])
+        w.writerow(["name", "split", "random_weights", *(f"{m}_{k}" for m in metrics for k in ("mean", "std", "n")), "task"])
         for r in rows:
             cells = []
             for m in metrics:
                 v = r.get(m)
                 cells += [v["mean"], v["std"], v["n"]] if isinstance(v, dict) else ["", "", ""]
-            w.writerow([r["name"], r["split"], r["random_weights"], *cells])
+            w.writerow([r["name"], r["split"], r["random_weights"], *cells, r.get("task", "classification")])
 
 
 def tsne_plot(fold_dir: Path, seed: int = 0) -> float | None:
@@ -113,7 +138,7 @@ def tsne_plot(fold_dir: Path, seed: int = 0) -> float | None:
     from sklearn.metrics import silhouette_score
 
     emb_path = fold_dir / EMBEDDINGS_FILE
-    if not emb_path.exists():
+    if not emb_path.exists() or not (fold_dir / "predictions.csv").exists():  # t-SNE colours by true class
         return None
     x = load_file(str(emb_path))["test"].double().numpy()  # [n, D]
     with open(fold_dir / "predictions.csv", encoding="utf-8") as f:

@@ -7,20 +7,23 @@ Layout of a run (always one sub-directory per fold, also for a single fold)::
                                      split, fold, seed, val ids, command line, versions (also the
                                      checkpoint's config: load it with registry.load_checkpoint)
     out/<fold>/model.safetensors
-    out/<fold>/metrics.json          emo.heads.metrics.classification_metrics on the test items
-    out/<fold>/predictions.csv       id, true, pred, score_<class>...
-    out/<fold>/confusion.png
+    out/<fold>/metrics.json          the task kind's metrics (emo.heads.tasks) on the test items
+    out/<fold>/predictions.csv       classification: id, true, pred, score_<class>...
+    out/<fold>/confusion.png         classification
+    out/<fold>/ranks.csv             retrieval: id, v2t_rank, t2v_rank
     out/<fold>/log.jsonl             one record per step / epoch / tuning candidate
 
 Protocol (SPEC §4): the head is fitted on the fold's train items; the validation part is the fold's
 official ``val`` items when it has some, else (with ``val_fraction > 0``) a stratified, seeded part
 of train held out; otherwise there is none. Test items are only ever predicted, never used to choose.
+A kind that does not need a test split (retrieval pre-training) is scored on the validation part when
+the split has no test items; ``metrics.json`` records ``evaluated_on``. A head built on another run
+(a probe of transferred features) records that run under ``source_run``.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import os
@@ -41,7 +44,7 @@ from emo.cache.featureset import write_json_atomic
 from emo.cache.loader import load_features, set_roles
 from emo.cache.manifest import parse_split, read_manifest
 
-from .metrics import SCALAR_METRICS, classification_metrics, mean_std, plot_confusion
+from .metrics import mean_std
 from .registry import (
     EMBEDDINGS_FILE,
     SUMMARY_FILE,
@@ -51,6 +54,7 @@ from .registry import (
     save_checkpoint,
 )
 from .report import RANDOM_BANNER, format_results_table, report_runs
+from .tasks import get_task
 
 __all__ = [
     "RunResult",
@@ -79,14 +83,15 @@ class RunResult:
     head: str
     split: str  # "scheme:fold" for one fold, "scheme (k folds)" for several
     out: Path
-    folds: dict[str, dict]  # fold -> classification_metrics
+    folds: dict[str, dict]  # fold -> the task's metrics
     summary: dict  # mean_std over the folds
     random_weights: bool
+    task: str = "classification"
 
     def row(self) -> dict:
         """One row for :func:`format_results_table`."""
-        return {"name": self.head, "split": self.split, "random_weights": self.random_weights,
-                **{m: self.summary[m] for m in SCALAR_METRICS}}
+        return {"name": self.head, "split": self.split, "random_weights": self.random_weights, "task": self.task,
+                **{m: self.summary[m] for m in get_task(self.task).metrics}}
 
     def table(self) -> str:
         return format_results_table([self.row()])
@@ -160,12 +165,15 @@ def train_head(
         fd = load(fold)
         first = fd if first is None else first
         per_fold[fold] = _run_fold(name, config, fd, fold, out / fold, val_fraction, seed, command)
-    summary = mean_std(list(per_fold.values()))
+    task = get_task(spec.task)
+    summary = mean_std(list(per_fold.values()), task.metrics)
     split = first.split if len(folds) == 1 else f"{first.split.partition(':')[0]} ({len(folds)} folds)"
     label = label or run_label(name, config)
-    result = RunResult(label, split, out, per_fold, summary, first.random_weights)
+    result = RunResult(label, split, out, per_fold, summary, first.random_weights, task.name)
+    sources = {f: m["source_run"] for f, m in per_fold.items() if m.get("source_run")}
     write_json_atomic(out / SUMMARY_FILE, {
         "head": name,
+        "task": task.name,
         "label": label,
         "encoders": {n: describe_encoder(c) for n, c in first.feature_sets.items()},
         "paper_features": spec.paper_features,
@@ -181,7 +189,9 @@ def train_head(
         "val_fraction": val_fraction,
         "command": command,
         "emo_version": __version__,
-        "per_fold": {f: {m: v[m] for m in SCALAR_METRICS} for f, v in per_fold.items()},
+        "per_fold": {f: {m: v[m] for m in task.metrics} for f, v in per_fold.items()},
+        "evaluated_on": sorted({v.get("evaluated_on", "test") for v in per_fold.values()}),
+        **({"source_run": next(iter(sources.values()))} if sources else {}),
         "summary": summary,
     })
     return result
@@ -264,7 +274,8 @@ def read_run_result(run: Path) -> RunResult:
     for fold in s["folds"]:
         with open(run / fold / "metrics.json", encoding="utf-8") as f:
             folds[fold] = json.load(f)
-    return RunResult(s.get("label", s["head"]), s["split"], run, folds, s["summary"], s["random_weights"])
+    return RunResult(s.get("label", s["head"]), s["split"], run, folds, s["summary"], s["random_weights"],
+                     s.get("task", "classification"))
 
 
 def evaluate_run(
@@ -293,26 +304,35 @@ def evaluate_run(
     missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
     if missing:
         raise ValueError(f"{run} has no checkpoint for fold(s) {missing} of {split}; it holds {s['folds']}")
+    task = get_task(spec.task)
     per_fold = {}
     first = None
     for fold in folds:
         fd = load(fold)
         first = first or fd
         head = load_checkpoint(run / fold, fd)
-        test = fd.role("test")
-        per_fold[fold] = classification_metrics(test.labels.numpy(), head.predict_scores(test), fd.classes)
+        scored, evaluated_on = fd.role("test"), "test"
+        if len(scored) == 0 and not task.needs_test:  # a pre-training run: its held-out part again
+            with open(run / fold / "config.json", encoding="utf-8") as f:
+                held = set(json.load(f).get("val_ids") or [])
+            scored, evaluated_on = fd.select([i in held for i in fd.ids]), "val"
+        if len(scored) == 0:
+            raise ValueError(f"split {fd.split!r} has no test items to evaluate {run} on")
+        per_fold[fold] = {**task.evaluate(head, scored).metrics, "evaluated_on": evaluated_on}
     label = s.get("label", s["head"])
     shown = first.split if len(folds) == 1 else f"{scheme} ({len(folds)} folds)"
-    return RunResult(label, shown, run, per_fold, mean_std(list(per_fold.values())), first.random_weights)
+    return RunResult(label, shown, run, per_fold, mean_std(list(per_fold.values()), task.metrics),
+                     first.random_weights, task.name)
 
 
 def _run_fold(
     name: str, config, fd: FeatureData, fold: str, out: Path, val_fraction: float, seed: int, command: list[str] | None
 ) -> dict:
     spec = get_head(name)
+    task = get_task(spec.task)
     seed_everything(seed)
     train, test = fd.role("train"), fd.role("test")
-    if len(test) == 0:
+    if len(test) == 0 and task.needs_test:
         raise ValueError(f"split {fd.split or fold!r} has no test items")
     val, val_source = fd.role("val"), "official"
     if len(val) and val_fraction > 0:
@@ -322,6 +342,13 @@ def _run_fold(
         if val_fraction > 0:
             held = stratified_holdout(train.labels.numpy(), val_fraction, seed)
             train, val, val_source = train.select(~held), train.select(held), "fraction"
+    scored, evaluated_on = test, "test"
+    if len(test) == 0:  # a kind that may pre-train without a test split: scored on the held-out part
+        if val is None or len(val) == 0:
+            raise ValueError(f"split {fd.split or fold!r} has no test items and no validation part to score "
+                             f"a {spec.task} run on: pass --val-fraction (e.g. 0.05)")
+        scored = val
+        evaluated_on = "val (also used for early stopping)" if getattr(config, "patience", 0) else "val"
     head = spec.build(copy.deepcopy(config), fd.classes)
     head.prepare(fd)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,40 +359,29 @@ def _run_fold(
             logf.flush()
 
         head.fit(train, val, log=log)
-    scores, features = head.predict(test)  # [n_test, C], the final features [n_test, D] or None
-    metrics = classification_metrics(test.labels.numpy(), scores, fd.classes)
+    evaluation = task.evaluate(head, scored)
+    source = getattr(head, "source_run", None)  # a head stacked on another run (transfer) names it
+    metrics = {**evaluation.metrics, "evaluated_on": evaluated_on, **({"source_run": source} if source else {})}
     save_checkpoint(out, head, name, fd.keys, extra={
+        "task": task.name,
         "dataset": fd.dataset,
         "split": fd.split,
         "fold": fold,
         "seed": seed,
         "val_fraction": val_fraction,
         "val_source": val_source,
+        "evaluated_on": evaluated_on,
         "n": {"train": len(train), "val": len(val) if val is not None else 0, "test": len(test)},
         "val_ids": list(val.ids) if val is not None else [],
         "random_weights": fd.random_weights,
         "feature_sets": fd.feature_sets,
+        **({"source_run": source} if source else {}),
         "command": command,
         "versions": {"emo": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "scikit-learn": sklearn.__version__, "python": platform.python_version()},
     })
     write_json_atomic(out / "metrics.json", metrics)
-    _write_predictions(out / "predictions.csv", test, scores)
-    if features is not None:  # the head's final features of the test items, in predictions.csv order (t-SNE)
-        save_file({"test": torch.as_tensor(features).float().contiguous()}, str(out / EMBEDDINGS_FILE))
-    plot_confusion(metrics["confusion"], fd.classes, out / "confusion.png",
-                   title=f"{name} · {fd.split or fold} · top-1 {100 * metrics['top1']:.1f}")
+    evaluation.write(out, f"{name} · {fd.split or fold}")
+    if evaluation.features is not None:  # the head's final features of the scored items, in their order (t-SNE)
+        save_file({"test": torch.as_tensor(evaluation.features).float().contiguous()}, str(out / EMBEDDINGS_FILE))
     return metrics
-
-
-def _write_predictions(path: Path, data: FeatureData, scores: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "true", "pred", *(f"score_{c}" for c in data.classes)])
-        pred = scores.argmax(axis=1)
-        for i, item in enumerate(data.ids):
-            y = int(data.labels[i])
-            w.writerow([item, data.classes[y] if y >= 0 else "", data.classes[pred[i]],
-                        *(repr(float(s)) for s in scores[i])])
-    os.replace(tmp, path)

@@ -2,15 +2,19 @@
 
 A head subclasses :class:`TorchHead`, builds its ``nn.Module`` in ``build_module`` and says how a batch
 becomes a loss and scores; ``TorchHead.fit`` does the rest: Adam/AdamW, a per-step schedule (constant,
-cosine, step) with optional linear warm-up, epochs and batches, AMP on CUDA, gradient clipping, a
+cosine, step, linear decay) with optional linear warm-up, epochs and batches, a per-epoch hook
+(``epoch_start``, e.g. for loss weights that follow earlier epochs' losses), AMP on CUDA, gradient clipping, a
 seeded generator for shuffling and frame/view sampling (CPU runs are bit-reproducible), one log
 record per epoch. On CUDA, heads whose batches have static shapes replay the step as one CUDA graph
 (``cuda_graph``, :mod:`emo.heads.cuda_graph`); the loop reads losses back once per epoch, not per step.
 
 Protocol (SPEC §4): by default a fixed schedule on the whole train part and the LAST epoch is kept
-(the papers' protocol). With a validation part, each epoch is scored on it; with ``patience > 0``
-training stops when validation top-1 has not improved for ``patience`` epochs and the best epoch's
-weights are restored (recorded in ``selected``). The test split never reaches ``fit``.
+(the papers' protocol). With a validation part, each epoch is scored on it (``validate``: top-1 and
+cross-entropy for classifiers, what the head reports for other kinds, logged as ``val_<name>``); with
+``patience > 0`` training stops when ``val_metric`` (default: the task's, top-1 for classifiers) has
+not improved for ``patience`` epochs and the best epoch's weights are restored (recorded in
+``selected``). The test split never reaches ``fit``. Heads of a kind that needs no labels
+(``emo.heads.tasks``) train on unlabelled items.
 
 Frozen parts (a CLIP text tower, fixed prompt embeddings) are not learned and not saved: checkpoints
 hold trainable parameters and persistent buffers only (minus any ``frozen_prefixes``), and
@@ -34,7 +38,9 @@ from torch import nn
 from emo.cache.data import FeatureData
 
 from .cuda_graph import GraphedStep
+from .metrics import lower_is_better
 from .registry import Head, LogFn
+from .tasks import get_task
 
 __all__ = ["TrainConfig", "TorchHead", "resolve_device", "lr_factor", "trainable_parameters"]
 
@@ -48,11 +54,12 @@ class TrainConfig:
     lr: float = 2e-4
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0
-    schedule: Literal["constant", "cosine", "step"] = "constant"
+    schedule: Literal["constant", "cosine", "step", "linear"] = "constant"  # linear: decay to 0 after warm-up
     warmup_epochs: float = 0.0
     step_epochs: int = 30  # "step" schedule: lr × 0.1 every step_epochs
     grad_clip: float = 0.0  # max global grad norm; 0 = off
-    patience: int = 0  # early stopping on val top-1 (needs a val part); 0 = fixed schedule, last epoch
+    patience: int = 0  # early stopping on val_metric (needs a val part); 0 = fixed schedule, last epoch
+    val_metric: str = ""  # what patience reads (a name of validate(): top1, loss, r1, ...); "" = the task's
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16); ignored on CPU
     cuda_graph: bool = True  # on CUDA, replay the step as one CUDA graph when the head allows it (cuda_graph.py)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -82,6 +89,9 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "cosine":
         span = max(total - warm, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
+    if cfg.schedule == "linear":
+        span = max(total - warm, 1)
+        return max(0.0, (total - step) / span)
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
@@ -125,6 +135,17 @@ class TorchHead(Head):
     @abstractmethod
     def scores(self, batch: dict) -> torch.Tensor:
         """``[B, C]`` class scores (argmax = prediction)."""
+
+    def epoch_start(self, epoch: int, history: list[dict]) -> None:  # noqa: B027 - optional hook
+        """Called before each epoch (from 1) with the log records of the epochs before it; a head may
+        change what its ``loss`` does next (e.g. loss weights from the previous epochs' parts)."""
+
+    def validate(self, val: FeatureData) -> dict[str, float]:
+        """Scores of the validation part after an epoch, logged as ``val_<name>``: for classifiers
+        ``top1`` and ``loss`` (cross-entropy of the scores); heads of other kinds override it."""
+        sv = torch.from_numpy(self.predict_scores(val))
+        yv = val.labels
+        return {"top1": float((sv.argmax(1) == yv).float().mean()), "loss": float(F.cross_entropy(sv, yv))}
 
     # -- the shared machinery -----------------------------------------------------------------------
     def prepare(self, data: FeatureData) -> None:
@@ -189,10 +210,13 @@ class TorchHead(Head):
         if self.module is None:
             self.prepare(train)
         labels = train.labels
-        if (labels < 0).any():
+        task = get_task(self.task)
+        if task.needs_labels and (labels < 0).any():
             raise ValueError(f"{int((labels < 0).sum())} train items have no single label")
         if cfg.patience and (val is None or len(val) == 0):
             raise ValueError("patience (early stopping) needs a validation part: pass --val-fraction")
+        watch = cfg.val_metric or task.val_metric  # what patience reads
+        lower = lower_is_better(watch)
         gen = torch.Generator().manual_seed(int(torch.initial_seed()) % (2**63))
         n = len(train)
         steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
@@ -215,9 +239,11 @@ class TorchHead(Head):
         if graphed:
             step = GraphedStep(step, self.device)
         self.graph_step = step if graphed else None
-        best = None  # (val_top1, epoch, state)
+        best = None  # (val metric, epoch, state)
         since_best = 0
+        history: list[dict] = []
         for epoch in range(1, cfg.epochs + 1):
+            self.epoch_start(epoch, history)
             t0 = time.perf_counter()
             self.module.train()
             order = torch.randperm(n, generator=gen).numpy()
@@ -239,22 +265,24 @@ class TorchHead(Head):
             if graphed:
                 record["cuda_graph"] = f"off: {step.failed}" if step.failed else f"{step.replays} replays"
             if val is not None and len(val):
-                sv = torch.from_numpy(self.predict_scores(val))
-                yv = val.labels
-                record["val_top1"] = float((sv.argmax(1) == yv).float().mean())
-                record["val_loss"] = float(F.cross_entropy(sv, yv))
+                record.update({f"val_{k}": v for k, v in self.validate(val).items()})
                 if cfg.patience:
-                    if best is None or record["val_top1"] > best[0]:
-                        best = (record["val_top1"], epoch, {k: v.clone() for k, v in self.state_dict().items()})
+                    if f"val_{watch}" not in record:
+                        have = ", ".join(k[4:] for k in record if k.startswith("val_"))
+                        raise ValueError(f"val_metric {watch!r}: {type(self).__name__} reports {have}")
+                    value = record[f"val_{watch}"]
+                    if best is None or (value < best[0] if lower else value > best[0]):
+                        best = (value, epoch, {k: v.clone() for k, v in self.state_dict().items()})
                         since_best = 0
                     else:
                         since_best += 1
             log(record)
+            history.append(record)
             if cfg.patience and since_best >= cfg.patience:
                 break
         if best is not None:
             self.load_state_dict(best[2])
-            self.selected = {"epoch": best[1], "val_top1": best[0]}
+            self.selected = {"epoch": best[1], f"val_{watch}": best[0]}
 
     def scores_and_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``([B, C] scores, [B, D] final features or None)`` of one batch; heads with ``embed`` override
