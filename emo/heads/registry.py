@@ -9,7 +9,8 @@ keys of the features it was trained on) and ``model.safetensors``. Loading a che
 features with other cache keys raises :class:`CheckpointError`, unless it is loaded for *transfer*
 (another dataset, or another sampling of the same videos): then every feature set it was trained on
 must have a counterpart made by the same frozen encoder (``encoder_identity``: modality, model,
-weights, preprocessing — sampling and classes may differ), and a head whose features depend on its
+weights, preprocessing — sampling and classes may differ; when the head's config names the modalities
+it embeds from with ``embed_modalities()``, only those sets), and a head whose features depend on its
 class list (``Head.class_free`` False) also needs the same classes. A mismatch names both encoders.
 """
 
@@ -66,7 +67,8 @@ EMBEDDINGS_FILE = "embeddings.safetensors"  # a fold's test features, for t-SNE 
 # Modules whose import registers the built-in heads (name -> module).
 BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot", "pe-clip": "emo.heads.pe_clip",
                  "vfm": "emo.heads.vfm", "audio-adapter": "emo.heads.audio_adapter",
-                 "cache-classifier": "emo.heads.cache_classifier", "probe": "emo.heads.probe"}
+                 "cache-classifier": "emo.heads.cache_classifier", "probe": "emo.heads.probe",
+                 "emotionclip": "emo.heads.emotionclip"}
 
 LogFn = Callable[[dict], None]  # receives one JSON-able record per step / epoch / candidate
 
@@ -400,6 +402,10 @@ def _check_transfer(record: dict, data: FeatureData, where: str) -> None:
     trained_sets: dict[str, dict] = record.get("feature_sets") or {}
     if set(trained_sets) != set(record["cache_keys"]):
         raise CheckpointError(f"{where} does not record the feature sets it was trained on; it cannot be transferred")
+    spec = get_head(record["head"])
+    embeds = getattr(config_from_dict(spec.config_cls, record["config"]), "embed_modalities", None)
+    if callable(embeds):  # a head that reads more to train than to embed (text targets) transfers its embedding
+        trained_sets = {n: m for n, m in trained_sets.items() if m.get("modality") in set(embeds())}
     for name, meta in trained_sets.items():
         same = [n for n, m in data.feature_sets.items() if encoder_identity(m) == encoder_identity(meta)]
         if not same:
@@ -408,7 +414,7 @@ def _check_transfer(record: dict, data: FeatureData, where: str) -> None:
                 f"{where} was trained on {name} ({_describe(meta)}); these features come from other encoders "
                 f"({ours}): a transferred head needs the same frozen encoder, weights and preprocessing"
             )
-    class_free = getattr(get_head(record["head"]).build, "class_free", False)
+    class_free = getattr(spec.build, "class_free", False)
     if not class_free and list(record["classes"]) != list(data.classes):
         raise CheckpointError(
             f"{where}: a {record['head']} head's features depend on its classes {record['classes']}; "

@@ -229,7 +229,8 @@ def describe_encoder(meta: dict) -> str:
             weights += f", converted from {source['source']} (sha256 {str(source.get('sha256', ''))[:12]})"
     else:
         weights = "weights: " + ", ".join(f"{k}={v}" for k, v in w.items() if isinstance(v, (str, int)))
-    return f"{meta.get('modality', '?')}: {meta.get('model', '?')}, {weights}"
+    sap = ", subject-aware prompt" if meta.get("subject_prompt") else ""
+    return f"{meta.get('modality', '?')}: {meta.get('model', '?')}, {weights}{sap}"
 
 
 def cache_folds(

@@ -54,6 +54,8 @@ class TrainConfig:
     lr: float = 2e-4
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays (torch's defaults)
+    eps: float = 1e-8  # Adam's epsilon (torch's default)
     schedule: Literal["constant", "cosine", "step", "linear"] = "constant"  # linear: decay to 0 after warm-up
     warmup_epochs: float = 0.0
     step_epochs: int = 30  # "step" schedule: lr × 0.1 every step_epochs
@@ -182,8 +184,10 @@ class TorchHead(Head):
         fused = {"fused": True} if self.device.type == "cuda" else {}
         if capturable:  # a tensor lr: the schedule fills it in place, so replays of a captured step see it
             lr = torch.tensor(float(self.config.lr), device=self.device)
-            return cls(params, lr=lr, weight_decay=self.config.weight_decay, capturable=True, **fused)
-        return cls(params, lr=self.config.lr, weight_decay=self.config.weight_decay, **fused)
+            return cls(params, lr=lr, weight_decay=self.config.weight_decay, betas=tuple(self.config.betas),
+                       eps=self.config.eps, capturable=True, **fused)
+        return cls(params, lr=self.config.lr, weight_decay=self.config.weight_decay, betas=tuple(self.config.betas),
+                   eps=self.config.eps, **fused)
 
     def _step_fn(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler):
         """One optimiser step on a device batch: ``(batch, labels) -> (loss, parts)``, all detached tensors,
