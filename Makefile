@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/audio.py
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/emoasst.py
+	$(BIN)/python bench/emotionclip.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench

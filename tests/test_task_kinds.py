@@ -292,3 +292,68 @@ def test_a_head_whose_features_depend_on_its_classes_does_not_transfer_to_other_
     other.classes = ["p", "q", "r"]
     with pytest.raises(CheckpointError, match="depend on its classes"):
         load_checkpoint(tmp_path / "lin" / "0", other, transfer=True)
+
+
+# --- large arrays a head asks for --------------------------------------------------------------------
+
+
+@dataclass
+class TokenConfig(TrainConfig):
+    epochs: int = 2
+    batch_size: int = 4
+    eval_batch_size: int = 4
+    lr: float = 1e-2
+
+    def modalities(self) -> tuple[str, ...]:
+        return ("clip",)
+
+    def large_arrays(self) -> tuple[str, ...]:
+        return ("clip/tokens",)
+
+
+class TokenHead(TorchHead):
+    """Classifies the mean of its items' stored tokens: it must read them per batch."""
+
+    batches: list[int] = []
+
+    def build_module(self, data):
+        from emo.cache.lazy import ShardedArray
+
+        assert isinstance(data.arrays["clip/tokens"], ShardedArray)  # never read whole
+        return nn.Linear(data.arrays["clip/tokens"].shape[-1], len(self.classes))
+
+    def inputs(self, data, idx, train, generator):
+        from emo.cache.data import take_items
+
+        tokens = take_items(data.arrays["clip/tokens"], idx)  # [B, L, W] read from the shards
+        TokenHead.batches.append(len(idx))
+        return {"x": tokens.float().mean(1)}
+
+    def loss(self, batch, labels):
+        return F.cross_entropy(self.module(batch["x"]), labels), {}
+
+    def scores(self, batch):
+        return self.module(batch["x"])
+
+
+register_head("toy-tokens", TokenConfig, TokenHead, "test-only head reading clip/tokens per batch")
+
+
+def test_a_head_that_asks_for_tokens_gets_per_batch_reads_from_the_shards(tmp_path):
+    from emo.heads.runs import train_from_cache
+    from tests.cachetools import make_manifest, write_set
+
+    m = make_manifest(tmp_path, n=18)
+    g = np.random.default_rng(0)
+    values = {it.id: {"clip/cls": g.standard_normal((2, 1, 1, 8)).astype(np.float16),
+                      "clip/tokens": (g.standard_normal((5, 6)) + (it.label == "a")).astype(np.float16)}
+              for it in m.items}
+    write_set(tmp_path, {"modality": "clip", "model": "fake", "weights": {"kind": "pretrained", "tag": "x"}},
+              values, shard_size=4)
+    TokenHead.batches.clear()
+    res = train_from_cache("toy-tokens", tmp_path, split="toy:0", out=tmp_path / "run")
+    assert res.folds["0"]["n"] == 6 and TokenHead.batches and max(TokenHead.batches) <= 4
+    with pytest.raises(Exception, match="clip/pixels"):
+        from emo.cache.loader import load_features
+
+        load_features(tmp_path, large=("clip/pixels",))

@@ -49,6 +49,7 @@ def load_features(
     split: str | None = None,
     arrays: list[str] | None = None,
     modalities: tuple[str, ...] = (),
+    large: tuple[str, ...] = (),
 ) -> FeatureData:
     """Features of every item ok in all chosen feature sets, in manifest order.
 
@@ -59,7 +60,8 @@ def load_features(
     pixels). Ragged arrays come as ``RaggedArray``, named large ones as a ``ShardedArray`` that has read
     nothing (see the module doc). ``modalities``: with no ``feature_sets`` named, take the one set of
     each of these modalities (a head's needs, e.g. ``("clip", "audio")``) instead of requiring the cache
-    to hold a single set.
+    to hold a single set. ``large``: with ``arrays`` None, also these large arrays (as ``ShardedArray``
+    views: a head's ``large_arrays()``); each must be in a chosen set.
     """
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir / "manifest.jsonl")
@@ -68,14 +70,14 @@ def load_features(
     present: set[str] | None = None
     per_set: list[tuple[dict[str, int], dict[str, np.ndarray | RaggedArray | ShardedArray]]] = []
     for fs in sets:
-        index, data = _load_set(fs, _names_for(fs, arrays, len(sets)))
+        index, data = _load_set(fs, _names_for(fs, arrays, len(sets)), large if arrays is None else ())
         clash = set(data) & set(loaded)
         if clash:
             raise FeatureSetError(f"arrays {sorted(clash)} come from more than one feature set; choose one")
         loaded.update(data)
         per_set.append((index, data))
         present = set(index) if present is None else present & set(index)
-    unknown = [n for n in arrays or [] if n not in loaded]
+    unknown = [n for n in [*(arrays or []), *(large if arrays is None else ())] if n not in loaded]
     if unknown:
         raise FeatureSetError(f"no chosen feature set has array(s) {unknown} (sets: {', '.join(s.name for s in sets)})")
     order = [it for it in manifest.items if it.id in (present or set())]
@@ -160,7 +162,7 @@ def _choose_sets(cache_dir: Path, names: list[str] | None, modalities: tuple[str
 
 
 def _load_set(
-    fs: FeatureSet, names: list[str] | None
+    fs: FeatureSet, names: list[str] | None, also_large: tuple[str, ...] = ()
 ) -> tuple[dict[str, int], dict[str, np.ndarray | RaggedArray | ShardedArray]]:
     """(id -> row, name -> [n_ok, ...], a RaggedArray or a ShardedArray of n_ok items) over the finished
     shards of one set. Large arrays are not read: only their ok rows, item shape and dtype are noted."""
@@ -175,7 +177,8 @@ def _load_set(
         with open_shard(fs.shard_path(k)) as f:
             shard_ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
             keep = np.array([status.get(i) == "ok" for i in shard_ids], dtype=bool)
-            wanted = names if names is not None else [n for n in array_names(f) if n not in LARGE_ARRAYS]
+            wanted = names if names is not None else [
+                n for n in array_names(f) if n not in LARGE_ARRAYS or n in also_large]
             for name in wanted:
                 if name not in f:
                     if names is not None:

@@ -125,6 +125,7 @@ class EmotionCLIPHead(TorchHead):
 
     task = "retrieval"
     class_free = True  # the video embedding never sees a class name
+    static_batches = True  # [B, T, D] frames, [B, D] text, [B, 7] sentiment: on CUDA the step is one graph
 
     def _segments(self, data: FeatureData) -> int:
         """Frames taken per clip: ``frames`` evenly from the cache's M segments, or all M when the cache

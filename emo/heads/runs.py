@@ -64,6 +64,7 @@ __all__ = [
     "cache_folds",
     "read_run_result",
     "needed_modalities",
+    "needed_large_arrays",
     "stratified_holdout",
     "seed_everything",
     "format_results_table",
@@ -207,6 +208,13 @@ def needed_modalities(config) -> tuple[str, ...]:
     return (feature.split("/", 1)[0],) if isinstance(feature, str) and "/" in feature else ()
 
 
+def needed_large_arrays(config) -> tuple[str, ...]:
+    """The large arrays (``clip/tokens``, ``clip/pixels``) a head config reads: its ``large_arrays()``
+    method, else none. They load as views read per batch (``emo.cache.data.take_items``)."""
+    own = getattr(config, "large_arrays", None)
+    return tuple(own()) if callable(own) else ()
+
+
 def run_label(name: str, config) -> str:
     """A run's row name in reports: the config's ``label()`` when it has one (e.g. ``VFM + prompt``),
     else the head's name."""
@@ -234,13 +242,15 @@ def describe_encoder(meta: dict) -> str:
 
 
 def cache_folds(
-    cache: str | os.PathLike, split: str, feature_sets: list[str] | None, modalities: tuple[str, ...] = ()
+    cache: str | os.PathLike, split: str, feature_sets: list[str] | None, modalities: tuple[str, ...] = (),
+    large: tuple[str, ...] = (),
 ) -> tuple[list[str], Loader, FeatureData]:
-    """Read the cache once; return the folds of ``split`` and a loader setting each fold's roles."""
+    """Read the cache once (``large`` arrays as per-batch views); return the folds of ``split`` and a
+    loader setting each fold's roles."""
     manifest = read_manifest(Path(cache) / "manifest.jsonl")
     scheme, fold = parse_split(split)
     folds = manifest.folds(scheme) if fold == "all" else [fold]
-    data = load_features(cache, feature_sets=feature_sets, modalities=modalities)
+    data = load_features(cache, feature_sets=feature_sets, modalities=modalities, large=large)
 
     def load(f: str) -> FeatureData:
         return set_roles(dataclasses.replace(data), manifest, f"{scheme}:{f}")  # shallow copy, own roles
@@ -263,7 +273,7 @@ def train_from_cache(
 ) -> RunResult:
     """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``)."""
     config = get_head(name).config(overrides)  # a typo in an option fails before the cache is read
-    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config))
+    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config))
     return train_head(name, load, folds=folds, out=out, overrides=overrides, val_fraction=val_fraction,
                       seed=seed, command=command, cache=cache)
 
@@ -300,8 +310,8 @@ def evaluate_run(
     scheme = s["split"].partition(":")[0].split(" ")[0]
     split = split or (f"{scheme}:all" if len(s["folds"]) > 1 else s["split"])
     spec = get_head(s["head"])
-    needs = needed_modalities(spec.config(s.get("config") or {}))
-    folds, load, _ = cache_folds(cache, split, feature_sets, needs)
+    config = spec.config(s.get("config") or {})
+    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config))
     missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
     if missing:
         raise ValueError(f"{run} has no checkpoint for fold(s) {missing} of {split}; it holds {s['folds']}")

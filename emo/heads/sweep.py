@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .registry import SUMMARY_FILE, get_head
-from .runs import RunResult, cache_folds, needed_modalities, read_run_result, train_head
+from .runs import RunResult, cache_folds, needed_large_arrays, needed_modalities, read_run_result, train_head
 
 __all__ = ["parse_grid", "grid_cells", "cell_name", "sweep_from_cache"]
 
@@ -81,7 +81,8 @@ def sweep_from_cache(
     cells = grid_cells(parse_grid(grid))
     configs = [spec.config({**(overrides or {}), **cell}) for cell in cells]
     needs = tuple(dict.fromkeys(m for c in configs for m in needed_modalities(c)))
-    folds, load, _ = cache_folds(cache, split, feature_sets, needs)
+    large = tuple(dict.fromkeys(a for c in configs for a in needed_large_arrays(c)))
+    folds, load, _ = cache_folds(cache, split, feature_sets, needs, large)
     out = Path(out)
     results = []
     for k, cell in enumerate(cells, 1):
