@@ -357,3 +357,81 @@ def test_a_head_that_asks_for_tokens_gets_per_batch_reads_from_the_shards(tmp_pa
         from emo.cache.loader import load_features
 
         load_features(tmp_path, large=("clip/pixels",))
+
+
+# --- captioning ----------------------------------------------------------------------------------------
+
+needs_java = pytest.mark.skipif(__import__("shutil").which("java") is None, reason="pycocoevalcap needs Java")
+
+
+@needs_java
+def test_caption_metrics_are_one_for_a_copy_and_zero_for_disjoint_words():
+    from emo.heads.metrics import caption_metrics
+
+    refs = [["a man smiles at the camera happily"], ["a woman frowns and shouts in anger"],
+            ["two children laugh in the park together"]]
+    same = caption_metrics(refs, [r[0] for r in refs])
+    assert same["bleu4"] == pytest.approx(1.0, abs=1e-6) and same["rouge_l"] == pytest.approx(1.0)
+    assert same["meteor"] > 0.9 and same["cider"] > 1.0 and same["n"] == 3
+    other = caption_metrics(refs, ["zebra quantum", "violet engine", "purple glacier"])
+    assert other["bleu4"] < 1e-6 and other["rouge_l"] == 0.0 and other["cider"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="no reference caption"):
+        caption_metrics([["x"], []], ["x", "y"])
+
+
+@dataclass
+class NearestCaptionConfig:
+    feature: str = "clip/cls"
+
+
+class NearestCaption:
+    """Captions an item with the reference of its nearest train item (mean-pooled features, cosine):
+    a real captioner for the captioning kind's evaluation path."""
+
+    task = "captioning"
+    needs_data = False
+
+    def __init__(self, config, classes):
+        self.config, self.classes, self.selected = config, list(classes), {}
+        self.keys, self.captions = None, []
+
+    def prepare(self, data):
+        pass
+
+    def _pool(self, data):
+        return F.normalize(data.arrays[self.config.feature].float().mean(dim=(1, 2, 3)), dim=-1)
+
+    def fit(self, train, val=None, log=None):
+        self.keys, self.captions = self._pool(train), [t[0] for t in train.texts]
+
+    def generate(self, data):
+        nearest = (self._pool(data) @ self.keys.T).argmax(1)
+        return [self.captions[int(k)] for k in nearest]
+
+    def caption_metrics(self, data, captions):
+        return {"exact": float(np.mean([c in refs for c, refs in zip(captions, data.texts, strict=True)]))}
+
+    def state_dict(self):
+        return {"keys": self.keys}
+
+    def load_state_dict(self, state):
+        self.keys = state["keys"]
+
+
+register_head("toy-captioner", NearestCaptionConfig, NearestCaption, "test-only nearest-neighbour captioner")
+
+
+@needs_java
+def test_a_captioning_run_scores_its_captions_and_reports_them_in_their_own_table(tmp_path):
+    fd, _ = make_features()
+    words = {0: "a person smiles warmly", 1: "someone shouts in anger", 2: "a face falls into sadness"}
+    fd.texts = [[words[int(y)]] for y in fd.labels]
+    fd.labels = torch.full((len(fd),), -1, dtype=torch.int64)  # captions, no class labels
+    res = train_head("toy-captioner", fd, out=tmp_path / "runs" / "cap")
+    metrics = json.loads((tmp_path / "runs" / "cap" / "0" / "metrics.json").read_text())
+    assert res.task == "captioning" and metrics["evaluated_on"] == "test" and metrics["n"] == 20
+    assert metrics["exact"] > 0.8 and metrics["bleu4"] > 0.7  # the classes are easy to tell apart
+    rows = (tmp_path / "runs" / "cap" / "0" / "captions.csv").read_text().splitlines()
+    assert rows[0] == "id,generated,references" and len(rows) == 21
+    text = report_runs(tmp_path / "runs")
+    assert text.splitlines()[0] == "| head | split | BLEU-4 | METEOR | ROUGE-L | CIDEr |"

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-__all__ = ["classification_metrics", "retrieval_metrics", "plot_confusion", "mean_std", "SCALAR_METRICS",
-           "RETRIEVAL_METRICS", "lower_is_better"]
+__all__ = ["classification_metrics", "retrieval_metrics", "caption_metrics", "plot_confusion", "mean_std",
+           "SCALAR_METRICS", "RETRIEVAL_METRICS", "CAPTION_METRICS", "lower_is_better"]
 
 SCALAR_METRICS = ("top1", "macro_f1", "weighted_f1", "uar", "war")
 RETRIEVAL_METRICS = ("r1", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_meanr",
                      "t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_meanr")
+CAPTION_METRICS = ("bleu4", "meteor", "rouge_l", "cider")
 _LOWER_IS_BETTER = ("loss", "medr", "meanr")
 
 
@@ -111,6 +112,48 @@ def retrieval_metrics(video: np.ndarray | torch.Tensor, text: np.ndarray | torch
     out["r1"] = (out["v2t_r1"] + out["t2v_r1"]) / 2
     out["ranks"] = ranks
     return out
+
+
+def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
+    """BLEU-4, METEOR, ROUGE-L and CIDEr (corpus scores of ``pycocoevalcap``, as the captioning papers
+    report them, fractions) of one generated caption per item against all of that item's references.
+
+    Both sides go through pycocoevalcap's PTB tokenizer (lower case, punctuation dropped); the tokenizer
+    and METEOR run Java, so a machine without it raises ``RuntimeError`` saying so. CIDEr's document
+    frequencies come from the references of the scored items, as in the COCO evaluation.
+    """
+    import contextlib
+    import io
+    import shutil
+
+    if len(references) != len(candidates):
+        raise ValueError(f"{len(candidates)} captions for {len(references)} items")
+    if not candidates:
+        raise ValueError("no items to score")
+    empty = [i for i, refs in enumerate(references) if not refs]
+    if empty:
+        raise ValueError(f"{len(empty)} items have no reference caption (first: item {empty[0]})")
+    if shutil.which("java") is None:
+        raise RuntimeError("captioning metrics need Java (pycocoevalcap's PTB tokenizer and METEOR): install a JRE")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
+    res = {i: [{"caption": c}] for i, c in enumerate(candidates)}
+    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their progress
+        tok = PTBTokenizer()
+        gts, res = tok.tokenize(gts), tok.tokenize(res)
+        bleu = Bleu(4).compute_score(gts, res)[0][3]
+        meteor = Meteor()  # a Java process, ended when the scorer is collected
+        met = meteor.compute_score(gts, res)[0]
+        del meteor
+        rouge = Rouge().compute_score(gts, res)[0]
+        cider = Cider().compute_score(gts, res)[0]
+    return {"n": len(candidates), "bleu4": float(bleu), "meteor": float(met), "rouge_l": float(rouge),
+            "cider": float(cider)}
 
 
 def plot_confusion(cm, classes: list[str], path: str | os.PathLike, title: str = "") -> Path:

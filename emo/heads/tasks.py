@@ -12,7 +12,13 @@ run is scored on, what ``metrics.json`` holds, which metrics ``summary.json`` av
   pre-training split may have no test items: the run is then scored on its validation part (official,
   or ``--val-fraction``) and ``metrics.json`` says ``"evaluated_on": "val"``.
 
-A new kind (captioning, with ECPA) is one more :class:`Task` in ``TASKS``.
+- ``captioning`` (generated text against the items' reference captions, ``data.texts``): BLEU-4, METEOR,
+  ROUGE-L, CIDEr through pycocoevalcap (``metrics.caption_metrics``; Java needed), plus what the head
+  adds with ``caption_metrics(data, captions)`` (e.g. the emotion accuracy of its captions);
+  ``captions.csv``. A head of this kind implements ``generate(data) -> list[str]``, one caption per item.
+  Like retrieval it needs no class labels, and a split without test items is scored on its val part.
+
+A new kind is one more :class:`Task` in ``TASKS``.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ import numpy as np
 from emo.cache.data import FeatureData
 
 from .metrics import (
+    CAPTION_METRICS,
     RETRIEVAL_METRICS,
     SCALAR_METRICS,
+    caption_metrics,
     classification_metrics,
     plot_confusion,
     retrieval_metrics,
@@ -106,6 +114,30 @@ def _evaluate_retrieval(head, data: FeatureData) -> Evaluation:
     return Evaluation(metrics, np.asarray(video, dtype=np.float32), write)
 
 
+def _evaluate_captioning(head, data: FeatureData) -> Evaluation:
+    captions = list(head.generate(data))  # one per item
+    if len(captions) != len(data):
+        raise ValueError(f"{type(head).__name__}.generate gave {len(captions)} captions for {len(data)} items")
+    missing = [i for i, refs in zip(data.ids, data.texts or [[]] * len(data), strict=True) if not refs]
+    if missing:
+        raise ValueError(f"{len(missing)} scored items have no reference caption in the manifest (first: {missing[0]})")
+    metrics = caption_metrics(data.texts, captions)
+    extra = getattr(head, "caption_metrics", None)
+    if callable(extra):
+        metrics.update(extra(data, captions))
+
+    def write(out: Path, title: str) -> None:
+        tmp = out / "captions.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "generated", "references"])
+            for item, caption, refs in zip(data.ids, captions, data.texts, strict=True):
+                w.writerow([item, caption, " ||| ".join(refs)])
+        os.replace(tmp, out / "captions.csv")
+
+    return Evaluation(metrics, None, write)
+
+
 TASKS: dict[str, Task] = {
     "classification": Task(
         name="classification",
@@ -129,6 +161,17 @@ TASKS: dict[str, Task] = {
         needs_test=False,
         val_metric="r1",
         evaluate=_evaluate_retrieval,
+    ),
+    "captioning": Task(
+        name="captioning",
+        description="generated captions against the items' reference captions",
+        metrics=CAPTION_METRICS,
+        columns=(("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr")),
+        percent=frozenset(CAPTION_METRICS),
+        needs_labels=False,
+        needs_test=False,
+        val_metric="cider",
+        evaluate=_evaluate_captioning,
     ),
 }
 
