@@ -10,7 +10,11 @@ Weights policy, strict:
 - ``weights="pretrained"`` with ``pretrained=TAG`` downloads through open_clip as usual;
 - ``checkpoint=PATH`` (wins over the tag) loads a local file: an open_clip checkpoint, a plain
   ``state_dict``, a ``.safetensors`` file or OpenAI's TorchScript ``.pt``, always strictly; a file made
-  by ``emo extract convert-emotionclip`` also brings the mean/std its weights were trained with;
+  by ``emo extract convert-emotionclip`` also brings the mean/std its weights were trained with.
+  No checkpoint runs code: pickles are read ``weights_only`` (tensors and plain containers only), a
+  TorchScript archive is opened by ``torch.jit.load`` (no Python unpickling) and only its tensors are
+  kept, and open_clip is handed nothing it would unpickle freely. The same holds for a checkpoint
+  that a feature set's ``config.json`` names and heads rebuild (its path is data, never a trust grant);
 - ``weights="random"`` builds the architecture with random init under a fixed seed, and only then.
 Any load failure raises ``WeightsError`` naming both ``--pretrained`` and ``--checkpoint``; a model
 that failed to load is never replaced by random weights.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,11 +138,28 @@ def register_tiny_model() -> str:
 
 
 def _is_torchscript(path: Path) -> bool:
-    """OpenAI's original ``.pt`` files are TorchScript archives (a zip with ``constants.pkl``)."""
+    """OpenAI's original ``.pt`` files are TorchScript archives (a zip whose root folder holds
+    ``constants.pkl``, torch's own test). A file that only looks like one fails in ``torch.jit.load``;
+    nothing is ever unpickled freely because of this answer."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
-        return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
+        return any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in z.namelist())
+
+
+_TORCHSCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # OpenAI's archives hold these too
+
+
+def _torchscript_weights(path: Path, folder: Path) -> Path:
+    """The tensors of a TorchScript archive as ``folder/weights.safetensors`` (what open_clip then reads
+    without unpickling). ``torch.jit.load`` restores TorchScript modules, not arbitrary Python objects."""
+    from safetensors.torch import save_file
+
+    module = torch.jit.load(str(path), map_location="cpu")
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items() if k not in _TORCHSCRIPT_EXTRAS}
+    out = folder / "weights.safetensors"
+    save_file(state, str(out))
+    return out
 
 
 def build_model(spec: ClipSpec) -> torch.nn.Module:
@@ -165,8 +187,7 @@ def build_model(spec: ClipSpec) -> torch.nn.Module:
             raise WeightsError(
                 f"could not load {what} for {spec.model}: no such file. {_weights_hint(spec.model)}"
             )
-        # TorchScript archives are read by torch.jit.load (no arbitrary unpickling); all else weights_only.
-        kwargs = {"pretrained": str(path), "weights_only": not _is_torchscript(path)}
+        kwargs = {"pretrained": str(path), "weights_only": True}  # open_clip never unpickles freely
     elif spec.pretrained:
         what = f"--pretrained {spec.pretrained}"
         tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
@@ -175,7 +196,10 @@ def build_model(spec: ClipSpec) -> torch.nn.Module:
     else:
         raise WeightsError(f"no weights named for {spec.model}. {_weights_hint(spec.model)}")
     try:
-        model, _, _ = open_clip.create_model_and_transforms(spec.model, **kwargs, **common)
+        with tempfile.TemporaryDirectory(prefix="emo-weights-") as tmp:  # private (0700): ours alone
+            if spec.source == "checkpoint" and _is_torchscript(path):  # OpenAI's .pt: its tensors only
+                kwargs["pretrained"] = str(_torchscript_weights(path, Path(tmp)))
+            model, _, _ = open_clip.create_model_and_transforms(spec.model, **kwargs, **common)
     except Exception as e:  # any failure to get or read the weights stops the run, with both options named
         raise WeightsError(
             f"could not load {what} for {spec.model}: {str(e).rstrip('.')}. {_weights_hint(spec.model)}"
