@@ -26,7 +26,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from emo.cache.featureset import FeatureSetError
     from emo.cache.manifest import ManifestError
 
-    errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError, ImportError]
+    errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError, ImportError,
+                                         FloatingPointError]
     try:
         from emo.encoders.clip import WeightsError
         from emo.extract.cluster import ClusterError

@@ -86,6 +86,8 @@ def heads_train(
         val_fraction=val_fraction, seed=seed, command=sys.argv,
     )
     typer.echo(result.table())
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @heads_app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -134,6 +136,8 @@ def _stacked_run(name: str, cache: Path, runs: dict[str, Path | None], split: st
         val_fraction=val_fraction, seed=seed, command=sys.argv,
     )
     typer.echo(result.table())
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"run: {out}")
 
 

@@ -227,6 +227,10 @@ class CacheClassifierHead(Head):
         per_class = np.bincount(cache.labels.numpy(), minlength=len(self.classes)).tolist()
         log({"step": "cache", "shots": cfg.shots, "keys": len(shots), "per_class": per_class, "views": cfg.views})
         self.selected = {"shot_ids": list(cache.ids), "per_class": per_class}
+        short = {c: k for c, k in zip(self.classes, per_class, strict=True) if cfg.shots and k < cfg.shots}
+        if short:  # the row is not the K-shot the label names for these classes: say so
+            self.warnings.append(f"--shots {cfg.shots}: " + ", ".join(f"{c} has {k}" for c, k in short.items())
+                                 + " train item(s); the cache holds all of them")
         if cfg.finetune_keys and cfg.ft_epochs:
             self._finetune(cache, views, log)
         if cfg.search == "val":

@@ -12,13 +12,12 @@ encoder (``registry.encoder_identity``), from the run's one fold (or the fold di
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from emo.cache.data import FeatureData
 from emo.cache.manifest import parse_split
 
-from .registry import CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE, Head, get_head, load_checkpoint
+from .registry import CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE, Head, get_head, load_checkpoint, read_json
 
 __all__ = ["fold_dir", "fold_config", "load_run_head", "run_summary", "run_modalities", "run_split", "run_feature_sets",
            "is_transfer", "run_source"]
@@ -30,8 +29,7 @@ def run_summary(run: str | Path) -> dict:
     candidates = [run / SUMMARY_FILE] + ([run.parent / SUMMARY_FILE] if (run / WEIGHTS_FILE).exists() else [])
     for p in candidates:
         if p.is_file():
-            with open(p, encoding="utf-8") as f:
-                return json.load(f)
+            return read_json(p)
     raise FileNotFoundError(f"{run} is not a run directory (no summary.json): train it with `emo heads train`")
 
 
@@ -115,5 +113,4 @@ def run_split(run: str | Path) -> str:
 
 
 def fold_config(run: str | Path, fold: str) -> dict:
-    with open(fold_dir(run, fold) / CONFIG_FILE, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(fold_dir(run, fold) / CONFIG_FILE)

@@ -44,6 +44,7 @@ __all__ = [
     "check_features",
     "encoder_identity",
     "checkpoint_record",
+    "read_json",
     "register_head",
     "get_head",
     "list_heads",
@@ -95,6 +96,7 @@ class Head(ABC):
         self.config = config
         self.classes = list(classes)
         self.selected: dict[str, Any] = {}
+        self.warnings: list[str] = []  # what a run must say about its result (e.g. fewer shots than asked)
 
     def prepare(self, data: FeatureData) -> None:  # noqa: B027 - optional hook, no-op by default
         """Build what depends on the features (sizes, frozen encoders named by their provenance);
@@ -140,6 +142,21 @@ class HeadSpec:
 
 
 _HEADS: dict[str, HeadSpec] = {}
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document in ``path``; a missing, unreadable or malformed file raises an error naming it
+    (``FileNotFoundError`` / ``ValueError``), never a bare decoder traceback."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def register_head(
@@ -195,8 +212,7 @@ def head_preset(name: str, preset: str, preset_dir: Path = HEAD_PRESET_DIR) -> d
     if not path.is_file():
         have = sorted(p.stem for p in (preset_dir / name).glob("*.json"))
         raise ValueError(f"no preset {preset!r} for head {name!r} ({path}); presets: {', '.join(have) or 'none'}")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json(path)
     if not isinstance(data, dict) or set(data) - {"description", "overrides"} or not isinstance(data.get("overrides"), dict):
         raise ValueError(f"{path}: a head preset is {{\"description\": ..., \"overrides\": {{field: value}}}}")
     get_head(name).config(data["overrides"])  # unknown or ill-typed fields fail here, naming the file's field
@@ -334,8 +350,9 @@ def save_checkpoint(
 def checkpoint_record(directory: str | os.PathLike) -> dict:
     """The ``config.json`` of a checkpoint directory, checked to be one."""
     directory = Path(directory)
-    with open(directory / CONFIG_FILE, encoding="utf-8") as f:
-        record = json.load(f)
+    record = read_json(directory / CONFIG_FILE)
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not a head checkpoint's config (not a JSON object)")
     for field in ("head", "config", "classes", "cache_keys"):
         if field not in record:
             raise CheckpointError(f"{directory / CONFIG_FILE} has no {field!r}; not a head checkpoint")
@@ -359,8 +376,18 @@ def load_checkpoint(directory: str | os.PathLike, data: FeatureData | None = Non
             f"{directory}: a {record['head']} head rebuilds its frozen parts from the features it was "
             "trained on; load it with those features (load_checkpoint(directory, data))"
         )
-    head.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    head.load_state_dict(_read_weights(directory / WEIGHTS_FILE))
     return head
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors (safetensors: no code runs); a missing or malformed file names itself."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (a checkpoint directory holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for a damaged or foreign file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(e).strip()[:200]})") from None
 
 
 def encoder_identity(meta: dict) -> dict:

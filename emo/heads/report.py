@@ -11,14 +11,13 @@ under the tables.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
 
-from .registry import EMBEDDINGS_FILE, SUMMARY_FILE
+from .registry import EMBEDDINGS_FILE, SUMMARY_FILE, read_json
 from .tasks import TASKS, get_task
 
 __all__ = ["RANDOM_BANNER", "format_results_table", "report_runs", "tsne_plot"]
@@ -85,8 +84,7 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
         raise FileNotFoundError(f"no runs under {path} (a run directory holds {SUMMARY_FILE})")
     rows, notes, run_notes = [], [], []
     for p in found:
-        with open(p, encoding="utf-8") as f:
-            s = json.load(f)
+        s = read_json(p)
         if s.get("paper_features"):  # name the run's own encoders beside the paper's
             own = "; ".join(s.get("encoders", {}).values()) or "unknown"
             notes.append(f"- {s.get('label', s['head'])} ({p.parent.name}): features from {own}. "
@@ -100,6 +98,7 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
             src = s["source_run"]
             run_notes.append(f"- {name} ({p.parent.name}): features of run {src.get('run')} (head {src.get('head')}, "
                          f"trained on {src.get('dataset')} {src.get('split')}), transferred.")
+        run_notes += [f"- {name} ({p.parent.name}): warning: {w}" for w in s.get("warnings", [])]
         row = {"name": name, "split": s["split"], "random_weights": s["random_weights"], "task": task.name,
                **{m: s["summary"][m] for m in task.metrics}}
         if tsne:

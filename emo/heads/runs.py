@@ -51,10 +51,12 @@ from .registry import (
     config_to_dict,
     get_head,
     load_checkpoint,
+    read_json,
     save_checkpoint,
 )
 from .report import RANDOM_BANNER, format_results_table, report_runs
 from .tasks import get_task
+from .train import TrainConfig, check_train_config
 
 __all__ = [
     "RunResult",
@@ -88,6 +90,7 @@ class RunResult:
     summary: dict  # mean_std over the folds
     random_weights: bool
     task: str = "classification"
+    warnings: list[str] = dataclasses.field(default_factory=list)  # what the run must say about its result
 
     def row(self) -> dict:
         """One row for :func:`format_results_table`."""
@@ -144,6 +147,8 @@ def train_head(
     """
     spec = get_head(name)
     config = spec.config(overrides)
+    if isinstance(config, TrainConfig):
+        check_train_config(config)  # before anything is written
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if isinstance(data, FeatureData):
@@ -157,6 +162,8 @@ def train_head(
         if not folds:
             raise ValueError("train_head with a loader needs the folds to run")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a run directory")
     for path in [out / SUMMARY_FILE] + [out / f / "metrics.json" for f in folds]:
         if path.exists():
             raise ValueError(f"{path.parent} already holds a run; choose another output directory")
@@ -170,7 +177,8 @@ def train_head(
     summary = mean_std(list(per_fold.values()), task.metrics)
     split = first.split if len(folds) == 1 else f"{first.split.partition(':')[0]} ({len(folds)} folds)"
     label = label or run_label(name, config)
-    result = RunResult(label, split, out, per_fold, summary, first.random_weights, task.name)
+    result = RunResult(label, split, out, per_fold, summary, first.random_weights, task.name,
+                       [f"{f}: {w}" for f, m in per_fold.items() for w in m.get("warnings", [])])
     sources = {f: m["source_run"] for f, m in per_fold.items() if m.get("source_run")}
     write_json_atomic(out / SUMMARY_FILE, {
         "head": name,
@@ -192,6 +200,7 @@ def train_head(
         "emo_version": __version__,
         "per_fold": {f: {m: v[m] for m in task.metrics} for f, v in per_fold.items()},
         "evaluated_on": sorted({v.get("evaluated_on", "test") for v in per_fold.values()}),
+        **({"warnings": result.warnings} if result.warnings else {}),
         **({"source_run": next(iter(sources.values()))} if sources else {}),
         "summary": summary,
     })
@@ -243,17 +252,36 @@ def describe_encoder(meta: dict) -> str:
 
 def cache_folds(
     cache: str | os.PathLike, split: str, feature_sets: list[str] | None, modalities: tuple[str, ...] = (),
-    large: tuple[str, ...] = (),
+    large: tuple[str, ...] = (), allow_partial: bool = False,
 ) -> tuple[list[str], Loader, FeatureData]:
     """Read the cache once (``large`` arrays as per-batch views); return the folds of ``split`` and a
-    loader setting each fold's roles."""
+    loader setting each fold's roles.
+
+    Partial data never trains in silence: a fold whose split names items that have no features (failed
+    or not extracted yet in a chosen set) is refused with how many and which, unless ``allow_partial``;
+    then the fold's features say what was left out (``FeatureData.incomplete["split"]``), and runs
+    record it.
+    """
     manifest = read_manifest(Path(cache) / "manifest.jsonl")
     scheme, fold = parse_split(split)
     folds = manifest.folds(scheme) if fold == "all" else [fold]
-    data = load_features(cache, feature_sets=feature_sets, modalities=modalities, large=large)
+    data = load_features(cache, feature_sets=feature_sets, modalities=modalities, large=large,
+                         **({"partial": True} if allow_partial else {}))
+    have = set(data.ids)
 
     def load(f: str) -> FeatureData:
-        return set_roles(dataclasses.replace(data), manifest, f"{scheme}:{f}")  # shallow copy, own roles
+        fd = set_roles(dataclasses.replace(data), manifest, f"{scheme}:{f}")  # shallow copy, own roles
+        missing = [it.id for it in manifest.items if it.splits.get(scheme, {}).get(f) and it.id not in have]
+        if missing and not allow_partial:
+            sets = ", ".join(fd.feature_sets)
+            raise ValueError(
+                f"split {scheme}:{f}: {len(missing)} of its items have no features in {sets} (first: "
+                f"{', '.join(missing[:5])}): they failed or are not extracted yet (see each set's failures.jsonl "
+                "and `emo cache ls`); pass --allow-partial to train and score on the rest"
+            )
+        if missing:
+            fd.incomplete = {**getattr(fd, "incomplete", {}), "split": {"items": len(missing), "first": missing[:20]}}
+        return fd
 
     load(folds[0])  # an unknown scheme or fold fails here, before anything is trained
     return folds, load, data
@@ -279,12 +307,8 @@ def train_from_cache(
 
 
 def read_run_result(run: Path) -> RunResult:
-    with open(run / SUMMARY_FILE, encoding="utf-8") as f:
-        s = json.load(f)
-    folds = {}
-    for fold in s["folds"]:
-        with open(run / fold / "metrics.json", encoding="utf-8") as f:
-            folds[fold] = json.load(f)
+    s = read_json(run / SUMMARY_FILE)
+    folds = {fold: read_json(run / fold / "metrics.json") for fold in s["folds"]}
     return RunResult(s.get("label", s["head"]), s["split"], run, folds, s["summary"], s["random_weights"],
                      s.get("task", "classification"))
 
@@ -302,8 +326,7 @@ def evaluate_run(
     run = Path(run)
     if not (run / SUMMARY_FILE).exists():
         raise FileNotFoundError(f"{run} is not a run directory (no {SUMMARY_FILE})")
-    with open(run / SUMMARY_FILE, encoding="utf-8") as f:
-        s = json.load(f)
+    s = read_json(run / SUMMARY_FILE)
     cache = cache or s.get("cache")
     if not cache:
         raise ValueError(f"{run} does not record its cache; pass --cache")
@@ -324,8 +347,7 @@ def evaluate_run(
         head = load_checkpoint(run / fold, fd)
         scored, evaluated_on = fd.role("test"), "test"
         if len(scored) == 0 and not task.needs_test:  # a pre-training run: its held-out part again
-            with open(run / fold / "config.json", encoding="utf-8") as f:
-                held = set(json.load(f).get("val_ids") or [])
+            held = set(read_json(run / fold / "config.json").get("val_ids") or [])
             scored, evaluated_on = fd.select([i in held for i in fd.ids]), "val"
         if len(scored) == 0:
             raise ValueError(f"split {fd.split!r} has no test items to evaluate {run} on")
@@ -334,6 +356,15 @@ def evaluate_run(
     shown = first.split if len(folds) == 1 else f"{scheme} ({len(folds)} folds)"
     return RunResult(label, shown, run, per_fold, mean_std(list(per_fold.values()), task.metrics),
                      first.random_weights, task.name)
+
+
+def unlearned_classes(train: FeatureData, scored: FeatureData, classes: list[str]) -> list[str]:
+    """Warnings for classes that scored items hold but no train item does (a head cannot have learned them)."""
+    have = np.bincount(train.labels.numpy()[train.labels.numpy() >= 0], minlength=len(classes))
+    y = scored.labels.numpy()
+    seen = np.bincount(y[y >= 0], minlength=len(classes))
+    return [f"class {classes[c]!r} has {int(seen[c])} scored item(s) and no train item"
+            for c in range(len(classes)) if seen[c] and not have[c]]
 
 
 def _run_fold(
@@ -372,7 +403,10 @@ def _run_fold(
         head.fit(train, val, log=log)
     evaluation = task.evaluate(head, scored)
     source = getattr(head, "source_run", None)  # a head stacked on another run (transfer) names it
-    metrics = {**evaluation.metrics, "evaluated_on": evaluated_on, **({"source_run": source} if source else {})}
+    own = list(getattr(head, "warnings", []))
+    warnings = [*unlearned_classes(train, scored, fd.classes), *own] if task.needs_labels else own
+    metrics = {**evaluation.metrics, "evaluated_on": evaluated_on, **({"source_run": source} if source else {}),
+               **({"warnings": warnings} if warnings else {})}
     save_checkpoint(out, head, name, fd.keys, extra={
         "task": task.name,
         "dataset": fd.dataset,

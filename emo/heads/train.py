@@ -42,7 +42,7 @@ from .metrics import lower_is_better
 from .registry import Head, LogFn
 from .tasks import get_task
 
-__all__ = ["TrainConfig", "TorchHead", "resolve_device", "lr_factor", "trainable_parameters"]
+__all__ = ["TrainConfig", "TorchHead", "resolve_device", "lr_factor", "trainable_parameters", "check_train_config"]
 
 
 @dataclass
@@ -95,6 +95,22 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         span = max(total - warm, 1)
         return max(0.0, (total - step) / span)
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Refuse optimisation settings that would train nothing or nonsense (``--epochs 0`` reported an
+    untrained model), naming the option."""
+    problems = [f"--{name} must be {rule}, got {value}" for name, value, ok, rule in (
+        ("epochs", cfg.epochs, cfg.epochs >= 1, ">= 1"),
+        ("batch-size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
+        ("eval-batch-size", cfg.eval_batch_size, cfg.eval_batch_size >= 1, ">= 1"),
+        ("lr", cfg.lr, math.isfinite(cfg.lr) and cfg.lr > 0, "a positive number"),
+        ("weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
+        ("warmup-epochs", cfg.warmup_epochs, cfg.warmup_epochs >= 0, ">= 0"),
+        ("patience", cfg.patience, cfg.patience >= 0, ">= 0"),
+    ) if not ok]
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def trainable_parameters(module: nn.Module) -> int:
@@ -211,6 +227,9 @@ class TorchHead(Head):
     def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
         log = log or (lambda record: None)
         cfg = self.config
+        check_train_config(cfg)
+        if len(train) == 0:
+            raise ValueError("no train items to fit on")
         if self.module is None:
             self.prepare(train)
         labels = train.labels
@@ -263,7 +282,8 @@ class TorchHead(Head):
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
             means = {k: float(v) / n for k, v in sums.items()}  # the epoch's one wait for the device
             if not math.isfinite(means["loss"]):
-                raise FloatingPointError(f"epoch {epoch}: the training loss is {means['loss']}")
+                raise FloatingPointError(f"epoch {epoch}: the training loss is {means['loss']} (non-finite features? "
+                                         "`emo cache verify --deep` checks the cache; else lower --lr)")
             record = {"epoch": epoch, "lr": float(opt.param_groups[0]["lr"]),
                       "seconds": round(time.perf_counter() - t0, 3), **means}
             if graphed:
