@@ -109,3 +109,21 @@ def test_a_cache_classifier_with_fewer_train_items_than_shots_says_so(cache, tmp
     summary = json.loads((tmp_path / "tip" / "summary.json").read_text())
     assert any("--shots 16" in w and "has 12 train item(s)" in w for w in summary["warnings"]), summary.get("warnings")
     assert "warning:" in res.output
+
+
+def test_allow_partial_trains_on_the_finished_part_and_the_run_says_what_was_left_out(cache, tmp_path):
+    from emo.cache.featureset import list_feature_sets
+
+    clip = next(fs for fs in list_feature_sets(cache) if fs.meta.get("modality") == "clip")
+    done = sorted(clip.path.glob("shards/*.done.json"))
+    done[0].unlink()  # an unfinished shard: its items must not train in silence
+    args = ["heads", "train", "linear", str(cache), "--split", "meld:official"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "refused")])
+    assert res.exit_code == 2 and "is unfinished" in res.output and "--allow-partial" in res.output
+    assert done[0].name.replace(".done.json", ".h5") in res.output
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--allow-partial"])
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output and "partial data" in res.output
+    config = json.loads((tmp_path / "run" / "official" / "config.json").read_text())
+    assert clip.name in config["incomplete"] and config["incomplete"]["split"]["items"] > 0
+    assert "partial data" in report_runs(tmp_path / "run")

@@ -56,6 +56,7 @@ class FeatureData:
     class_prompts: list[str] = field(default_factory=list)  # the T templates behind class_text
     texts: list[list[str]] = field(default_factory=list)  # [n] the manifest's text of each item (captions; [] = none)
     speakers: list[str | None] = field(default_factory=list)  # [n] the manifest's speaker of each item
+    incomplete: dict[str, dict] = field(default_factory=dict)  # left out by a partial load_features
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -90,6 +91,7 @@ class FeatureData:
             class_prompts=self.class_prompts,
             texts=[self.texts[i] for i in idx] if self.texts else [],
             speakers=[self.speakers[i] for i in idx] if self.speakers else [],
+            incomplete=self.incomplete,
         )
 
     def role(self, name: str) -> FeatureData:

@@ -11,41 +11,84 @@ The key is the sha256 of the canonical JSON of the config. A directory whose con
 requested one is never appended to. Several processes (or hosts over NFS) may extract one feature set
 at once: the plan is extended under an exclusive lock, and each shard is claimed with an exclusive,
 non-blocking ``flock`` on its ``.claim`` file, which the kernel releases when the holder dies, so a
-crashed claim is taken over by the next run. A shard exists only once its ``.done.json`` is written.
+crashed claim is taken over by the next run. A shard exists only once its ``.done.json`` is written;
+that record carries the shard file's size and sha256, so a damaged shard is told from a good one.
+
+Integrity: a feature set is what its key says only while ``config.json`` hashes to that key and the
+directory name and every shard carry it (``config_problem``); loaders check that, each finished shard's
+size (``shard_damage``) and unfinished planned shards (``unfinished``) before using any of it.
+
+Writes in a directory the whole lab can write never follow a link they did not make: records are
+written to a fresh temporary file (``create_temp``: ``O_EXCL | O_NOFOLLOW``) and renamed, appends
+(``failures.jsonl``) and lock files are opened ``O_NOFOLLOW`` and must be regular files, else
+``UnsafeFileError``. Files are created with mode ``0o666`` less the umask, so the usual umask leaves
+them readable by the lab.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .shard import SCHEMA_VERSION
+from .shard import SCHEMA_VERSION, create_temp, file_digest
 
 __all__ = [
     "config_is_random",
     "FeatureSetError",
+    "IncompleteFeatureSetError",
+    "UnsafeFileError",
     "FeatureSet",
+    "append_line",
     "config_key",
     "feature_set_name",
     "list_feature_sets",
     "open_feature_set",
     "write_json_atomic",
+    "write_text_atomic",
 ]
 
 _NOT_KEYED = ("key", "name", "created", "notes")  # bookkeeping, not part of the key
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_LISTED = 3  # unfinished shard files named in an IncompleteFeatureSetError
 
 
 class FeatureSetError(RuntimeError):
-    """A feature set is missing, ambiguous, or does not match the requested configuration."""
+    """A feature set is missing, ambiguous, damaged, or does not match the requested configuration."""
+
+
+class IncompleteFeatureSetError(FeatureSetError):
+    """Chosen feature sets have planned shards without a ``.done.json``. ``incomplete``: set name ->
+    ``{"unfinished_shards": [shard file names], "items": ids planned in them}``."""
+
+    def __init__(self, incomplete: dict[str, dict]):
+        self.incomplete = incomplete
+        parts = []
+        for name, what in incomplete.items():
+            files = what["unfinished_shards"]
+            listed = ", ".join(files[:_LISTED]) + (", …" if len(files) > _LISTED else "")
+            parts.append(
+                f"feature set {name} is unfinished: {len(files)} planned shard(s) holding {what['items']} "
+                f"item(s) have no .done.json ({listed})"
+            )
+        super().__init__(
+            "; ".join(parts)
+            + "; re-run its extraction to finish it, or pass --allow-partial to train on the finished part"
+        )
+
+
+class UnsafeFileError(FeatureSetError):
+    """A file a writer opens by name in a shared directory is a symlink or not a regular file."""
 
 
 def config_key(config: dict) -> str:
@@ -72,12 +115,51 @@ def feature_set_name(config: dict, key: str) -> str:
     return "-".join(p for p in parts if p) + "-" + key[:6]
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` (utf-8) at once: a fresh ``create_temp`` file, then a rename (which
+    replaces a symlink at ``path`` itself, never writing through it). Mode ``0o666`` less the umask."""
+    fd, tmp = create_temp(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """``obj`` as indented JSON, written like ``write_text_atomic``."""
+    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """``os.open(path, flags | O_CREAT | O_NOFOLLOW)`` (mode ``0o666`` less the umask), refusing anything
+    but a regular file: a symlink planted there is never followed, a FIFO never blocks."""
+    try:
+        flags |= os.O_CREAT | _NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:  # ELOOP: a symlink (O_NOFOLLOW); ENXIO: a FIFO nobody reads; EISDIR: a directory
+        if os.path.islink(path) or e.errno in (errno.ENXIO, errno.EISDIR):
+            raise UnsafeFileError(f"{path} is a symlink or not a regular file; refusing to write to it "
+                                  "(remove it: emo creates it as a plain file)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeFileError(f"{path} is not a regular file; refusing to write to it (remove it)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` + newline to the regular file ``path`` (created if missing) in one ``O_APPEND``
+    write, so lines of concurrent writers never interleave; a symlink or non-regular file there raises
+    ``UnsafeFileError`` naming it."""
+    fd = _open_regular(Path(path), os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def _read_json(path: Path):
@@ -87,8 +169,9 @@ def _read_json(path: Path):
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Exclusive, blocking lock on ``path`` (created if missing), released on exit or process death."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664)
+    """Exclusive, blocking lock on ``path`` (created if missing, a regular file: see ``_open_regular``),
+    released on exit or process death."""
+    fd = _open_regular(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -136,11 +219,11 @@ class FeatureSet:
         (path / "shards").mkdir(parents=True, exist_ok=True)
         meta = {**config, "key": key, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         cfg_path = path / "config.json"
-        tmp = path / f"config.json.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-        try:  # link() refuses an existing target: the first creator wins, atomically, also on NFS
-            os.link(tmp, cfg_path)
+        fd, tmp = create_temp(cfg_path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=1)
+            os.link(tmp, cfg_path)  # refuses an existing target: the first creator wins, atomically (NFS too)
         except FileExistsError:
             pass
         finally:
@@ -151,7 +234,49 @@ class FeatureSet:
                 f"{path} holds a feature set with key {fs.key[:12]}…, not {key[:12]}… as requested; "
                 "it is never appended to (move it away or pick another cache directory)"
             )
+        fs.check_config()  # a tampered set is never appended to either
         return fs
+
+    # -- integrity ------------------------------------------------------------------------------
+    def config_problem(self) -> str | None:
+        """Why ``config.json`` is not the config its key names, or None: its contents must hash to its
+        ``key`` and the directory name must end with the key's first six hex digits."""
+        key = str(self.meta.get("key"))
+        actual = config_key(self.meta)
+        if actual != key:
+            return (f"its contents hash to {actual[:12]}…, not to its key {key[:12]}… "
+                    "(edited after extraction?): the config it shows is not the one its features came from")
+        if not self.path.name.endswith("-" + key[:6]):
+            return f"the directory name {self.path.name} does not end with its key's first digits {key[:6]}"
+        return None
+
+    def check_config(self) -> None:
+        """Raise ``FeatureSetError`` naming ``config.json`` when ``config_problem`` finds one."""
+        problem = self.config_problem()
+        if problem:
+            raise FeatureSetError(f"{self.path / 'config.json'} does not match its key: {problem}; "
+                                  f"run `emo cache verify {self.path}`")
+
+    def shard_damage(self, index: int, record: dict | None = None, deep: bool = False) -> str | None:
+        """Why finished shard ``index``'s file is not the one its ``.done.json`` (``record``) vouches for,
+        or None: missing, another size (cheap: one ``stat``) or, with ``deep``, another sha256 (reads every
+        byte). A record without ``size`` / ``sha256`` (written by an older emo) cannot tell: None."""
+        record = self.done_record(index) if record is None else record
+        path = self.shard_path(index)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return f"{path.name} is missing"
+        if "size" in record and size != record["size"]:
+            return f"{path.name} is {size} bytes, its .done.json records {record['size']} (truncated?)"
+        if deep and "sha256" in record and file_digest(path)["sha256"] != record["sha256"]:
+            return f"{path.name}'s sha256 is not the one its .done.json records (bytes changed after writing)"
+        return None
+
+    def unfinished(self) -> dict[int, list[str]]:
+        """Planned shards without a ``.done.json``: index -> the ids planned for it."""
+        done = set(self.done_indices())
+        return {k: ids for k, ids in enumerate(self.plan()) if k not in done}
 
     # -- layout ---------------------------------------------------------------------------------
     @property
@@ -200,7 +325,7 @@ class FeatureSet:
     # -- claims ---------------------------------------------------------------------------------
     def try_claim(self, index: int) -> ShardClaim | None:
         """Claim shard ``index`` exclusively, or return None if another live process holds it."""
-        fd = os.open(self.shard_path(index, ".claim"), os.O_RDWR | os.O_CREAT, 0o664)
+        fd = _open_regular(self.shard_path(index, ".claim"), os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -224,7 +349,19 @@ class FeatureSet:
         return _read_json(self.shard_path(index, ".done.json"))
 
     def write_done(self, index: int, record: dict) -> None:
-        write_json_atomic(self.shard_path(index, ".done.json"), {**record, "key": self.key, "shard": index})
+        """Write shard ``index``'s ``.done.json``: ``record`` plus the key, the index, and the shard file's
+        ``size`` and ``sha256`` as it is now (call it after the shard's rename, holding its claim)."""
+        digest = file_digest(self.shard_path(index))  # {"size", "sha256"}
+        record = {**record, "key": self.key, "shard": index, **digest}
+        write_json_atomic(self.shard_path(index, ".done.json"), record)
+
+    def remove_temps(self, index: int) -> list[Path]:
+        """Remove the temporary files of shard ``index`` (its ``.h5`` and ``.done.json`` in the making) that a
+        dead writer left; only while holding its claim. Links are removed, never followed. Returns them."""
+        stale = sorted((self.path / "shards").glob(f"{self.shard_path(index).stem}.*.tmp"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
 
     def item_status(self) -> dict[str, str]:
         """id -> "ok" if ok in any finished shard, else "failed" (ids in no finished shard are absent)."""
@@ -237,16 +374,13 @@ class FeatureSet:
 
     # -- failures -------------------------------------------------------------------------------
     def record_failure(self, item_id: str, stage: str, error: str, shard: int | None = None) -> None:
-        """Append one line to failures.jsonl (one write per line, O_APPEND: safe across processes)."""
+        """Append one line to failures.jsonl (``append_line``: one O_APPEND write, safe across processes;
+        a symlink there raises ``UnsafeFileError``)."""
         line = json.dumps(
             {"id": item_id, "stage": stage, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "shard": shard},
             ensure_ascii=False,
         )
-        fd = os.open(self.failures_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o664)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+        append_line(self.failures_path, line)
 
     def failures(self) -> list[dict]:
         if not self.failures_path.exists():
@@ -267,8 +401,15 @@ def list_feature_sets(dataset_dir: str | os.PathLike) -> list[FeatureSet]:
 
 
 def open_feature_set(path_or_dataset: str | os.PathLike, name: str | None = None) -> FeatureSet:
-    """A feature set by path, or by name (or unique name prefix) inside a dataset cache directory."""
+    """A feature set by path, or by name (or unique name prefix) inside a dataset cache directory; its
+    ``config.json`` must match its key (``FeatureSet.check_config``)."""
     p = Path(path_or_dataset)
+    fs = _find_feature_set(p, name)
+    fs.check_config()
+    return fs
+
+
+def _find_feature_set(p: Path, name: str | None) -> FeatureSet:
     if name is None and (p / "config.json").exists():
         return FeatureSet(p)
     sets = list_feature_sets(p)

@@ -12,6 +12,13 @@ Ragged arrays (variable length per item: ``audio/layer09``, ``text/clip``, ...) 
 ``RaggedArray``: one ``values [sum_len, ...]`` tensor plus ``offsets [n + 1]``, indexed like the other
 arrays (``arr[rows]`` keeps items ``rows``; ``arr[i]`` is item ``i``'s ``[len_i, ...]`` tensor), with
 ``lengths`` and ``padded()`` -> ``(values [n, max_len, ...], lengths [n])`` for batching.
+
+What is cheap is checked on every load, before any array is used: each chosen set's ``config.json``
+hashes to its key (else its RANDOM WEIGHTS mark could be gone), each finished shard's ``.done.json``
+and HDF5 attributes carry that key and its file has the size the record vouches for (a truncated shard
+is one clear ``FeatureSetError`` naming it, never a traceback mid-training; so is an HDF5 read error).
+Planned shards without a ``.done.json`` raise ``IncompleteFeatureSetError`` unless ``partial``: then
+the finished part loads and ``FeatureData.incomplete`` says what was left out.
 """
 
 from __future__ import annotations
@@ -24,7 +31,13 @@ import numpy as np
 import torch
 
 from .data import FeatureData
-from .featureset import FeatureSet, FeatureSetError, list_feature_sets, open_feature_set
+from .featureset import (
+    FeatureSet,
+    FeatureSetError,
+    IncompleteFeatureSetError,
+    list_feature_sets,
+    open_feature_set,
+)
 from .lazy import ShardedArray
 from .manifest import Manifest, ManifestError, parse_split, read_manifest
 from .ragged import RaggedArray
@@ -32,6 +45,7 @@ from .shard import array_names, open_shard
 
 __all__ = [
     "load_features",
+    "IncompleteFeatureSetError",
     "read_class_text",
     "RaggedArray",
     "ShardedArray",
@@ -50,6 +64,7 @@ def load_features(
     arrays: list[str] | None = None,
     modalities: tuple[str, ...] = (),
     large: tuple[str, ...] = (),
+    partial: bool = False,
 ) -> FeatureData:
     """Features of every item ok in all chosen feature sets, in manifest order.
 
@@ -61,11 +76,21 @@ def load_features(
     nothing (see the module doc). ``modalities``: with no ``feature_sets`` named, take the one set of
     each of these modalities (a head's needs, e.g. ``("clip", "audio")``) instead of requiring the cache
     to hold a single set. ``large``: with ``arrays`` None, also these large arrays (as ``ShardedArray``
-    views: a head's ``large_arrays()``); each must be in a chosen set.
+    views: a head's ``large_arrays()``); each must be in a chosen set. ``partial``: when a chosen set
+    has planned shards without a ``.done.json``, load its finished shards and record the rest in
+    ``FeatureData.incomplete`` instead of raising ``IncompleteFeatureSetError``.
+
+    Raises ``FeatureSetError`` when a set's ``config.json`` does not match its key, or a finished shard
+    carries another key, has another size than its ``.done.json`` records, or fails to read.
     """
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir / "manifest.jsonl")
     sets = _choose_sets(cache_dir, feature_sets, modalities)
+    for fs in sets:
+        fs.check_config()
+    incomplete = {fs.name: what for fs in sets if (what := _unfinished(fs))}
+    if incomplete and not partial:
+        raise IncompleteFeatureSetError(incomplete)
     loaded: dict[str, np.ndarray | RaggedArray | ShardedArray] = {}
     present: set[str] | None = None
     per_set: list[tuple[dict[str, int], dict[str, np.ndarray | RaggedArray | ShardedArray]]] = []
@@ -102,6 +127,7 @@ def load_features(
         feature_sets={fs.name: fs.meta for fs in sets},
         texts=[_item_texts(it.text) for it in order],
         speakers=[it.speaker for it in order],
+        incomplete=incomplete,
     )
     for fs in sets:
         text = read_class_text(fs, manifest.classes)
@@ -121,6 +147,16 @@ def set_roles(fd: FeatureData, manifest: Manifest, split: str) -> FeatureData:
     fd.roles = np.array([by_id[i].splits.get(scheme, {}).get(fold, "") for i in fd.ids], dtype=object)
     fd.split = split
     return fd
+
+
+def _unfinished(fs: FeatureSet) -> dict | None:
+    """``{"unfinished_shards": [file names], "items": n}`` of ``fs``'s planned shards without a
+    ``.done.json``, or None when every planned shard is finished."""
+    todo = fs.unfinished()
+    if not todo:
+        return None
+    files = [fs.shard_path(k).name for k in todo]
+    return {"unfinished_shards": files, "items": sum(len(ids) for ids in todo.values())}
 
 
 def _names_for(fs: FeatureSet, names: list[str] | None, n_sets: int) -> list[str] | None:
@@ -171,34 +207,23 @@ def _load_set(
     large: set[str] = set()  # parts are (shard path, ok rows [n_k], item shape, dtype)
     ids: list[str] = []
     for k in fs.done_indices():
-        status = fs.done_record(k)["status"]
+        record = _checked_record(fs, k)
+        status = record["status"]
         if not any(st == "ok" for st in status.values()):
             continue  # every item of this shard failed: it holds ids only
-        with open_shard(fs.shard_path(k)) as f:
-            shard_ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
-            keep = np.array([status.get(i) == "ok" for i in shard_ids], dtype=bool)
-            wanted = names if names is not None else [
-                n for n in array_names(f) if n not in LARGE_ARRAYS or n in also_large]
-            for name in wanted:
-                if name not in f:
-                    if names is not None:
-                        raise FeatureSetError(f"feature set {fs.name} has no array {name!r}")
-                    continue
-                obj = f[name]
-                if name in LARGE_ARRAYS:  # left on disk: read by rows later
-                    if not isinstance(obj, h5py.Dataset):
-                        raise FeatureSetError(f"feature set {fs.name}: {name!r} must be a fixed-shape array")
-                    where = (fs.shard_path(k), np.flatnonzero(keep), obj.shape[1:], obj.dtype)  # ok rows
-                    chunks.setdefault(name, []).append(where)
-                    large.add(name)
-                    continue
-                if isinstance(obj, h5py.Group):  # ragged: values [sum_len, ...] + offsets [n + 1], one read each
-                    part = RaggedArray(torch.from_numpy(obj["values"][()]), torch.from_numpy(obj["offsets"][()]))
-                    chunks.setdefault(name, []).append(part if keep.all() else part[torch.from_numpy(keep)])
-                    ragged.add(name)
-                    continue
-                arr = obj[()]  # one read per array per shard
-                chunks.setdefault(name, []).append(arr[keep] if not keep.all() else arr)
+        try:
+            with open_shard(fs.shard_path(k)) as f:
+                if f.attrs.get("key") != fs.key:
+                    raise FeatureSetError(f"feature set {fs.name}: {fs.shard_path(k)} carries another key "
+                                          f"than the set's; run `emo cache verify {fs.path}`")
+                shard_ids = [s.decode() if isinstance(s, bytes) else s for s in f["ids"][()]]
+                keep = np.array([status.get(i) == "ok" for i in shard_ids], dtype=bool)
+                _read_shard_arrays(fs, k, f, keep, names, also_large, chunks, ragged, large)
+        except OSError as e:  # h5py: the file (or a chunk of it) cannot be read
+            raise FeatureSetError(
+                f"feature set {fs.name}: cannot read {fs.shard_path(k)} ({e}); "
+                f"run `emo cache verify {fs.path}` and re-extract it"
+            ) from None
         ids += [i for i, ok in zip(shard_ids, keep, strict=True) if ok]
     index = {i: r for r, i in enumerate(ids)}
     if len(index) != len(ids):
@@ -212,6 +237,50 @@ def _load_set(
         else:
             out[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return index, out
+
+
+def _checked_record(fs: FeatureSet, k: int) -> dict:
+    """Shard ``k``'s ``.done.json``, once its key is the set's and its file has the recorded size."""
+    record = fs.done_record(k)
+    path = fs.shard_path(k)
+    if record.get("key") != fs.key:
+        raise FeatureSetError(f"feature set {fs.name}: {path.stem}.done.json carries key "
+                              f"{str(record.get('key'))[:12]}…, not the set's {fs.key[:12]}…; "
+                              f"run `emo cache verify {fs.path}`")
+    damage = fs.shard_damage(k, record)
+    if damage:
+        raise FeatureSetError(f"feature set {fs.name}: shard {path} is damaged: {damage}; run "
+                              f"`emo cache verify {fs.path}` and re-run the extraction, which rewrites it")
+    return record
+
+
+def _read_shard_arrays(
+    fs: FeatureSet, k: int, f: h5py.File, keep: np.ndarray, names: list[str] | None,
+    also_large: tuple[str, ...], chunks: dict[str, list], ragged: set[str], large: set[str],
+) -> None:
+    """Append shard ``k``'s ``keep`` rows of each wanted array to ``chunks`` (large ones: where they are)."""
+    wanted = names if names is not None else [
+        n for n in array_names(f) if n not in LARGE_ARRAYS or n in also_large]
+    for name in wanted:
+        if name not in f:
+            if names is not None:
+                raise FeatureSetError(f"feature set {fs.name} has no array {name!r}")
+            continue
+        obj = f[name]
+        if name in LARGE_ARRAYS:  # left on disk: read by rows later
+            if not isinstance(obj, h5py.Dataset):
+                raise FeatureSetError(f"feature set {fs.name}: {name!r} must be a fixed-shape array")
+            where = (fs.shard_path(k), np.flatnonzero(keep), obj.shape[1:], obj.dtype)  # ok rows
+            chunks.setdefault(name, []).append(where)
+            large.add(name)
+            continue
+        if isinstance(obj, h5py.Group):  # ragged: values [sum_len, ...] + offsets [n + 1], one read each
+            part = RaggedArray(torch.from_numpy(obj["values"][()]), torch.from_numpy(obj["offsets"][()]))
+            chunks.setdefault(name, []).append(part if keep.all() else part[torch.from_numpy(keep)])
+            ragged.add(name)
+            continue
+        arr = obj[()]  # one read per array per shard
+        chunks.setdefault(name, []).append(arr[keep] if not keep.all() else arr)
 
 
 def _sharded(fs: FeatureSet, name: str, parts: list[tuple]) -> ShardedArray:

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .shard import create_temp
+
 __all__ = [
     "MANIFEST_VERSION",
     "SPLIT_VALUES",
@@ -181,7 +183,8 @@ def parse_split(spec: str) -> tuple[str, str]:
 
 
 def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
-    """Write header + rows atomically (tmp file, then rename)."""
+    """Write header + rows atomically: a temporary file of its own (``shard.create_temp``: exclusive, no
+    link followed, mode ``0o666`` less the umask), then a rename onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {
@@ -193,12 +196,16 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
         "split_schemes": manifest.split_schemes,
         "source": manifest.source,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(header, ensure_ascii=False) + "\n")
-        for item in manifest.items:
-            f.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = create_temp(path)  # a fresh file of this writer's own: never a planted link or another's tmp
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header, ensure_ascii=False) + "\n")
+            for item in manifest.items:
+                f.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

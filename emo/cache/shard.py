@@ -8,23 +8,67 @@ Layout (see ``docs/cache-format.md``)::
     /<modality>/<name>/offsets [n + 1] int64           ... item i is values[offsets[i]:offsets[i+1]]
     attrs: emo_schema, key, feature_set, shard
 
-A shard is written to ``<name>.h5.tmp``, closed, renamed to ``<name>.h5``; the caller then writes its
-``.done.json`` (see ``featureset.py``). Readers open read-only with HDF5 file locking off so caches on
-read-only or NFS mounts work.
+A shard is written to a temporary file of its own (``<name>.h5.<pid>.<random>.tmp``, created with
+``create_temp``: never an existing name, never through a link), closed, renamed to ``<name>.h5``; the
+caller then writes its ``.done.json`` (see ``featureset.py``), which records the file's size and sha256
+(``file_digest``). Readers open read-only with HDF5 file locking off so caches on read-only or NFS
+mounts work.
+
+``create_temp`` is how every writer of a shared cache starts a file (shards, JSON records, manifests):
+a cache directory is writable by a whole lab, so a name in it may already be taken, or be a symlink
+someone planted to make the next writer overwrite another file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-__all__ = ["SCHEMA_VERSION", "write_shard", "read_shard", "open_shard", "array_names"]
+__all__ = [
+    "SCHEMA_VERSION", "write_shard", "read_shard", "open_shard", "array_names", "create_temp", "file_digest",
+]
 
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_READ_BLOCK = 1 << 20  # bytes per read when hashing a file
+
+
+def create_temp(path: str | os.PathLike) -> tuple[int, Path]:
+    """A new, empty file beside ``path`` for writing it atomically: ``(read-write descriptor, its path)``.
+
+    The name is ``<path name>.<pid>.<8 random hex digits>.tmp``, created with ``O_CREAT | O_EXCL |
+    O_NOFOLLOW``: a name that already exists (a stale temporary file, a planted symlink) is never
+    opened, truncated or followed; another name is drawn. The mode is ``0o666`` less the umask, like
+    ``open(..., "w")``. Write through the descriptor, close it, then ``os.replace`` the file onto
+    ``path``: a rename replaces whatever entry ``path`` is, a symlink included, and never writes
+    through it.
+    """
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}: 100 names taken")
+
+
+def file_digest(path: str | os.PathLike) -> dict[str, int | str]:
+    """``{"size": bytes, "sha256": hex}`` of a file's contents, as a ``.done.json`` records them."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(_READ_BLOCK):
+            h.update(block)
+            size += len(block)
+    return {"size": size, "sha256": h.hexdigest()}
 
 
 def write_shard(
@@ -40,28 +84,40 @@ def write_shard(
     Names in ``ragged`` are stored as values + offsets along their first axis; the others must have
     one shape for all items and are stacked. Names in ``compress`` get gzip + shuffle (use it for
     uint8 pixels; float features stay uncompressed so a shard loads at disk speed).
-    Returns ``{name: {"shape": [...], "dtype": str}}`` for the ``.done.json``.
+    HDF5 writes through the descriptor ``create_temp`` opened (no name is opened twice); on any error
+    the temporary file is removed. Returns ``{name: {"shape": [...], "dtype": str}}`` for the
+    ``.done.json``.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    fd, tmp = create_temp(path)
+    try:
+        with os.fdopen(fd, "w+b") as raw, h5py.File(raw, "w", locking=False) as f:
+            summary = _write_items(f, ids, arrays, ragged, attrs, compress)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return summary
+
+
+def _write_items(f: h5py.File, ids: list[str], arrays: dict[str, list[np.ndarray]], ragged, attrs,
+                 compress) -> dict[str, dict]:
     n = len(ids)
     summary: dict[str, dict] = {}
-    with h5py.File(tmp, "w", locking=False) as f:
-        f.attrs["emo_schema"] = SCHEMA_VERSION
-        for k, v in (attrs or {}).items():
-            f.attrs[k] = v
-        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
-        for name, items in arrays.items():
-            if n == 0:  # a shard whose items all failed holds ids only
-                continue
-            if len(items) != n:
-                raise ValueError(f"array {name!r} has {len(items)} items, ids has {n}")
-            gzip = dict(compression="gzip", compression_opts=4, shuffle=True) if name in compress else {}
-            if name in ragged:
-                summary[name] = _write_ragged(f, name, items, gzip)
-            else:
-                summary[name] = _write_fixed(f, name, items, gzip)
-    os.replace(tmp, path)
+    f.attrs["emo_schema"] = SCHEMA_VERSION
+    for k, v in (attrs or {}).items():
+        f.attrs[k] = v
+    f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=_STR)
+    for name, items in arrays.items():
+        if n == 0:  # a shard whose items all failed holds ids only
+            continue
+        if len(items) != n:
+            raise ValueError(f"array {name!r} has {len(items)} items, ids has {n}")
+        gzip = dict(compression="gzip", compression_opts=4, shuffle=True) if name in compress else {}
+        if name in ragged:
+            summary[name] = _write_ragged(f, name, items, gzip)
+        else:
+            summary[name] = _write_fixed(f, name, items, gzip)
     return summary
 
 

@@ -33,6 +33,8 @@ def cache_ls(cache: Path = typer.Argument(..., help="Dataset cache directory."))
         status = fs.item_status()
         ok = sum(1 for s in status.values() if s == "ok")
         mark = "  [RANDOM WEIGHTS]" if fs.random_weights else ""
+        if fs.config_problem():  # its config (weights included) cannot be believed
+            mark += "  [CONFIG.JSON DOES NOT MATCH ITS KEY: run emo cache verify]"
         typer.echo(
             f"{fs.name:<44} {fs.key[:12]:<12} {ok:>6} {len(status) - ok:>6} {_fmt_size(fs.size_bytes()):>9}  "
             f"{fs.meta.get('created', '?')}{mark}"
@@ -41,18 +43,27 @@ def cache_ls(cache: Path = typer.Argument(..., help="Dataset cache directory."))
 
 @cache_app.command("verify")
 @friendly
-def cache_verify(target: Path = typer.Argument(..., help="A dataset cache directory or one feature set.")) -> None:
-    """Check every shard against its .done.json; exit 1 on any fault."""
+def cache_verify(
+    target: Path = typer.Argument(..., help="A dataset cache directory or one feature set."),
+    deep: bool = typer.Option(
+        False, "--deep", help="Also compare every shard's sha256 with its .done.json (reads every byte)."
+    ),
+) -> None:
+    """Check config.json against its key and every shard against its .done.json (size, and with --deep
+    its sha256); exit 1 on any fault."""
     from emo.cache.featureset import FeatureSet, list_feature_sets
     from emo.cache.verify import verify_feature_set
 
     sets = [FeatureSet(target)] if (target / "config.json").exists() else list_feature_sets(target)
     faults = 0
     for fs in sets:
-        rep = verify_feature_set(fs)
+        rep = verify_feature_set(fs, deep=deep)
         for fault in rep.faults:
             typer.echo(f"FAULT {fs.name}: {fault}")
+        for note in rep.notes:
+            typer.echo(f"note  {fs.name}: {note}")
         extra = f", {len(rep.unfinished)} unfinished shards" if rep.unfinished else ""
+        extra += ", sha256 checked" if deep else ""
         typer.echo(f"{'ok   ' if rep.ok else 'BAD  '}{fs.name}: {rep.shards} shards, {rep.items_ok} ok, {rep.items_failed} failed{extra}")
         faults += len(rep.faults)
     if faults:
@@ -68,6 +79,9 @@ def cache_info(feature_set: Path = typer.Argument(..., help="A feature-set direc
     fs = FeatureSet(feature_set)
     status = fs.item_status()
     ok = sum(1 for s in status.values() if s == "ok")
+    problem = fs.config_problem()
+    if problem:  # then the RANDOM WEIGHTS line below cannot be believed either way
+        typer.echo(f"WARNING config.json does not match its key: {problem}; run `emo cache verify`")
     if fs.random_weights:
         typer.echo("RANDOM WEIGHTS — features from an untrained encoder (tests and demo only)")
     typer.echo(f"name:    {fs.name}\nkey:     {fs.key}\ncreated: {fs.meta.get('created')}")

@@ -74,6 +74,8 @@ def heads_train(
     features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
     seed: int = typer.Option(0),
+    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
+                                       "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
     preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
 ) -> None:
@@ -83,7 +85,7 @@ def heads_train(
     overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
     result = train_from_cache(
         name, cache, split=split, out=out, feature_sets=features or None, overrides=overrides,
-        val_fraction=val_fraction, seed=seed, command=sys.argv,
+        val_fraction=val_fraction, seed=seed, command=sys.argv, allow_partial=allow_partial,
     )
     typer.echo(result.table())
     for warning in result.warnings:
@@ -102,6 +104,8 @@ def heads_sweep(
     features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
     seed: int = typer.Option(0),
+    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
+                                       "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
     preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
 ) -> None:
@@ -112,13 +116,14 @@ def heads_sweep(
     overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
     results = sweep_from_cache(
         name, cache, split=split, grid=grid, out=out, feature_sets=features or None, overrides=overrides,
-        val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo,
+        val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo, allow_partial=allow_partial,
     )
     typer.echo(format_results_table([r.row() for r in results]))
 
 
 def _stacked_run(name: str, cache: Path, runs: dict[str, Path | None], split: str | None, out: Path | None,
-                 suffix: str, overrides: dict, features: list[str] | None, val_fraction: float, seed: int) -> None:
+                 suffix: str, overrides: dict, features: list[str] | None, val_fraction: float, seed: int,
+                 allow_partial: bool = False) -> None:
     """Train a head that reads the features of other runs (probe, cache classifier): the split and the
     output directory default to the first run's."""
     from emo.heads.from_run import run_split
@@ -133,7 +138,7 @@ def _stacked_run(name: str, cache: Path, runs: dict[str, Path | None], split: st
     result = train_from_cache(
         name, cache, split=split, out=out, feature_sets=features or None,
         overrides={**overrides, **{k: str(v) for k, v in given.items()}},
-        val_fraction=val_fraction, seed=seed, command=sys.argv,
+        val_fraction=val_fraction, seed=seed, command=sys.argv, allow_partial=allow_partial,
     )
     typer.echo(result.table())
     for warning in result.warnings:
@@ -153,6 +158,8 @@ def heads_cache_classifier(
     features: list[str] = typer.Option(None, help="Feature set names (default: the runs' modalities)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train for the α/β search when there is no val split."),
     seed: int = typer.Option(0),
+    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
+                                       "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
     preset: str = typer.Option(None, help="configs/heads/cache-classifier/PRESET.json (e.g. release) or a .json path."),
 ) -> None:
@@ -161,7 +168,7 @@ def heads_cache_classifier(
     overrides = _preset_overrides("cache-classifier", preset) | _parse_overrides(list(ctx.args), set_ or [])
     suffix = "-tipf" if str(overrides.get("finetune_keys", "false")).lower() in ("true", "1", "yes", "on") else "-cache"
     _stacked_run("cache-classifier", cache, {"video": video, "audio": audio}, split, out, suffix, overrides,
-                 features, val_fraction, seed)
+                 features, val_fraction, seed, allow_partial)
 
 
 @heads_app.command("probe", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -174,11 +181,13 @@ def heads_probe(
     out: Path = typer.Option(None, help="Run directory to write (default: beside the run, NAME-probe)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train for choosing C when there is no val split."),
     seed: int = typer.Option(0),
+    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
+                                       "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (C, c_grid, max_iter)."),
 ) -> None:
     """Linear probe (logistic regression) on the features of a trained run (EmoAsst Table 2)."""
     _stacked_run("probe", cache, {"features": run}, split, out, "-probe",
-                 _parse_overrides(list(ctx.args), set_ or []), None, val_fraction, seed)
+                 _parse_overrides(list(ctx.args), set_ or []), None, val_fraction, seed, allow_partial)
 
 
 @heads_app.command("adapt")
@@ -202,11 +211,13 @@ def heads_eval(
     split: str = typer.Option(None, help="SCHEME:FOLD or SCHEME:all (default: the run's own split)."),
     cache: Path = typer.Option(None, help="Dataset cache (default: the one the run was trained from)."),
     features: list[str] = typer.Option(None, help="Feature set name(s) (default: the only one)."),
+    allow_partial: bool = typer.Option(False, help="Score the items that have features when some lack them."),
 ) -> None:
     """Reload a run's checkpoints and score the test items again (refuses other features)."""
     from emo.heads.runs import evaluate_run
 
-    typer.echo(evaluate_run(run, split=split, cache=cache, feature_sets=features or None).table())
+    result = evaluate_run(run, split=split, cache=cache, feature_sets=features or None, allow_partial=allow_partial)
+    typer.echo(result.table())
 
 
 @app.command("report")

@@ -6,10 +6,14 @@ rest the same way for all of them:
 
 1. extend the feature set's plan with the manifest's ids (``FeatureSet.extend_plan``);
 2. claim each unfinished shard exclusively, skip it if another process finished it meanwhile, and
-   wait for shards held elsewhere;
+   wait for shards held elsewhere. A finished shard whose file is missing or has another size than its
+   ``.done.json`` records (or whose record is unreadable) is damaged: under its claim, its ``.done.json``
+   is removed and the shard extracted again, and the summary names it;
 3. call ``fill(shard, items, progress) -> Filled``;
-4. reject items whose float arrays hold NaN or inf (stage ``encode``), write the shard (``.tmp``, then
-   rename), then its ``.done.json``, and only then append the failures to ``failures.jsonl``;
+4. reject items whose float arrays hold NaN or inf (stage ``encode``), remove temporary files a dead
+   writer left for the shard, write the shard (a fresh temporary file, then rename), then its
+   ``.done.json`` (which records the shard file's size and sha256), and only then append the failures to
+   ``failures.jsonl``;
 5. return an ``ExtractSummary`` counted over the whole feature set.
 
 This module imports no model library and no torch, so decode workers that import a modality's
@@ -19,6 +23,7 @@ decoding function stay light.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -77,6 +82,7 @@ class ExtractSummary:
     skipped_rows: list[tuple[int, str, str]] = field(default_factory=list)
     random_weights: bool = False
     units: tuple[str, str] = ("videos", "frames")  # words for done_here and frames_here in ``line()``
+    repaired: dict[str, str] = field(default_factory=dict)  # shard file -> the damage it was re-extracted for
 
     def line(self) -> str:
         item, sub = self.units
@@ -88,6 +94,9 @@ class ExtractSummary:
         )
         if self.skipped_rows:
             text += f"; {len(self.skipped_rows)} manifest rows skipped"
+        if self.repaired:
+            names = ", ".join(sorted(self.repaired))
+            text += f"; re-extracted {len(self.repaired)} damaged shard(s): {names}"
         return ("RANDOM WEIGHTS — " if self.random_weights else "") + text
 
 
@@ -158,9 +167,23 @@ class ShardRunner:
         self.fs, self.fill = fs, fill
         self.items = manifest.by_id()
         self.ragged, self.compress, self.dists = frozenset(ragged), frozenset(compress), tuple(dists)
+        self.repaired: dict[str, str] = {}  # shard file -> damage, for the shards this runner re-extracted
+
+    def damage(self, k: int) -> str | None:
+        """Why finished shard ``k`` cannot be kept (cheap: its record and one ``stat``), or None. Bits
+        flipped at an unchanged size show only in ``emo cache verify --deep``."""
+        try:
+            record = self.fs.done_record(k)
+        except (OSError, ValueError) as e:
+            return f"its .done.json is unreadable ({e})"
+        return self.fs.shard_damage(k, record)
+
+    def pending(self, plan: list[list[str]]) -> list[int]:
+        """Planned shards to extract: those without a ``.done.json`` and the damaged ones."""
+        return [k for k in range(len(plan)) if not self.fs.is_done(k) or self.damage(k)]
 
     def run(self, plan: list[list[str]], progress: Progress) -> None:
-        remaining = [k for k in range(len(plan)) if not self.fs.is_done(k)]
+        remaining = self.pending(plan)
         while remaining:
             held_elsewhere = [k for k in remaining if self.try_shard(k, plan[k], progress) is None]
             remaining = [k for k in held_elsewhere if not self.fs.is_done(k)]
@@ -176,11 +199,22 @@ class ShardRunner:
             return None
         try:
             if self.fs.is_done(k):  # another process may have finished it meanwhile
-                return False
+                damage = self.damage(k)
+                if damage is None:
+                    return False
+                self._discard(k, damage)
+            self.fs.remove_temps(k)
             self._shard(k, ids, progress)
             return True
         finally:
             claim.release()
+
+    def _discard(self, k: int, damage: str) -> None:
+        """Unfinish damaged shard ``k`` (its claim held): remove its ``.done.json``, say so, remember it."""
+        name = self.fs.shard_path(k).name
+        tqdm.write(f"{self.fs.name}: {name} is damaged ({damage}); extracting it again", file=sys.stderr)
+        self.fs.shard_path(k, ".done.json").unlink(missing_ok=True)
+        self.repaired[name] = damage
 
     def _shard(self, k: int, ids: list[str], progress: Progress) -> None:
         started = time.perf_counter()
@@ -252,14 +286,15 @@ def run_extraction(
     plan = fs.extend_plan([it.id for it in manifest.items], options.shard_size, options.retry_failed)
     runner = ShardRunner(fs, manifest, fill, ragged=ragged, compress=compress, dists=dists)
     t0 = time.perf_counter()
-    todo = sum(len(ids) for k, ids in enumerate(plan) if not fs.is_done(k))
+    todo = sum(len(plan[k]) for k in runner.pending(plan))
     with tqdm(
         total=todo, unit=units[0].rstrip("s"), disable=None if options.progress else True,  # None: off when not a TTY
         desc=fs.name, dynamic_ncols=True,
     ) as bar:
         progress = Progress(bar, t0, units)
         runner.run(plan, progress)
-    return summarize(fs, manifest, skipped, progress.items, progress.sub, time.perf_counter() - t0, units)
+    return summarize(fs, manifest, skipped, progress.items, progress.sub, time.perf_counter() - t0, units,
+                     repaired=runner.repaired)
 
 
 def summarize(
@@ -270,9 +305,11 @@ def summarize(
     frames_here: int,
     seconds: float,
     units: tuple[str, str] = ("videos", "frames"),
+    repaired: dict[str, str] | None = None,
 ) -> ExtractSummary:
     """The summary of an extraction: ``ok`` / ``failed`` counted over the whole feature set (all runs,
-    plus the ``skipped`` manifest rows as failed), ``done_here`` / ``frames_here`` what this run did."""
+    plus the ``skipped`` manifest rows as failed), ``done_here`` / ``frames_here`` what this run did,
+    ``repaired`` the damaged shards it re-extracted (shard file -> damage)."""
     status = fs.item_status()
     return ExtractSummary(
         feature_set=fs.name,
@@ -286,4 +323,5 @@ def summarize(
         skipped_rows=list(skipped),
         random_weights=fs.random_weights,
         units=units,
+        repaired=dict(repaired or {}),
     )

@@ -298,10 +298,13 @@ def train_from_cache(
     val_fraction: float = 0.0,
     seed: int = 0,
     command: list[str] | None = None,
+    allow_partial: bool = False,
 ) -> RunResult:
-    """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``)."""
+    """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``);
+    ``allow_partial`` trains on the finished part of unfinished feature sets (see :func:`cache_folds`)."""
     config = get_head(name).config(overrides)  # a typo in an option fails before the cache is read
-    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config))
+    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config),
+                                 allow_partial)
     return train_head(name, load, folds=folds, out=out, overrides=overrides, val_fraction=val_fraction,
                       seed=seed, command=command, cache=cache)
 
@@ -319,6 +322,7 @@ def evaluate_run(
     split: str | None = None,
     cache: str | os.PathLike | None = None,
     feature_sets: list[str] | None = None,
+    allow_partial: bool = False,
 ) -> RunResult:
     """Reload every fold's checkpoint of ``run`` and score the test items of ``split`` (default: the
     split it was trained on) in ``cache`` (default: the cache it was trained from). Checkpoints refuse
@@ -334,7 +338,8 @@ def evaluate_run(
     split = split or (f"{scheme}:all" if len(s["folds"]) > 1 else s["split"])
     spec = get_head(s["head"])
     config = spec.config(s.get("config") or {})
-    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config))
+    folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config),
+                                 allow_partial)
     missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
     if missing:
         raise ValueError(f"{run} has no checkpoint for fold(s) {missing} of {split}; it holds {s['folds']}")
@@ -403,7 +408,11 @@ def _run_fold(
         head.fit(train, val, log=log)
     evaluation = task.evaluate(head, scored)
     source = getattr(head, "source_run", None)  # a head stacked on another run (transfer) names it
+    incomplete = dict(getattr(fd, "incomplete", None) or {})  # what --allow-partial left out
     own = list(getattr(head, "warnings", []))
+    if incomplete:
+        own.insert(0, "trained and scored on partial data (--allow-partial): " + "; ".join(
+            f"{name}: {info.get('items', '?')} items left out" for name, info in incomplete.items()))
     warnings = [*unlearned_classes(train, scored, fd.classes), *own] if task.needs_labels else own
     metrics = {**evaluation.metrics, "evaluated_on": evaluated_on, **({"source_run": source} if source else {}),
                **({"warnings": warnings} if warnings else {})}
@@ -421,6 +430,7 @@ def _run_fold(
         "random_weights": fd.random_weights,
         "feature_sets": fd.feature_sets,
         **({"source_run": source} if source else {}),
+        **({"incomplete": incomplete} if incomplete else {}),
         "command": command,
         "versions": {"emo": __version__, "torch": torch.__version__, "numpy": np.__version__,
                      "scikit-learn": sklearn.__version__, "python": platform.python_version()},

@@ -71,6 +71,7 @@ def sweep_from_cache(
     seed: int = 0,
     command: list[str] | None = None,
     echo: Callable[[str], None] = lambda line: None,
+    allow_partial: bool = False,
 ) -> list[RunResult]:
     """One run directory ``out/<cell>/`` per grid cell × every fold of ``split``; the cache is read once.
 
@@ -82,7 +83,7 @@ def sweep_from_cache(
     configs = [spec.config({**(overrides or {}), **cell}) for cell in cells]
     needs = tuple(dict.fromkeys(m for c in configs for m in needed_modalities(c)))
     large = tuple(dict.fromkeys(a for c in configs for a in needed_large_arrays(c)))
-    folds, load, _ = cache_folds(cache, split, feature_sets, needs, large)
+    folds, load, _ = cache_folds(cache, split, feature_sets, needs, large, allow_partial)
     out = Path(out)
     results = []
     for k, cell in enumerate(cells, 1):
