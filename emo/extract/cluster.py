@@ -248,7 +248,7 @@ def _run_tasks(client, fs, plan, manifest, skipped, spec, sampling, options, dev
     t0 = time.perf_counter()
     where = hashlib.sha256(str(fs.path.resolve()).encode()).hexdigest()[:8]  # same config, other dataset: other tasks
     by_id, tag = manifest.by_id(), f"emo-clip-{fs.key[:12]}-{where}"
-    todo = [k for k in range(len(plan)) if not fs.is_done(k)]
+    todo = [k for k in range(len(plan)) if not fs.is_done(k) or fs.shard_damage(k)]  # damaged: redone by the task
     futures = [
         client.submit(
             _class_text_task, str(fs.path), dataclasses.replace(manifest, items=[]), spec, device, precision,

@@ -24,7 +24,7 @@ A new kind is one more :class:`Task` in ``TASKS``.
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from emo.cache.data import FeatureData
+from emo.cache.featureset import write_text_atomic
 
 from .metrics import (
     CAPTION_METRICS,
@@ -82,17 +83,21 @@ def _evaluate_classification(head, data: FeatureData) -> Evaluation:
     return Evaluation(metrics, features, write)
 
 
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    """A CSV written at once (a fresh temp file renamed over ``path``: a planted link is never followed)."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
 def _write_predictions(path: Path, data: FeatureData, scores: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "true", "pred", *(f"score_{c}" for c in data.classes)])
-        pred = scores.argmax(axis=1)
-        for i, item in enumerate(data.ids):
-            y = int(data.labels[i])
-            w.writerow([item, data.classes[y] if y >= 0 else "", data.classes[pred[i]],
-                        *(repr(float(s)) for s in scores[i])])
-    os.replace(tmp, path)
+    pred = scores.argmax(axis=1)
+    labels = [int(y) for y in data.labels]
+    _write_csv(path, ["id", "true", "pred", *(f"score_{c}" for c in data.classes)],
+               ([item, data.classes[labels[i]] if labels[i] >= 0 else "", data.classes[pred[i]],
+                 *(repr(float(s)) for s in scores[i])] for i, item in enumerate(data.ids)))
 
 
 def _evaluate_retrieval(head, data: FeatureData) -> Evaluation:
@@ -103,13 +108,8 @@ def _evaluate_retrieval(head, data: FeatureData) -> Evaluation:
     ranks = metrics.pop("ranks")
 
     def write(out: Path, title: str) -> None:
-        tmp = out / "ranks.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "v2t_rank", "t2v_rank"])
-            for i, item in enumerate(data.ids):
-                w.writerow([item, ranks["v2t"][i], ranks["t2v"][i]])
-        os.replace(tmp, out / "ranks.csv")
+        _write_csv(out / "ranks.csv", ["id", "v2t_rank", "t2v_rank"],
+                   ([item, ranks["v2t"][i], ranks["t2v"][i]] for i, item in enumerate(data.ids)))
 
     return Evaluation(metrics, np.asarray(video, dtype=np.float32), write)
 
@@ -127,13 +127,9 @@ def _evaluate_captioning(head, data: FeatureData) -> Evaluation:
         metrics.update(extra(data, captions))
 
     def write(out: Path, title: str) -> None:
-        tmp = out / "captions.csv.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "generated", "references"])
-            for item, caption, refs in zip(data.ids, captions, data.texts, strict=True):
-                w.writerow([item, caption, " ||| ".join(refs)])
-        os.replace(tmp, out / "captions.csv")
+        _write_csv(out / "captions.csv", ["id", "generated", "references"],
+                   ([item, caption, " ||| ".join(refs)] for item, caption, refs in zip(data.ids, captions, data.texts,
+                                                                                        strict=True)))
 
     return Evaluation(metrics, None, write)
 
