@@ -208,3 +208,36 @@ def test_every_writer_draws_a_new_temporary_name(tmp_path, drawn):
     _extract(tmp_path, n=2)
     assert len(drawn) == len(set(drawn)) == 5  # manifest, config.json, plan.json, shard, .done.json
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.skipif(not hasattr(__import__("resource"), "RLIMIT_FSIZE"), reason="no file-size limit on this platform")
+def test_a_full_disk_ends_with_one_message_keeps_nothing_half_written_and_a_rerun_completes(tmp_path):
+    """A file-size limit stands in for a full disk: HDF5's write fails mid-shard."""
+    import subprocess
+    import sys
+
+    from emo.cache.manifest import Item, Manifest, write_manifest
+    from tests.videos import make_video
+
+    items = []
+    for i in range(4):
+        (tmp_path / "v" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        make_video(tmp_path / "v" / f"c{i % 2}" / f"v{i}.mp4", n_frames=12, size=(32, 32))
+        items.append(Item(id=f"v{i}", path=f"c{i % 2}/v{i}.mp4", label=f"c{i % 2}", splits={"s": {"0": "train"}}))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    write_manifest(Manifest(dataset="d", classes=["c0", "c1"], items=items, root=str(tmp_path / "v"),
+                            split_schemes={"s": ["0"]}), cache / "manifest.jsonl")
+    args = ["extract", "clip", str(cache), "--weights", "random", "--model", "emo-tiny-ViT", "--segments", "4",
+            "--workers", "0", "--device", "cpu", "--shard-size", "2"]
+    limited = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); from emo.cli import main; "
+               f"sys.argv = ['emo', *{args!r}]; main()")
+    res = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "error: File too large (" in res.stderr and ".tmp)" in res.stderr and "Traceback" not in res.stderr
+    shards = next(cache.glob("clip-*")) / "shards"
+    assert not list(shards.glob("*.tmp")) and not list(shards.glob("*.done.json"))  # nothing half-written kept
+    rerun = subprocess.run([sys.executable, "-m", "emo.cli", *args], capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(list(shards.glob("*.done.json"))) == 2

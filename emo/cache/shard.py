@@ -8,13 +8,14 @@ Layout (see ``docs/cache-format.md``)::
     /<modality>/<name>/offsets [n + 1] int64           ... item i is values[offsets[i]:offsets[i+1]]
     attrs: emo_schema, key, feature_set, shard
 
-A shard is written to a temporary file of its own (``<name>.h5.<pid>.<random>.tmp``, created with
-``create_temp``: never an existing name, never through a link), closed, renamed to ``<name>.h5``; the
+A shard is written to a temporary file of its own (``<name>.h5.<pid>.<random>.tmp``, created by HDF5
+with ``O_EXCL`` through ``create_hdf5_temp``: never an existing name, never through a link; HDF5's own
+driver, so a failed write is an error, not a crash), closed, renamed to ``<name>.h5``; the
 caller then writes its ``.done.json`` (see ``featureset.py``), which records the file's size and sha256
 (``file_digest``). Readers open read-only with HDF5 file locking off so caches on read-only or NFS
 mounts work.
 
-``create_temp`` is how every writer of a shared cache starts a file (shards, JSON records, manifests):
+``create_temp`` is how every other writer of a shared cache starts a file (JSON records, manifests):
 a cache directory is writable by a whole lab, so a name in it may already be taken, or be a symlink
 someone planted to make the next writer overwrite another file.
 """
@@ -30,7 +31,7 @@ import h5py
 import numpy as np
 
 __all__ = [
-    "SCHEMA_VERSION", "write_shard", "read_shard", "open_shard", "array_names", "create_temp", "file_digest",
+    "SCHEMA_VERSION", "write_shard", "read_shard", "open_shard", "array_names", "create_temp", "create_hdf5_temp", "file_digest",
 ]
 
 SCHEMA_VERSION = 1
@@ -60,6 +61,21 @@ def create_temp(path: str | os.PathLike) -> tuple[int, Path]:
     raise FileExistsError(f"could not create a temporary file beside {path}: 100 names taken")
 
 
+def create_hdf5_temp(path: str | os.PathLike) -> tuple[h5py.File, Path]:
+    """A new HDF5 file beside ``path`` for writing it atomically: ``(open file, its path)``, named like
+    ``create_temp``'s and created by HDF5 itself with ``O_CREAT | O_EXCL`` (mode ``"w-"``): an existing
+    name, a planted symlink included, is never opened or followed; another name is drawn. HDF5 keeps its
+    own file driver, so a failed write (disk full, a file-size limit) is an ``OSError``, never a crash."""
+    path = Path(path)
+    for _ in range(100):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return h5py.File(tmp, "w-", locking=False), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}: 100 names taken")
+
+
 def file_digest(path: str | os.PathLike) -> dict[str, int | str]:
     """``{"size": bytes, "sha256": hex}`` of a file's contents, as a ``.done.json`` records them."""
     h = hashlib.sha256()
@@ -84,14 +100,14 @@ def write_shard(
     Names in ``ragged`` are stored as values + offsets along their first axis; the others must have
     one shape for all items and are stacked. Names in ``compress`` get gzip + shuffle (use it for
     uint8 pixels; float features stay uncompressed so a shard loads at disk speed).
-    HDF5 writes through the descriptor ``create_temp`` opened (no name is opened twice); on any error
-    the temporary file is removed. Returns ``{name: {"shape": [...], "dtype": str}}`` for the
+    The temporary file comes from ``create_hdf5_temp`` (exclusive, never through a link); on any error it
+    is removed. Returns ``{name: {"shape": [...], "dtype": str}}`` for the
     ``.done.json``.
     """
     path = Path(path)
-    fd, tmp = create_temp(path)
+    f, tmp = create_hdf5_temp(path)
     try:
-        with os.fdopen(fd, "w+b") as raw, h5py.File(raw, "w", locking=False) as f:
+        with f:
             summary = _write_items(f, ids, arrays, ragged, attrs, compress)
         os.replace(tmp, path)
     except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import typer
 
@@ -26,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from emo.cache.featureset import FeatureSetError
     from emo.cache.manifest import ManifestError
 
-    errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, FileNotFoundError, ImportError,
+    errors: list[type[BaseException]] = [ManifestError, FeatureSetError, ValueError, OSError, ImportError,
                                          FloatingPointError]
     try:
         from emo.encoders.clip import WeightsError
@@ -48,10 +49,25 @@ def friendly(fn):
         except _user_errors() as e:
             if os.environ.get("EMO_DEBUG"):
                 raise
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {describe_error(e)}", err=True)
             raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper
+
+
+_FILENAME = re.compile(r"name = '([^']+)'|filename = '([^']+)'")
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for the user. A system error (disk full, a file-size limit, permissions: an ``OSError``
+    with an errno, also as h5py raises it with its long HDF5 detail) says what and which file; whatever
+    it was writing was a temporary file, removed, so nothing finished is lost."""
+    if isinstance(e, OSError) and e.errno and not isinstance(e, FileNotFoundError):
+        found = _FILENAME.search(str(e))
+        name = e.filename or (next(g for g in found.groups() if g) if found else None)
+        where = f" ({name})" if name else ""
+        return f"{os.strerror(e.errno)}{where}; what was being written was not kept: fix it and run the command again"
+    return str(e)
 
 
 def csv_list(text: str | None) -> list[str] | None:

@@ -23,7 +23,7 @@ import torch
 from emo.cache.featureset import FeatureSet
 from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
-from emo.cache.shard import create_temp
+from emo.cache.shard import create_hdf5_temp
 from emo.decode.sampling import SamplingConfig
 from emo.decode.video import DecodedItem, decode_item
 from emo.decode.workers import DecodePool
@@ -141,9 +141,9 @@ def store_class_text(fs: FeatureSet, encoder: ClipEncoder, manifest: Manifest) -
     texts = [t.format(c.replace("_", " ")) for c in manifest.classes for t in CLASS_TEMPLATES]
     emb = encoder.encode_text(texts).float().cpu().numpy()  # [C * T, D]
     emb = emb.reshape(len(manifest.classes), len(CLASS_TEMPLATES), -1)  # [C, T, D]
-    fd, tmp = create_temp(path)  # a fresh name, never a planted link
+    f, tmp = create_hdf5_temp(path)  # a fresh name, never a planted link
     try:
-        with os.fdopen(fd, "w+b") as raw, h5py.File(raw, "w", locking=False) as f:
+        with f:
             f.create_dataset("classes", data=np.array(manifest.classes, dtype=object), dtype=h5py.string_dtype())
             f.create_dataset("templates", data=np.array(CLASS_TEMPLATES, dtype=object), dtype=h5py.string_dtype())
             f.create_dataset("embeddings", data=emb)
