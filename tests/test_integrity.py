@@ -242,3 +242,42 @@ def test_a_truncated_shard_of_a_real_extraction_fails_loading_and_is_re_extracte
     assert after.ids == [f"v{k}.mp4" for k in range(6)]
     np.testing.assert_allclose(after.arrays["clip/cls"].float().numpy(), before.float().numpy(), rtol=1e-2, atol=1e-2)
     assert not list((fs.path / "shards").glob("*.tmp")) and os.path.getsize(fs.shard_path(1)) == fs.done_record(1)["size"]
+
+
+def test_a_complete_extraction_reruns_on_a_read_only_cache_without_writing(tmp_path, monkeypatch):
+    """Any write under the cache raises EROFS (a read-only mount; chmod does not stop root): re-running the
+    finished extraction, training from it and verifying it still work."""
+    import errno
+
+    _videos(tmp_path, 4)
+    args = ["extract", "clip", str(tmp_path), "--model", "emo-tiny-ViT", "--weights", "random", "--device", "cpu",
+            "--no-progress", "--segments", "2", "--workers", "0", "--shard-size", "2"]
+    assert runner.invoke(app, args).exit_code == 0
+    root = str(tmp_path.resolve())
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    real_open, real_mkdir, real_link, real_replace = os.open, os.mkdir, os.link, os.replace
+
+    def under(path) -> bool:
+        return os.path.abspath(os.fspath(path)).startswith(root)
+
+    def ro_open(path, flags, *a, **k):
+        if under(path) and flags & write_flags:
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+        return real_open(path, flags, *a, **k)
+
+    def refuse(real):
+        def call(src, *a, **k):
+            if under(src):
+                raise OSError(errno.EROFS, "Read-only file system", os.fspath(src))
+            return real(src, *a, **k)
+        return call
+
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", refuse(real_mkdir))
+    monkeypatch.setattr(os, "link", refuse(real_link))
+    monkeypatch.setattr(os, "replace", refuse(real_replace))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "this run 0 videos" in again.output
+    assert _verify(tmp_path).exit_code == 0
+    assert len(load_features(tmp_path)) == 4

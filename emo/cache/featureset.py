@@ -216,18 +216,19 @@ class FeatureSet:
         key = config_key(config)
         name = feature_set_name(config, key)
         path = Path(dataset_dir) / name
-        (path / "shards").mkdir(parents=True, exist_ok=True)
-        meta = {**config, "key": key, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         cfg_path = path / "config.json"
-        fd, tmp = create_temp(cfg_path)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=1)
-            os.link(tmp, cfg_path)  # refuses an existing target: the first creator wins, atomically (NFS too)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
+        if not cfg_path.exists():  # an existing set is only read (a read-only cache re-runs as a no-op)
+            (path / "shards").mkdir(parents=True, exist_ok=True)
+            meta = {**config, "key": key, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            fd, tmp = create_temp(cfg_path)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(meta, f, indent=1)
+                os.link(tmp, cfg_path)  # refuses an existing target: the first creator wins, atomically (NFS too)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
         fs = cls(path)
         if fs.key != key:
             raise FeatureSetError(
@@ -308,6 +309,11 @@ class FeatureSet:
         """
         if shard_size < 1:
             raise ValueError(f"shard size must be ≥ 1, got {shard_size}")
+        if not retry_failed:  # every id planned already: no lock, no write (plans only grow, plan.json is atomic)
+            shards = self.plan()
+            planned = {i for s in shards for i in s}
+            if all(i in planned for i in ids):
+                return shards
         with _locked(self.path / "plan.lock"):
             shards = self.plan()
             planned = {i for s in shards for i in s}
