@@ -160,3 +160,21 @@ def test_parse_split_and_split_schemes_of():
     items = [Item(id="a", path="a", splits={"x": {"1": "train"}}),
              Item(id="b", path="b", splits={"x": {"0": "test", "1": "test"}, "y": {"a": "val"}})]
     assert split_schemes_of(items) == {"x": ["1", "0"], "y": ["a"]}
+
+
+def test_ids_with_control_characters_and_oversized_fields_are_refused_naming_the_row(tmp_path):
+    from emo.cache.manifest import MAX_TEXT_CHARS, Item, Manifest, ManifestError
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    ok = Item(id="fine", path="a.mp4", label="c")
+    cases = {
+        "holds a control character": Item(id="bad\x00id", path="a.mp4", label="c"),
+        r"xxx…'\): the id is 5,000 characters long \(at most 1,024\)": Item(id="x" * 5000, path="a.mp4", label="c"),
+        "its text is": Item(id="big", path="a.mp4", label="c", text="w " * (MAX_TEXT_CHARS // 2 + 10)),
+    }
+    for reason, item in cases.items():
+        m = Manifest(dataset="d", classes=["c"], items=[ok, item], root=str(tmp_path))
+        with pytest.raises(ManifestError, match=rf"manifest row 2 .*{reason}"):
+            m.validate()
+        m = Manifest(dataset="d", classes=["c"], items=[ok, item], root=str(tmp_path))
+        assert [r for r, _, _ in m.validate(skip_invalid=True)] == [2] and [i.id for i in m.items] == ["fine"]

@@ -47,6 +47,8 @@ __all__ = [
 MANIFEST_VERSION = 1
 SPLIT_VALUES = ("train", "val", "test")
 LABEL_TYPES = ("single", "multi", "continuous", "none")
+MAX_ID_CHARS = 1024  # an id names a shard row, a log line and sometimes a file
+MAX_TEXT_CHARS = 100_000  # per item, all captions together: far above any utterance or caption set
 _ITEM_FIELDS = ("id", "path", "label", "start", "end", "text", "speaker", "subject_boxes", "splits")
 
 
@@ -109,7 +111,8 @@ class Manifest:
                 kept.append(item)
                 continue
             if not skip_invalid:
-                raise ManifestError(f"manifest row {row} (id {item.id!r}): {reason}")
+                shown = item.id if not isinstance(item.id, str) or len(item.id) <= 80 else item.id[:80] + "…"
+                raise ManifestError(f"manifest row {row} (id {shown!r}): {reason}")
             skipped.append((row, item.id, reason))
         self.items = kept
         return skipped
@@ -117,10 +120,20 @@ class Manifest:
     def _row_problem(self, item: Item, seen: set[str], check_files: bool) -> str | None:
         if not isinstance(item.id, str) or not item.id:
             return "empty or non-string id"
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in item.id):
+            return "the id holds a control character (NUL, newline, ...): ids name shard rows and files"
+        if len(item.id) > MAX_ID_CHARS:
+            return f"the id is {len(item.id):,} characters long (at most {MAX_ID_CHARS:,})"
         if item.id in seen:
             return "duplicate id"
         if not item.path:
             return "no path"
+        if not isinstance(item.path, str) or "\x00" in item.path:
+            return "the path is not a string or holds a NUL character"
+        size = sum(len(t) for t in ([item.text] if isinstance(item.text, str) else item.text or []) if isinstance(t, str))
+        if size > MAX_TEXT_CHARS:
+            return (f"its text is {size:,} characters long (at most {MAX_TEXT_CHARS:,}: an utterance or a few "
+                    "captions, not a document)")
         if check_files and not self.resolve(item).exists():
             return f"file not found: {self.resolve(item)}"
         problem = self._label_problem(item.label)
