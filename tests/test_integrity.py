@@ -281,3 +281,22 @@ def test_a_complete_extraction_reruns_on_a_read_only_cache_without_writing(tmp_p
     assert "this run 0 videos" in again.output
     assert _verify(tmp_path).exit_code == 0
     assert len(load_features(tmp_path)) == 4
+
+
+def test_broken_json_records_are_named_by_load_verify_and_ls(tmp_path):
+    fs, _ = _set(tmp_path)
+    done = fs.shard_path(0, ".done.json")
+    good = done.read_text()
+    done.write_text("{broken")
+    with pytest.raises(FeatureSetError, match=r"shard-00000\.done\.json: not valid JSON"):
+        load_features(tmp_path)
+    res = _verify(tmp_path)
+    assert res.exit_code == 1 and "shard-00000.done.json: not valid JSON" in res.output
+    done.write_text(good)
+    (fs.path / "config.json").write_text("nope")
+    res = runner.invoke(app, ["cache", "ls", str(tmp_path)])
+    assert res.exit_code == 0 and "UNREADABLE" in res.output and "config.json: not valid JSON" in res.output
+    res = _verify(tmp_path)
+    assert res.exit_code == 1 and f"FAULT {fs.path.name}: " in res.output and "config.json: not valid JSON" in res.output
+    with pytest.raises(FeatureSetError, match=r"config\.json: not valid JSON"):
+        load_features(tmp_path)

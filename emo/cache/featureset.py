@@ -46,6 +46,7 @@ from .shard import SCHEMA_VERSION, create_temp, file_digest
 __all__ = [
     "config_is_random",
     "FeatureSetError",
+    "RecordError",
     "IncompleteFeatureSetError",
     "UnsafeFileError",
     "FeatureSet",
@@ -65,6 +66,10 @@ _LISTED = 3  # unfinished shard files named in an IncompleteFeatureSetError
 
 class FeatureSetError(RuntimeError):
     """A feature set is missing, ambiguous, damaged, or does not match the requested configuration."""
+
+
+class RecordError(FeatureSetError, ValueError):
+    """A cache's JSON record (config.json, plan.json, a .done.json, failures.jsonl) cannot be read; names it."""
 
 
 class IncompleteFeatureSetError(FeatureSetError):
@@ -163,8 +168,16 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 
 def _read_json(path: Path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A cache's JSON record (config.json, plan.json, .done.json); a malformed one raises
+    ``FeatureSetError`` naming the file (it may be damaged or edited by hand: `emo cache verify`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: not valid JSON ({e}); the cache is damaged or was edited") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 @contextlib.contextmanager
@@ -391,19 +404,39 @@ class FeatureSet:
     def failures(self) -> list[dict]:
         if not self.failures_path.exists():
             return []
+        out = []
         with open(self.failures_path, encoding="utf-8") as f:
-            return [json.loads(ln) for ln in f if ln.strip()]
+            for row, ln in enumerate(f, start=1):
+                if not ln.strip():
+                    continue
+                try:
+                    out.append(json.loads(ln))
+                except json.JSONDecodeError as e:
+                    raise RecordError(f"{self.failures_path} line {row}: not valid JSON ({e})") from None
+        return out
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path / "shards").glob("shard-*.h5"))
 
 
-def list_feature_sets(dataset_dir: str | os.PathLike) -> list[FeatureSet]:
-    """Every feature set in a dataset cache directory, by name."""
+def list_feature_sets(dataset_dir: str | os.PathLike, unreadable: list | None = None) -> list[FeatureSet]:
+    """Every feature set in a dataset cache directory, by name. A set whose config.json cannot be read
+    raises ``RecordError``, or, given a list ``unreadable``, is appended there as ``(path, error)``
+    (``emo cache ls`` / ``verify`` report it and go on)."""
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FeatureSetError(f"{root} is not a cache directory")
-    return [FeatureSet(p) for p in sorted(root.iterdir()) if (p / "config.json").exists()]
+    sets = []
+    for p in sorted(root.iterdir()):
+        if not (p / "config.json").exists():
+            continue
+        try:
+            sets.append(FeatureSet(p))
+        except RecordError as e:
+            if unreadable is None:
+                raise
+            unreadable.append((p, e))
+    return sets
 
 
 def open_feature_set(path_or_dataset: str | os.PathLike, name: str | None = None) -> FeatureSet:

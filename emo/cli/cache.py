@@ -24,9 +24,13 @@ def cache_ls(cache: Path = typer.Argument(..., help="Dataset cache directory."))
     """Feature sets of a dataset cache: name, key, items ok/failed, size, created."""
     from emo.cache.featureset import list_feature_sets
 
-    sets = list_feature_sets(cache)
+    unreadable: list = []
+    sets = list_feature_sets(cache, unreadable)
+    for path, error in unreadable:
+        typer.echo(f"{path.name:<44} UNREADABLE: {error}")
     if not sets:
-        typer.echo(f"{cache}: no feature sets yet")
+        if not unreadable:
+            typer.echo(f"{cache}: no feature sets yet")
         return
     typer.echo(f"{'feature set':<44} {'key':<12} {'ok':>6} {'failed':>6} {'size':>9}  created")
     for fs in sets:
@@ -51,11 +55,20 @@ def cache_verify(
 ) -> None:
     """Check config.json against its key and every shard against its .done.json (size, and with --deep
     its sha256); exit 1 on any fault."""
-    from emo.cache.featureset import FeatureSet, list_feature_sets
+    from emo.cache.featureset import FeatureSet, RecordError, list_feature_sets
     from emo.cache.verify import verify_feature_set
 
-    sets = [FeatureSet(target)] if (target / "config.json").exists() else list_feature_sets(target)
-    faults = 0
+    unreadable: list = []
+    if (target / "config.json").exists():
+        try:
+            sets = [FeatureSet(target)]
+        except RecordError as e:
+            sets, unreadable = [], [(target, e)]
+    else:
+        sets = list_feature_sets(target, unreadable)
+    faults = len(unreadable)
+    for path, error in unreadable:
+        typer.echo(f"FAULT {path.name}: {error}")
     for fs in sets:
         rep = verify_feature_set(fs, deep=deep)
         for fault in rep.faults:
