@@ -256,3 +256,15 @@ def test_indexing_is_by_items_only(cache):
         tokens[np.ones(len(tokens) + 1, dtype=bool)]
     with pytest.raises(IndexError):
         tokens[[len(tokens)]]
+
+
+def test_a_shard_damaged_after_loading_is_named_when_a_batch_reads_it(cache):
+    from emo.cache.featureset import FeatureSetError
+
+    fd = load(cache)
+    tokens = fd.arrays["clip/tokens"]
+    shard = Path(tokens.source.paths[int(tokens.shard_index[0])])
+    data = bytearray(shard.read_bytes())
+    shard.write_bytes(bytes(data[: len(data) // 3]))  # truncated under the running head
+    with pytest.raises(FeatureSetError, match=rf"{shard.name}: cannot read 'clip/tokens' rows"):
+        tokens.read([0])

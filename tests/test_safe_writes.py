@@ -148,6 +148,15 @@ def test_a_link_at_failures_jsonl_is_refused_naming_it(tmp_path, victim):
     assert victim.read_bytes() == PRECIOUS
 
 
+def test_a_hard_link_at_failures_jsonl_is_refused_naming_it(tmp_path, victim):
+    m = make_manifest(tmp_path, n=6)
+    fs = FeatureSet.create(tmp_path, {"modality": "m"})
+    os.link(victim, fs.failures_path)  # the same file under two names: an append would change the victim
+    with pytest.raises(UnsafeFileError, match="failures.jsonl has 2 hard links"):
+        run_extraction(fs, m, ExtractOptions(shard_size=2, progress=False), _fill)
+    assert victim.read_bytes() == PRECIOUS
+
+
 def test_a_fifo_at_failures_jsonl_is_refused_without_blocking(tmp_path):
     fs = FeatureSet.create(tmp_path, {"modality": "m"})
     os.mkfifo(fs.failures_path)

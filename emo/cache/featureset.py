@@ -149,9 +149,14 @@ def _open_regular(path: Path, flags: int) -> int:
             raise UnsafeFileError(f"{path} is a symlink or not a regular file; refusing to write to it "
                                   "(remove it: emo creates it as a plain file)") from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise UnsafeFileError(f"{path} is not a regular file; refusing to write to it (remove it)")
+    if st.st_nlink > 1:  # a hard link planted there would make the write land in another file too
+        os.close(fd)
+        raise UnsafeFileError(f"{path} has {st.st_nlink} hard links; refusing to write to it (emo creates it "
+                              "as a plain file: remove it)")
     os.set_blocking(fd, True)
     return fd
 

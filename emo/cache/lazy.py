@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import torch
 
+from .featureset import FeatureSetError
 from .shard import open_shard
 
 __all__ = ["ShardSource", "ShardedArray"]
@@ -134,7 +135,12 @@ class ShardedArray:
         for k in np.unique(view.shard_index):
             at = np.flatnonzero(view.shard_index == k)  # [m_k] positions in out
             wanted, back = np.unique(view.row_index[at], return_inverse=True)  # increasing, unique rows
-            out[at] = _read_sorted(self.source.dataset(int(k)), wanted)[back.reshape(-1)]
+            try:
+                out[at] = _read_sorted(self.source.dataset(int(k)), wanted)[back.reshape(-1)]
+            except (OSError, KeyError) as e:  # a shard damaged after loading: name it, no h5py traceback
+                shard = self.source.paths[int(k)]
+                raise FeatureSetError(f"{shard}: cannot read {self.source.name!r} rows ({e}); run `emo cache "
+                                      "verify` and re-extract the damaged shard") from None
         return torch.from_numpy(out)
 
     def close(self) -> None:
