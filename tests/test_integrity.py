@@ -300,3 +300,20 @@ def test_broken_json_records_are_named_by_load_verify_and_ls(tmp_path):
     assert res.exit_code == 1 and f"FAULT {fs.path.name}: " in res.output and "config.json: not valid JSON" in res.output
     with pytest.raises(FeatureSetError, match=r"config\.json: not valid JSON"):
         load_features(tmp_path)
+
+
+def test_a_rerun_with_verify_deep_rewrites_a_shard_whose_bits_flipped_at_the_same_size(tmp_path):
+    m = make_manifest(tmp_path, n=6)
+    fs = FeatureSet.create(tmp_path, {"modality": "m"})
+    run_extraction(fs, m, ExtractOptions(shard_size=2, progress=False), _fill)
+    path = fs.shard_path(1)
+    with h5py.File(path, "r", locking=False) as f:
+        offset = f["m/x"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01  # same size: only a read of every byte sees it
+    path.write_bytes(bytes(data))
+    cheap = run_extraction(fs, m, ExtractOptions(shard_size=2, progress=False), _fill)
+    assert cheap.repaired == {}  # the default re-run checks sizes only (documented)
+    deep = run_extraction(fs, m, ExtractOptions(shard_size=2, progress=False, verify_deep=True), _fill)
+    assert list(deep.repaired) == ["shard-00001.h5"] and "sha256" in deep.repaired["shard-00001.h5"]
+    assert _verify(tmp_path, "--deep").exit_code == 0

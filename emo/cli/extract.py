@@ -36,6 +36,7 @@ def extract_clip_cmd(
     backend: str = typer.Option("auto", help="Decoder: auto (decord, PyAV fallback) | decord | pyav."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    verify_deep: bool = typer.Option(False, help="Also read every finished shard's sha256 and re-extract one whose bits changed."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
     local_cluster: int = typer.Option(0, help="Run shards as dask tasks on N local worker processes (one per GPU)."),
     scheduler: str = typer.Option(None, help="Run shards as dask tasks on an existing cluster: tcp://host:8786."),
@@ -58,6 +59,7 @@ def extract_clip_cmd(
         shard_size=shard_size, workers=workers, timeout=timeout, batch_size=batch_size, pixels=pixels,
         subject_prompt=subject_prompt, box_tolerance=box_tolerance,
         backend=backend, skip_invalid=skip_invalid, retry_failed=retry_failed, progress=progress,
+        verify_deep=verify_deep,
     )
     if local_cluster or scheduler:
         from emo.extract.cluster import extract_clip_distributed
@@ -86,6 +88,7 @@ def extract_audio_cmd(
     precision: str = typer.Option("auto", help="auto (fp16 on CUDA) | fp16 | bf16 | fp32."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    verify_deep: bool = typer.Option(False, help="Also read every finished shard's sha256 and re-extract one whose bits changed."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """wav2vec 2.0 hidden states of each item's 16 kHz mono audio (its start/end span), exact lengths."""
@@ -95,7 +98,7 @@ def extract_audio_cmd(
     spec = AudioSpec(model=model, checkpoint=str(checkpoint) if checkpoint else None, weights=weights,
                      random_seed=seed, layers=tuple(int(v) for v in csv_list(layers) or []), max_seconds=max_seconds)
     options = ExtractOptions(shard_size=shard_size, workers=workers, timeout=timeout, skip_invalid=skip_invalid,
-                             retry_failed=retry_failed, progress=progress)
+                             retry_failed=retry_failed, progress=progress, verify_deep=verify_deep)
     _finish(extract_audio(cache, spec, options, device=device, precision=precision))
 
 
@@ -117,6 +120,7 @@ def extract_text_cmd(
     precision: str = typer.Option("auto", help="auto (fp16 on CUDA) | fp16 | bf16 | fp32."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    verify_deep: bool = typer.Option(False, help="Also read every finished shard's sha256 and re-extract one whose bits changed."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """Utterance/caption CLIP tokens and text embeddings (all references) and 7-way sentiment logits."""
@@ -132,7 +136,7 @@ def extract_text_cmd(
                     sentiment=sentiment, sentiment_checkpoint=str(sentiment_checkpoint) if sentiment_checkpoint else None,
                     sentiment_weights="pretrained" if sentiment_checkpoint else weights, random_seed=seed)
     options = ExtractOptions(shard_size=shard_size, batch_size=batch_size, skip_invalid=skip_invalid,
-                             retry_failed=retry_failed, progress=progress)
+                             retry_failed=retry_failed, progress=progress, verify_deep=verify_deep)
     _finish(extract_text(cache, spec, options, device=device, precision=precision))
 
 
@@ -160,6 +164,7 @@ def extract_au(
     tolerance: float = typer.Option(None, help="Seconds between a sampled frame and its CSV row (default: half a frame)."),
     shard_size: int = typer.Option(64, help="Items per shard."),
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
+    verify_deep: bool = typer.Option(False, help="Also read every finished shard's sha256 and re-extract one whose bits changed."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ) -> None:
     """Facial action units (OpenFace CSVs, or py-feat), at the sampled frames of a clip feature set."""
@@ -169,12 +174,14 @@ def extract_au(
     if backend == "py-feat":
         kwargs = {k: v for k, v in {"au_model": au_model, "face_model": face_model, "device": detector_device}.items() if v}
         summary = import_pyfeat(cache, align_to=align_to, detector_kwargs=kwargs, face_threshold=face_threshold,
-                                shard_size=shard_size, retry_failed=retry_failed, progress=progress)
+                                shard_size=shard_size, retry_failed=retry_failed, progress=progress,
+                                verify_deep=verify_deep)
     elif backend == "openface":
         if openface_dir is None:
             raise ValueError("--backend openface needs --openface-dir (the folder of OpenFace CSVs)")
         summary = import_openface(cache, openface_dir, align_to=align_to, confidence=confidence, tolerance=tolerance,
-                                  shard_size=shard_size, retry_failed=retry_failed, progress=progress)
+                                  shard_size=shard_size, retry_failed=retry_failed, progress=progress,
+                                verify_deep=verify_deep)
     else:
         raise ValueError(f"--backend must be openface or py-feat, got {backend!r}")
     _finish(summary)

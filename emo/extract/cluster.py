@@ -154,7 +154,7 @@ def _shard_task(
                 _after_fill(k)
             return filled
 
-        runner = ShardRunner(fs, manifest, fill, compress=CLIP_COMPRESS, dists=CLIP_DISTS)
+        runner = ShardRunner(fs, manifest, fill, compress=CLIP_COMPRESS, dists=CLIP_DISTS, deep=options.verify_deep)
         while (wrote := runner.try_shard(k, ids, progress)) is None:  # held by a live process elsewhere
             time.sleep(_WAIT_S)
     return {"shard": k, "wrote": wrote, "items": progress.items, "frames": progress.sub, "worker": _address()}
@@ -248,7 +248,8 @@ def _run_tasks(client, fs, plan, manifest, skipped, spec, sampling, options, dev
     t0 = time.perf_counter()
     where = hashlib.sha256(str(fs.path.resolve()).encode()).hexdigest()[:8]  # same config, other dataset: other tasks
     by_id, tag = manifest.by_id(), f"emo-clip-{fs.key[:12]}-{where}"
-    todo = [k for k in range(len(plan)) if not fs.is_done(k) or fs.shard_damage(k)]  # damaged: redone by the task
+    todo = [k for k in range(len(plan))  # unfinished, or damaged (redone by the task)
+            if not fs.is_done(k) or fs.shard_damage(k, deep=options.verify_deep)]
     futures = [
         client.submit(
             _class_text_task, str(fs.path), dataclasses.replace(manifest, items=[]), spec, device, precision,

@@ -56,6 +56,7 @@ class ExtractOptions:
     skip_invalid: bool = False
     retry_failed: bool = False
     progress: bool = True
+    verify_deep: bool = False  # re-runs: also compare every finished shard's sha256 (bits flipped at the same size)
 
     def __post_init__(self) -> None:
         for name in ("shard_size", "batch_size"):
@@ -163,20 +164,22 @@ class ShardRunner:
         ragged: Iterable[str] = (),
         compress: Iterable[str] = (),
         dists: Iterable[str] = ("emo", "torch", "h5py"),
+        deep: bool = False,
     ):
-        self.fs, self.fill = fs, fill
+        self.fs, self.fill, self.deep = fs, fill, deep
         self.items = manifest.by_id()
         self.ragged, self.compress, self.dists = frozenset(ragged), frozenset(compress), tuple(dists)
         self.repaired: dict[str, str] = {}  # shard file -> damage, for the shards this runner re-extracted
 
     def damage(self, k: int) -> str | None:
-        """Why finished shard ``k`` cannot be kept (cheap: its record and one ``stat``), or None. Bits
-        flipped at an unchanged size show only in ``emo cache verify --deep``."""
+        """Why finished shard ``k`` cannot be kept, or None: cheap by default (its record and one ``stat``);
+        with ``deep`` (``--verify-deep``) also its sha256, which reads every byte and finds bits flipped at
+        an unchanged size (as ``emo cache verify --deep`` does)."""
         try:
             record = self.fs.done_record(k)
         except (OSError, ValueError) as e:
             return f"its .done.json is unreadable ({e})"
-        return self.fs.shard_damage(k, record)
+        return self.fs.shard_damage(k, record, deep=self.deep)
 
     def pending(self, plan: list[list[str]]) -> list[int]:
         """Planned shards to extract: those without a ``.done.json`` and the damaged ones."""
@@ -284,7 +287,7 @@ def run_extraction(
     ``failed`` count the whole feature set (all runs); ``done_here`` what this process extracted.
     """
     plan = fs.extend_plan([it.id for it in manifest.items], options.shard_size, options.retry_failed)
-    runner = ShardRunner(fs, manifest, fill, ragged=ragged, compress=compress, dists=dists)
+    runner = ShardRunner(fs, manifest, fill, ragged=ragged, compress=compress, dists=dists, deep=options.verify_deep)
     t0 = time.perf_counter()
     todo = sum(len(plan[k]) for k in runner.pending(plan))
     with tqdm(

@@ -238,6 +238,7 @@ def import_openface(
     shard_size: int = 64,
     retry_failed: bool = False,
     progress: bool = True,
+    verify_deep: bool = False,
 ) -> ExtractSummary:
     """Import OpenFace CSVs of ``openface_dir`` into the au feature set of ``cache_dir``'s manifest.
 
@@ -270,7 +271,8 @@ def import_openface(
     # Plan only the items with sampled frames; the others come back as skipped rows, not failures:
     # a later run, after the clip set has them, picks them up.
     planned = dataclasses.replace(manifest, items=[it for it in manifest.items if it.id in times])
-    options = ExtractOptions(shard_size=shard_size, workers=0, retry_failed=retry_failed, progress=progress)
+    options = ExtractOptions(shard_size=shard_size, workers=0, retry_failed=retry_failed, progress=progress,
+                             verify_deep=verify_deep)
     importer = _Importer(times, found, reasons, hashes, openface_dir, confidence, tolerance)
     summary = run_extraction(fs, planned, options, importer.fill, dists=("emo", "numpy", "h5py"))
     return dataclasses.replace(summary, total=total, skipped_rows=skipped + not_yet)

@@ -114,6 +114,7 @@ def import_pyfeat(
     shard_size: int = 16,
     retry_failed: bool = False,
     progress: bool = True,
+    verify_deep: bool = False,
 ) -> ExtractSummary:
     """Run py-feat on every item's video and store its AUs at the sampled frames of a clip feature set.
 
@@ -147,7 +148,8 @@ def import_pyfeat(
     reason = f"no sampled frames: not ok (yet) in clip feature set {clip.name}"
     not_yet = [(rows[it.id], it.id, reason) for it in manifest.items if it.id not in frames]
     planned = dataclasses.replace(manifest, items=[it for it in manifest.items if it.id in frames])
-    options = ExtractOptions(shard_size=shard_size, workers=0, retry_failed=retry_failed, progress=progress)
+    options = ExtractOptions(shard_size=shard_size, workers=0, retry_failed=retry_failed, progress=progress,
+                             verify_deep=verify_deep)
     runner = _PyFeat(cls, kwargs, manifest, frames, au_names, face_threshold)
     summary = run_extraction(fs, planned, options, runner.fill, dists=("emo", "numpy", "h5py"))
     return dataclasses.replace(summary, total=total, skipped_rows=skipped + not_yet)
