@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emo.cache.featureset import FeatureSet, FeatureSetError, open_feature_set
+from emo.cache.featureset import FeatureSet, FeatureSetError, list_feature_sets, open_feature_set
 from emo.cache.loader import load_features
 from emo.cache.manifest import Item, Manifest, write_manifest
 from emo.cache.shard import read_shard
@@ -573,3 +573,13 @@ def test_cli_au_backends_and_their_required_options(cache, monkeypatch):
     monkeypatch.setitem(sys.modules, "feat", None)  # py-feat absent: says what to install, writes nothing
     res = runner.invoke(app, ["extract", "au", str(cache["data"]), "--backend", "py-feat"])
     assert res.exit_code == 2 and "pip install py-feat" in res.output
+
+
+def test_a_damaged_clip_shard_stops_the_au_import_naming_it(cache, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(cache["data"], data)
+    (clip,) = [fs for fs in list_feature_sets(data) if fs.meta.get("modality") == "clip"]
+    shard = clip.shard_path(clip.done_indices()[0])
+    shard.write_bytes(shard.read_bytes()[:-100])  # its frame times can no longer be trusted
+    with pytest.raises(FeatureSetError, match=rf"{shard.name}: .*re-run `emo extract clip`"):
+        import_openface(data, cache["of"], align_to=clip.name, progress=False)

@@ -186,6 +186,7 @@ def aligned_clip_set(cache_dir: Path, align_to: str | None) -> FeatureSet:
     if len(clips) != 1:
         have = ", ".join(fs.name for fs in clips) or "none (run `emo extract clip` first)"
         raise FeatureSetError(f"{cache_dir} holds {len(clips)} clip feature sets; pick one with --align-to (have: {have})")
+    clips[0].check_config()  # its frame times are only as good as its config and shards
     return clips[0]
 
 
@@ -194,9 +195,13 @@ def frame_times(clip: FeatureSet, array: str = "clip/frame_time") -> dict[str, n
     ``clip/frame_index``) of every item ok in a finished shard of ``clip``."""
     out: dict[str, np.ndarray] = {}
     for k in clip.done_indices():
-        status = clip.done_record(k)["status"]
+        record = clip.done_record(k)
+        status = record["status"]
         if not any(s == "ok" for s in status.values()):
             continue
+        damage = clip.shard_damage(k, record)
+        if damage:
+            raise FeatureSetError(f"{clip.shard_path(k)}: {damage}; re-run `emo extract clip` to repair it first")
         ids, arrays = read_shard(clip.shard_path(k), [array])
         for i, t in zip(ids, arrays[array], strict=True):
             if status.get(i) == "ok":
