@@ -112,7 +112,9 @@ def test_vitb32_tokens_are_after_block_k(vitb32):
 
 def test_tokens_layer_range():
     with pytest.raises(ValueError, match="from 1"):
-        ClipSpec(tokens_layer=0)
+        ClipSpec(tokens_layer=-1)
+    enc0 = load_clip(tiny_spec(tokens_layer=0), device="cpu")  # the tokens entering block 1 (after ln_pre)
+    assert enc0.encode_images(frames(2, 32))["tokens"].shape == (2, 17, 64)
     with pytest.raises(ValueError, match=r"blocks 1\.\.2"):
         load_clip(tiny_spec(tokens_layer=3), device="cpu")
     enc = load_clip(tiny_spec(tokens_layer=2), device="cpu")

@@ -21,7 +21,7 @@ def extract_clip_cmd(
     frames_per_segment: int = typer.Option(1, "--frames-per-segment", "-N", help="Frames stored per segment (N)."),
     views: int = typer.Option(1, "--views", "-V", help="Spatial views (V); view 0 = centre crop."),
     center_crop: float = typer.Option(1.0, help="View 0's side / the shorter side (EmotionCLIP: 0.875 = 224/256)."),
-    tokens_layer: int = typer.Option(None, help="Also store all tokens after this block."),
+    tokens_layer: int = typer.Option(None, help="Also store all tokens after this block (0: the tokens entering block 1, after ln_pre)."),
     pixels: bool = typer.Option(False, "--pixels", help="Also store the preprocessed uint8 frames."),
     subject_prompt: bool = typer.Option(False, "--subject-prompt",
                                         help="EmotionCLIP's subject token from the manifest's subject_boxes."),

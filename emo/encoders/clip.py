@@ -81,13 +81,13 @@ class ClipSpec:
     checkpoint: str | None = None  # local weights file; wins over pretrained
     weights: str = "pretrained"  # "pretrained" | "random"
     random_seed: int = 0  # torch seed of the random init, so random caches are reproducible
-    tokens_layer: int | None = None  # also return all tokens after block k (1..n_blocks)
+    tokens_layer: int | None = None  # also return all tokens after block k (1..n_blocks; 0: entering block 1)
 
     def __post_init__(self):
         if self.weights not in _WEIGHTS:
             raise ValueError(f"weights must be one of {_WEIGHTS}, got {self.weights!r}")
-        if self.tokens_layer is not None and (isinstance(self.tokens_layer, bool) or self.tokens_layer < 1):
-            raise ValueError(f"tokens_layer counts blocks from 1, got {self.tokens_layer!r}")
+        if self.tokens_layer is not None and (isinstance(self.tokens_layer, bool) or self.tokens_layer < 0):
+            raise ValueError(f"tokens_layer counts blocks from 1 (0: the tokens entering block 1), got {self.tokens_layer!r}")
         if self.model.startswith(("hf-hub:", "local-dir:")):
             raise ValueError(
                 f"model {self.model!r}: name an architecture (e.g. ViT-B-32) and give weights with "
@@ -245,9 +245,10 @@ class ClipEncoder:
         self.patch_size = int(patch[0]) if patch[0] == patch[1] else 0  # 0: no square patch grid
         self.grid_size = self.image_size // self.patch_size if self.patch_size else 0
         self._batch_first = getattr(visual.transformer, "batch_first", True)
-        if spec.tokens_layer is not None and not 1 <= spec.tokens_layer <= self.n_blocks:
+        if spec.tokens_layer is not None and not 0 <= spec.tokens_layer <= self.n_blocks:
             raise ValueError(
-                f"tokens_layer {spec.tokens_layer} is out of range: {spec.model} has blocks 1..{self.n_blocks}"
+                f"tokens_layer {spec.tokens_layer} is out of range: {spec.model} has blocks 1..{self.n_blocks} "
+                "(0: the tokens entering block 1)"
             )
         self._mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
@@ -317,7 +318,11 @@ class ClipEncoder:
         """Normalised ``[B, 3, S, S]`` -> outputs; the plain forward, or the prompted one given ``cover``."""
         captured: list[torch.Tensor] = []
         handle = None
-        if self.spec.tokens_layer is not None:
+        layout_batch_first = self._batch_first
+        if self.spec.tokens_layer == 0:  # the input of block 1: ln_pre's output, always [B, L(+1), W]
+            layout_batch_first = True
+            handle = self.model.visual.ln_pre.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        elif self.spec.tokens_layer is not None:
             block = self.model.visual.transformer.resblocks[self.spec.tokens_layer - 1]
             handle = block.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
@@ -331,7 +336,7 @@ class ClipEncoder:
                 handle.remove()
         out = {"cls": cls.float().cpu()}
         if handle is not None:
-            tokens = captured[0] if self._batch_first else captured[0].transpose(0, 1)  # [B, L(+1), W]
+            tokens = captured[0] if layout_batch_first else captured[0].transpose(0, 1)  # [B, L(+1), W]
             out["tokens"] = tokens[:, : self.n_tokens].float().cpu()  # without the prompt token
         return out
 

@@ -247,7 +247,7 @@ class ClipFill:
         s = self.sampling
         grid = (s.segments, s.frames_per_segment, s.views)
         out = {"clip/cls": f["cls"].reshape(*grid, -1).astype(np.float16)}  # [M, N, V, D]
-        if self.encoder.spec.tokens_layer:
+        if self.encoder.spec.tokens_layer is not None:
             out["clip/tokens"] = f["tokens"].reshape(*grid, *f["tokens"].shape[1:]).astype(np.float16)  # [M, N, V, L, W]
         if self.options.pixels:
             out["clip/pixels"] = d.pixels  # [M, N, V, S, S, 3] uint8

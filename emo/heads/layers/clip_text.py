@@ -1,4 +1,5 @@
-"""The frozen CLIP text tower that made a cache's features, and batched encoding of many strings.
+"""The frozen CLIP towers that made a cache's features (text; image from stored tokens), and batched
+encoding of many strings.
 
 Heads that work in CLIP's text space (PE-CLIP's decoder, EmoAsst's prompt targets and class weights)
 must use the text tower of the very CLIP whose image tower made the ``clip`` feature set: it is
@@ -18,9 +19,10 @@ import torch
 
 from emo.cache.data import FeatureData
 
+from .image_tower import FrozenImageTower
 from .text_tower import FrozenTextTower, trim_to_eos
 
-__all__ = ["clip_text_of", "encode_texts", "TEXT_BATCH"]
+__all__ = ["clip_text_of", "clip_image_tower_of", "encode_texts", "TEXT_BATCH"]
 
 TEXT_BATCH = 256  # strings per text-tower batch
 
@@ -52,6 +54,27 @@ def clip_text_of(data: FeatureData, feature: str = "clip/cls", checkpoint: str |
         )
     enc = _clip_model(spec_from_config(configs[0], checkpoint=checkpoint))
     return FrozenTextTower(enc.model), enc.tokenize  # the tower deep-copies its parts
+
+
+def clip_image_tower_of(data: FeatureData, feature: str = "clip/tokens") -> tuple[FrozenImageTower, int]:
+    """``(FrozenImageTower, k)`` for the stored tokens ``feature`` of ``data``'s clip set: the frozen image
+    tower that made them, and the block ``k`` they were stored after. A set made with the subject-aware
+    prompt, or without stored tokens, is refused with the reason."""
+    from emo.encoders.clip import spec_from_config
+
+    modality = feature.split("/")[0]
+    configs = [c for c in data.feature_sets.values() if c.get("modality") == modality]
+    if len(configs) != 1:
+        raise ValueError(f"need exactly one {modality} feature set to rebuild the image tower, got "
+                         f"{[c.get('name') for c in configs]}; choose one with --features")
+    cfg = configs[0]
+    k = (cfg.get("outputs") or {}).get("tokens_layer")
+    if k is None:
+        raise ValueError(f"{cfg.get('name')} stores no tokens: extract it with --tokens-layer K (0: the first layer)")
+    if cfg.get("subject_prompt"):
+        raise ValueError(f"{cfg.get('name')} was extracted with --subject-prompt: its stored tokens leave out the "
+                         "subject token every later block attended to, so the tower cannot be re-run from them")
+    return FrozenImageTower(_clip_model(spec_from_config(cfg)).model.visual), int(k)
 
 
 @torch.no_grad()

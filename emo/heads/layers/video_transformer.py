@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["POOLINGS", "VideoTransformer", "masked_mean"]
+__all__ = ["check_frames", "POOLINGS", "VideoTransformer", "masked_mean"]
 
 POOLINGS = ("transformer", "mean")
 
@@ -52,6 +52,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
         return x.mean(dim=1)
     kept = mask[..., None]  # [B, T, 1]
     return x.masked_fill(~kept, 0.0).sum(dim=1) / kept.sum(dim=1).to(x.dtype)  # [B, D]; junk rows never read
+
+
+def check_frames(x: torch.Tensor, d_model: int, mask: torch.Tensor | None = None) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``[B, T >= 1, d_model]`` and ``mask`` (if any) a bool ``[B, T]``
+    with at least one real frame per item."""
+    if x.ndim != 3 or x.shape[-1] != d_model or x.shape[1] == 0:
+        raise ValueError(f"x must be [B, T >= 1, {d_model}], got {tuple(x.shape)}")
+    if mask is not None:
+        if mask.dtype != torch.bool or mask.shape != x.shape[:2]:
+            raise ValueError(f"mask must be a bool [B, T] = {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every item needs at least one real frame (a row of mask is all False)")
 
 
 class VideoTransformer(nn.Module):
@@ -90,17 +102,9 @@ class VideoTransformer(nn.Module):
         self.pos = nn.Parameter(torch.randn(frames, d_model))  # N(0, 1), as nn.Embedding
 
     def _check(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        if x.ndim != 3 or x.shape[-1] != self.d_model or x.shape[1] == 0:
-            raise ValueError(f"x must be [B, T >= 1, {self.d_model}], got {tuple(x.shape)}")
+        check_frames(x, self.d_model, mask)
         if self.pooling == "transformer" and x.shape[1] > self.frames:
             raise ValueError(f"{x.shape[1]} frames but positions for at most {self.frames}")
-        if mask is not None:
-            if mask.dtype != torch.bool or mask.shape != x.shape[:2]:
-                raise ValueError(
-                    f"mask must be a bool [B, T] = {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}"
-                )
-            if not bool(mask.any(dim=1).all()):
-                raise ValueError("every item needs at least one real frame (a row of mask is all False)")
 
     def encode_frames(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-frame ``Enc(x + pos) + x`` ``[B, T, D]`` (``x`` itself for mean pooling); padded rows are junk."""
