@@ -130,3 +130,23 @@ def test_check_fits_with_open_clip_tokenizer(tokenize):
     with pytest.raises(ValueError, match="do not fit") as err:
         check_fits(tokenize, ["joy", "a " * 75, long])
     assert "2 prompt(s)" in str(err.value) and repr(long) in str(err.value) and "'joy'" not in str(err.value)
+
+
+def test_described_classes_cover_dfew_and_ferv39k_in_emos_own_words(tmp_path):
+    import json
+
+    from emo.datasets.common import DFEW_CLASSES, FERV39K_CLASSES
+    from emo.heads.layers.prompts import CLASS_TEXT_DIR, described_classes
+
+    meta = json.loads((CLASS_TEXT_DIR / "facial-descriptions.json").read_text())
+    assert "emo's own wording" in meta["description"]
+    for classes in (DFEW_CLASSES, FERV39K_CLASSES):
+        texts = described_classes(classes)
+        assert [t.split(":")[0] for t in texts] == classes  # in class order, each naming its class first
+        assert all(len(t.split(":", 1)[1].split()) >= 6 for t in texts)  # a description, not just the name
+        assert described_classes(classes, names_only=True) == classes
+    with pytest.raises(ValueError, match=r"describes no class \['contempt'\]"):
+        described_classes(["happy", "contempt"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a class-text file"):
+        described_classes(["happy"], source=str(tmp_path / "bad.json"))

@@ -14,12 +14,18 @@ punctuated (the paper's prompts have no trailing period).
 
 Prompts are never silently truncated: :func:`check_fits` raises naming the prompt that does not fit
 the text tower's context.
+
+Described classes (DuSE, SPEC §4.3): :func:`described_classes` gives each class its name followed by a
+short description of its facial changes, from a data file in ``configs/classes/`` that says it is
+emo's own wording (the paper does not print its texts); ``names_only`` gives the bare names.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -34,7 +40,11 @@ __all__ = [
     "emotional_prompts",
     "coop_prompts",
     "check_fits",
+    "described_classes",
+    "CLASS_TEXT_DIR",
 ]
+
+CLASS_TEXT_DIR = Path(__file__).resolve().parents[3] / "configs" / "classes"  # <name>.json: {"description", "texts"}
 
 PREFIXES = ("with/without", "only/no")  # "POSITIVE/NEGATIVE" tag words: the paper's, Table 7's
 SEPARATORS = ("; ", ", ")  # the paper's, Table 7's
@@ -139,3 +149,23 @@ def check_fits(
             f"(they would be truncated): {names}"
         )
     return ids
+
+
+def described_classes(classes: Sequence[str], source: str = "facial-descriptions", names_only: bool = False,
+                      folder: Path = CLASS_TEXT_DIR) -> list[str]:
+    """One text per class: ``"<name>: <description of its facial changes>"`` from ``folder/<source>.json``
+    (``{"description", "texts": {class: text}}``), or the bare :func:`class_phrase` with ``names_only``.
+    A class the file does not describe raises ``ValueError`` naming the class and the file."""
+    if names_only:
+        return [class_phrase(c) for c in classes]
+    path = Path(source) if source.endswith(".json") else folder / f"{source}.json"
+    try:
+        texts = json.loads(path.read_text(encoding="utf-8"))["texts"]
+    except FileNotFoundError:
+        raise ValueError(f"no class texts {source!r} ({path})") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a class-text file ({{'description', 'texts': {{class: text}}}}): {e}") from None
+    missing = [c for c in classes if c not in texts]
+    if missing:
+        raise ValueError(f"{path} describes no class {missing} (it has {sorted(texts)}); add them or use names only")
+    return [str(texts[c]) for c in classes]
