@@ -6,6 +6,6 @@ dask tasks; ``presets`` is ``make extract``. One module per feature set in ``mod
 modality goes there.
 """
 
-from .moved import install as _install_moved
+from . import moved
 
-_install_moved()  # old ``emo.extract.<module>`` paths keep working for one release (see moved.py)
+moved.install()  # old ``emo.extract.<module>`` paths keep working for one release (see moved.py)

@@ -20,7 +20,7 @@ from emo.cache.manifest import parse_split
 from .registry import CONFIG_FILE, SUMMARY_FILE, WEIGHTS_FILE, Head, get_head, load_checkpoint, read_json
 
 __all__ = ["fold_dir", "fold_config", "load_run_head", "run_summary", "run_modalities", "run_split", "run_feature_sets",
-           "is_transfer", "run_source"]
+           "run_source"]
 
 
 def run_summary(run: str | Path) -> dict:
@@ -45,31 +45,32 @@ def fold_dir(run: str | Path, fold: str) -> Path:
     return d
 
 
-def is_transfer(run: str | Path, data: FeatureData) -> bool:
-    """Whether ``data`` lacks a feature set ``run`` was trained on (so using the run is a transfer)."""
-    trained = set((run_summary(run).get("cache_keys") or {}).values())
-    return not trained <= set(data.keys.values())
+def _is_transfer(summary: dict, data: FeatureData) -> bool:
+    """Whether ``data`` lacks a feature set the run was trained on (so using the run is a transfer)."""
+    return not set((summary.get("cache_keys") or {}).values()) <= set(data.keys.values())
 
 
-def _transfer_dir(run: str | Path) -> Path:
-    run = Path(run)
+def _checkpoint_dir(run: str | Path, data: FeatureData) -> tuple[Path, bool, dict]:
+    """``(fold directory, transfer?, summary)`` of ``run`` as used on ``data``: its checkpoint of ``data``'s
+    fold, or for a transfer its one fold (or the fold directory given)."""
+    run, summary = Path(run), run_summary(run)
+    if not _is_transfer(summary, data):
+        return fold_dir(run, parse_split(data.split)[1] if data.split else "0"), False, summary
     if (run / WEIGHTS_FILE).exists():
-        return run
-    folds = run_summary(run)["folds"]
+        return run, True, summary
+    folds = summary["folds"]
     if len(folds) != 1:
         raise ValueError(f"run {run} has {len(folds)} folds ({', '.join(folds)}); to use it on other features, "
                          f"name one fold's directory (e.g. {run / folds[0]})")
-    return fold_dir(run, folds[0])
+    return fold_dir(run, folds[0]), True, summary
 
 
 def run_source(run: str | Path, data: FeatureData) -> dict:
     """Provenance of ``run``'s features as used on ``data``: the run, its head, dataset, split, fold and cache
     keys, and whether it is a transfer."""
-    transfer = is_transfer(run, data)
-    d = _transfer_dir(run) if transfer else fold_dir(run, parse_split(data.split)[1] if data.split else "0")
-    s = run_summary(run)
+    d, transfer, summary = _checkpoint_dir(run, data)
     record = fold_config(d, "")  # d holds the checkpoint itself
-    return {"run": str(Path(run).resolve()), "fold_dir": str(d.resolve()), "head": s["head"],
+    return {"run": str(Path(run).resolve()), "fold_dir": str(d.resolve()), "head": summary["head"],
             "dataset": record.get("dataset"), "split": record.get("split"), "cache_keys": record["cache_keys"],
             "transfer": transfer}
 
@@ -77,11 +78,8 @@ def run_source(run: str | Path, data: FeatureData) -> dict:
 def load_run_head(run: str | Path, data: FeatureData) -> Head:
     """The head of ``run`` for ``data``'s fold, loaded against ``data``; on other features, transferred
     (module doc): other encoders are refused, naming both."""
-    if is_transfer(run, data):
-        head = load_checkpoint(_transfer_dir(run), data, transfer=True)
-    else:
-        fold = parse_split(data.split)[1] if data.split else "0"
-        head = load_checkpoint(fold_dir(run, fold), data)
+    d, transfer, _ = _checkpoint_dir(run, data)
+    head = load_checkpoint(d, data, transfer=transfer)
     if not callable(getattr(head, "embed", None)):
         raise ValueError(f"run {run}: a {type(head).__name__} does not produce features (no embed())")
     return head

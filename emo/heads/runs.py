@@ -280,7 +280,7 @@ def cache_folds(
                 "and `emo cache ls`); pass --allow-partial to train and score on the rest"
             )
         if missing:
-            fd.incomplete = {**getattr(fd, "incomplete", {}), "split": {"items": len(missing), "first": missing[:20]}}
+            fd.incomplete = {**fd.incomplete, "split": {"items": len(missing), "first": missing[:20]}}
         return fd
 
     load(folds[0])  # an unknown scheme or fold fails here, before anything is trained
@@ -408,7 +408,7 @@ def _run_fold(
         head.fit(train, val, log=log)
     evaluation = task.evaluate(head, scored)
     source = getattr(head, "source_run", None)  # a head stacked on another run (transfer) names it
-    incomplete = dict(getattr(fd, "incomplete", None) or {})  # what --allow-partial left out
+    incomplete = dict(fd.incomplete)  # what --allow-partial left out
     own = list(getattr(head, "warnings", []))
     if incomplete:
         own.insert(0, "trained and scored on partial data (--allow-partial): " + "; ".join(
