@@ -52,6 +52,8 @@ bench: setup
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/emoasst.py
 	$(BIN)/python bench/emotionclip.py
+	$(BIN)/python bench/duse.py
+	$(BIN)/python bench/duse.py memory
 
 lint: setup
 	$(BIN)/ruff check emo tests bench
