@@ -212,7 +212,8 @@ def test_report_groups_runs_by_kind_and_keeps_the_classification_table(tmp_path)
     fd, _ = make_features()
     train_head("linear", fd, out=tmp_path / "runs" / "lin")
     only = report_runs(tmp_path / "runs")
-    assert only.splitlines()[0] == "| head | split | top-1 | macro-F1 | weighted-F1 | UAR |"  # as before
+    assert only.splitlines()[0] == "| head | split | top-1 | macro-F1 | weighted-F1 | UAR | run |"
+    assert only.splitlines()[2].endswith(" | lin |")  # each row names its run directory
     train_head("toy-retrieval", pairs(), out=tmp_path / "runs" / "ret", val_fraction=0.25)
     text = report_runs(tmp_path / "runs", csv_path=tmp_path / "r.csv")
     cls_at, ret_at = text.index("**classification**"), text.index("**retrieval**")
@@ -221,8 +222,8 @@ def test_report_groups_runs_by_kind_and_keeps_the_classification_table(tmp_path)
     assert "V→T R@1" in text[ret_at:] and "V→T R@1" not in text[:ret_at]
     assert "scored on its held-out val part" in text
     rows = (tmp_path / "r.csv").read_text().splitlines()
-    assert rows[0].startswith("name,split,random_weights,top1_mean") and rows[0].endswith(",task")
-    assert rows[1].endswith(",classification") and rows[2].endswith(",retrieval")
+    assert rows[0].startswith("name,split,random_weights,top1_mean") and rows[0].endswith(",task,run")
+    assert rows[1].endswith(",classification,lin") and rows[2].endswith(",retrieval,ret")
     table = format_results_table([{"name": "x", "split": "s", "random_weights": False, "task": "retrieval",
                                    "v2t_r1": 0.5, "v2t_medr": {"mean": 2.0, "std": 0.0, "n": 1}}])
     assert "| x | s | 50.00 | — | — | 2.0 |" in table
@@ -434,4 +435,4 @@ def test_a_captioning_run_scores_its_captions_and_reports_them_in_their_own_tabl
     rows = (tmp_path / "runs" / "cap" / "0" / "captions.csv").read_text().splitlines()
     assert rows[0] == "id,generated,references" and len(rows) == 21
     text = report_runs(tmp_path / "runs")
-    assert text.splitlines()[0] == "| head | split | BLEU-4 | METEOR | ROUGE-L | CIDEr |"
+    assert text.splitlines()[0] == "| head | split | BLEU-4 | METEOR | ROUGE-L | CIDEr | run |"

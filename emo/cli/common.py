@@ -20,6 +20,20 @@ app.add_typer(extract_app, name="extract")
 app.add_typer(cache_app, name="cache")
 app.add_typer(heads_app, name="heads")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from emo import __version__
+
+        typer.echo(f"emo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print emo's version and exit.")) -> None:
+    """emo: a shared feature cache of frozen encoders, and the heads trained from it."""
+
 EXIT_USAGE = 2
 
 

@@ -226,8 +226,9 @@ def report(
     runs: Path = typer.Argument(..., help="A run directory or a folder of them (e.g. a sweep)."),
     csv: Path = typer.Option(None, "--csv", help="Also write the rows as CSV to this file."),
     tsne: bool = typer.Option(False, "--tsne", help="t-SNE plot per fold (tsne.png) and silhouette column."),
+    curves: Path = typer.Option(None, "--curves", help="Also draw the runs' learning curves side by side in this PNG."),
 ) -> None:
     """A results table of every run under RUNS (RANDOM WEIGHTS banner when any used random features)."""
     from emo.heads.runs import report_runs
 
-    typer.echo(report_runs(runs, csv_path=csv, tsne=tsne))
+    typer.echo(report_runs(runs, csv_path=csv, tsne=tsne, curves=curves))

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+from .curves import RANDOM_MARK, mark_random
+
 __all__ = ["classification_metrics", "retrieval_metrics", "caption_metrics", "plot_confusion", "mean_std",
            "SCALAR_METRICS", "RETRIEVAL_METRICS", "CAPTION_METRICS", "lower_is_better"]
 
@@ -180,12 +182,13 @@ def plot_confusion(cm, classes: list[str], path: str | os.PathLike, title: str =
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
+    mark_random(fig, title)
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96 if RANDOM_MARK in title else 1))
     path = Path(path)
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
     return path

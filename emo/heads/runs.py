@@ -12,6 +12,7 @@ Layout of a run (always one sub-directory per fold, also for a single fold)::
     out/<fold>/confusion.png         classification
     out/<fold>/ranks.csv             retrieval: id, v2t_rank, t2v_rank
     out/<fold>/log.jsonl             one record per step / epoch / tuning candidate
+    out/<fold>/curves.png            training loss and validation scores per epoch (gradient-trained heads)
 
 Protocol (SPEC §4): the head is fitted on the fold's train items; the validation part is the fold's
 official ``val`` items when it has some, else (with ``val_fraction > 0``) a stratified, seeded part
@@ -44,6 +45,7 @@ from emo.cache.featureset import write_json_atomic
 from emo.cache.loader import load_features, set_roles
 from emo.cache.manifest import parse_split, read_manifest
 
+from .curves import RANDOM_MARK, EpochProgress, plot_curves
 from .metrics import mean_std
 from .registry import (
     EMBEDDINGS_FILE,
@@ -399,13 +401,23 @@ def _run_fold(
     head = spec.build(copy.deepcopy(config), fd.classes)
     head.prepare(fd)
     out.mkdir(parents=True, exist_ok=True)
+    title = f"{name} · {fd.split or fold}" + (f" · {RANDOM_MARK}" if fd.random_weights else "")
+    progress = EpochProgress(getattr(config, "epochs", None), f"{name} {fd.split or fold}")
+    records: list[dict] = []
     with open(out / "log.jsonl", "w", encoding="utf-8") as logf:
 
         def log(record: dict) -> None:
             logf.write(json.dumps(record, sort_keys=True) + "\n")
             logf.flush()
+            progress.update(record)
+            if "epoch" in record:
+                records.append(record)
 
-        head.fit(train, val, log=log)
+        try:
+            head.fit(train, val, log=log)
+        finally:
+            progress.close()
+    plot_curves(records, out / "curves.png", title)
     evaluation = task.evaluate(head, scored)
     source = getattr(head, "source_run", None)  # a head stacked on another run (transfer) names it
     incomplete = dict(fd.incomplete)  # what --allow-partial left out
@@ -436,7 +448,7 @@ def _run_fold(
                      "scikit-learn": sklearn.__version__, "python": platform.python_version()},
     })
     write_json_atomic(out / "metrics.json", metrics)
-    evaluation.write(out, f"{name} · {fd.split or fold}")
+    evaluation.write(out, title)
     if evaluation.features is not None:  # the head's final features of the scored items, in their order (t-SNE)
         save_file({"test": torch.as_tensor(evaluation.features).float().contiguous()}, str(out / EMBEDDINGS_FILE))
     return metrics

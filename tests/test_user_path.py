@@ -1,0 +1,90 @@
+"""The user's path around a training run: a per-epoch progress bar on a terminal (silent otherwise),
+learning curves per fold and side by side in ``emo report --curves``, pictures of random-weight runs
+marked as such, a run-directory column in reports, ``emo --version``."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from emo import __version__
+from emo.cli import app
+from emo.heads.curves import EpochProgress, epoch_records, plot_curves, plot_runs
+from emo.heads.metrics import plot_confusion
+from emo.heads.report import report_runs
+from emo.heads.runs import train_head
+from tests.test_heads_linear import make_features
+from tests.test_pe_clip import SMALL as PE_SMALL
+from tests.test_pe_clip import tiny_features
+
+
+def red_top(png) -> int:
+    """Pixels of strong red in the top tenth of a PNG (where the RANDOM WEIGHTS line goes)."""
+    img = imread(png)[..., :3]
+    top = img[: max(1, img.shape[0] // 10)]
+    return int(((top[..., 0] > 0.8) & (top[..., 1] < 0.3) & (top[..., 2] < 0.3)).sum())
+
+
+def test_a_gradient_run_writes_its_curves_and_marks_random_weight_pictures(tmp_path):
+    train_head("pe-clip", tiny_features(), out=tmp_path / "pe", overrides={**PE_SMALL, "epochs": 3})
+    fold = tmp_path / "pe" / "0"
+    records = epoch_records(fold / "log.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for png in ("curves.png", "confusion.png"):
+        assert (fold / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert red_top(fold / png) > 50, png  # the features came from random weights
+    fd, _ = make_features()  # pretrained-weights features: no mark
+    train_head("linear", fd, out=tmp_path / "lin")
+    assert red_top(tmp_path / "lin" / "0" / "confusion.png") == 0
+    assert not (tmp_path / "lin" / "0" / "curves.png").exists()  # no epochs to draw
+
+
+def test_the_mark_follows_the_title_not_the_picture_kind(tmp_path):
+    cm = np.array([[3, 1], [0, 4]])
+    plot_confusion(cm, ["a", "b"], tmp_path / "r.png", "x · RANDOM WEIGHTS")
+    plot_confusion(cm, ["a", "b"], tmp_path / "p.png", "x")
+    assert red_top(tmp_path / "r.png") > 50 and red_top(tmp_path / "p.png") == 0
+    records = [{"epoch": e, "loss": 1.0 / e, "val_top1": 0.1 * e} for e in (1, 2, 3)]
+    assert plot_curves(records, tmp_path / "c.png", "run") is not None and red_top(tmp_path / "c.png") == 0
+    assert plot_curves([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_progress_shows_epochs_losses_and_eta_on_a_terminal_and_nothing_otherwise(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", out)
+    bar = EpochProgress(3, "pe-clip toy:0", enabled=True)
+    for e in (1, 2):
+        bar.update({"epoch": e, "loss": 0.5 / e, "val_top1": 0.25 * e, "seconds": 0.1})
+    bar.update({"candidate": 1, "score": 0.3})  # not an epoch: no step
+    bar.close()
+    text = out.getvalue()
+    assert "2/3" in text and "loss=0.25" in text and "val_top1=0.5" in text and "<" in text  # tqdm's ETA
+    quiet = io.StringIO()
+    monkeypatch.setattr("sys.stderr", quiet)  # not a terminal
+    bar = EpochProgress(3, "x")
+    bar.update({"epoch": 1, "loss": 1.0})
+    bar.close()
+    assert quiet.getvalue() == ""
+
+
+def test_report_draws_runs_side_by_side_and_names_each_rows_directory(tmp_path):
+    runs = tmp_path / "runs"
+    for epochs in (2, 4):
+        train_head("pe-clip", tiny_features(), out=runs / f"e{epochs}", overrides={**PE_SMALL, "epochs": epochs})
+    text = report_runs(runs, curves=tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").exists() and red_top(tmp_path / "curves.png") > 50
+    rows = [line for line in text.splitlines() if line.startswith("| pe-clip |")]
+    assert [r.rsplit("|", 2)[1].strip() for r in rows] == ["e2", "e4"]
+    fd, _ = make_features()
+    train_head("linear", fd, out=tmp_path / "lin")
+    text = report_runs(tmp_path / "lin", curves=tmp_path / "none.png")
+    assert "no run under" in text and not (tmp_path / "none.png").exists()
+    assert plot_runs({"a": [[]]}, tmp_path / "x.png") is None
+
+
+def test_version():
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"emo {__version__}"
