@@ -5,8 +5,10 @@ marked as such, a run-directory column in reports, ``emo --version``."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
@@ -83,6 +85,49 @@ def test_report_draws_runs_side_by_side_and_names_each_rows_directory(tmp_path):
     text = report_runs(tmp_path / "lin", curves=tmp_path / "none.png")
     assert "no run under" in text and not (tmp_path / "none.png").exists()
     assert plot_runs({"a": [[]]}, tmp_path / "x.png") is None
+
+
+def test_a_heads_help_lists_every_field_with_type_default_choices_and_meaning():
+    from emo.heads.config import field_help
+    from emo.heads.duse import DuSEConfig
+
+    res = CliRunner().invoke(app, ["heads", "train", "duse", "--help"])
+    assert res.exit_code == 0
+    for h in field_help(DuSEConfig):
+        assert h.option in res.output and h.meaning and h.meaning in res.output, h.name
+    assert "--prompt-variant first|last  (default first)" in res.output  # choices and default
+    assert "M, prompted layers: Shallow 1, Normal 4, Deep 8" in res.output  # the comment beside the field
+    assert "--epochs INT  (default 30)" in res.output  # the head's own default, not TrainConfig's 50
+    res = CliRunner().invoke(app, ["heads", "sweep", "pe-clip", "--help"])
+    assert "--temporal identity|lstm|gru|transformer|mamba  (default mamba)" in res.output
+
+
+def test_a_config_file_round_trips_through_heads_config_and_train(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["heads", "config", "linear"])
+    cfg = json.loads(res.stdout)
+    cfg["max_iter"] = 7
+    path = tmp_path / "lin.json"
+    path.write_text(json.dumps(cfg))
+    from emo.cli.heads import _config_overrides
+
+    assert _config_overrides("linear", path)["max_iter"] == 7
+    path.write_text(json.dumps({**cfg, "max_itter": 3}))
+    with pytest.raises(ValueError, match=r"lin.json: .*no field 'max_itter' \(did you mean 'max_iter'\?\)"):
+        _config_overrides("linear", path)
+    res = runner.invoke(app, ["heads", "train", "linear", str(tmp_path), "--split", "x:0", "--out",
+                              str(tmp_path / "run"), "--config", str(path)])  # refused before any data is read
+    assert res.exit_code == 2 and "did you mean 'max_iter'" in res.output and not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_option_gets_a_did_you_mean():
+    from emo.heads.config import config_from_dict
+    from emo.heads.duse import DuSEConfig
+
+    with pytest.raises(ValueError, match=r"no field 'prompt_dept' \(did you mean 'prompt_depth'\?\)"):
+        config_from_dict(DuSEConfig, {"prompt_dept": "2"})
+    with pytest.raises(ValueError, match=r"no field 'zzz'; valid fields"):
+        config_from_dict(DuSEConfig, {"zzz": "2"})
 
 
 def test_version():

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from .common import app, friendly, heads_app
 
@@ -22,15 +23,61 @@ def heads_list() -> None:
 
 @heads_app.command("config")
 @friendly
-def heads_config(name: str = typer.Argument(..., help="Head name (see `emo heads list`).")) -> None:
-    """Every config field of head NAME with its default (each is a `--field` option), and its presets."""
+def heads_config(
+    name: str = typer.Argument(..., help="Head name (see `emo heads list`)."),
+    preset: str = typer.Option(None, help="Start from this preset (configs/heads/NAME/PRESET.json)."),
+) -> None:
+    """Head NAME's config as JSON on stdout (every field with its default; save it, edit it, give it back
+    with `emo heads train NAME --config FILE`); its presets on stderr."""
     from emo.heads.registry import HEAD_PRESET_DIR, config_to_dict, get_head
 
     spec = get_head(name)
-    typer.echo(json.dumps(config_to_dict(spec.config()), indent=2))
+    typer.echo(json.dumps(config_to_dict(spec.config(_preset_overrides(name, preset))), indent=2))
     presets = sorted(p.stem for p in (HEAD_PRESET_DIR / name).glob("*.json"))
     if presets:
-        typer.echo(f"presets (--preset): {', '.join(presets)}")
+        typer.echo(f"presets (--preset): {', '.join(presets)}", err=True)
+
+
+class HeadCommand(TyperCommand):
+    """A command whose first argument is a head: ``--help`` also lists that head's config fields (each
+    an option) with type, default, choices and meaning, read from the config's source."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["emo_head_args"] = list(args)  # the head name is known before --help prints
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx, formatter):
+        super().format_help(ctx, formatter)
+        name = next((a for a in ctx.meta.get("emo_head_args", []) if not a.startswith("-")), None)
+        if name is None:
+            typer.echo("\nGive a head (emo heads train NAME --help) to list its options.")
+            return
+        from emo.heads.config import format_field_help
+        from emo.heads.registry import get_head
+
+        try:
+            spec = get_head(name)
+        except ValueError as e:
+            typer.echo(f"\n{e}")
+            return
+        typer.echo(f"\nOptions of head {spec.name} (each also as --set FIELD=VALUE, or in --config FILE):\n"
+                   + format_field_help(spec.config_cls))
+
+
+def _config_overrides(name: str, path: Path | None) -> dict:
+    """The fields of a config file (`emo heads config NAME` output, edited), checked against the head."""
+    if path is None:
+        return {}
+    from emo.heads.registry import get_head, read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a head config is a JSON object of fields (emo heads config {name} writes one)")
+    try:
+        get_head(name).config(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return data
 
 
 def _parse_overrides(args: list[str], sets: list[str]) -> dict[str, str]:
@@ -63,7 +110,8 @@ def _preset_overrides(name: str, preset: str | None) -> dict:
     return {k: v for k, v in head_preset(name, preset).items()} if preset else {}
 
 
-@heads_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@heads_app.command("train", cls=HeadCommand,
+                   context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def heads_train(
     ctx: typer.Context,
@@ -78,11 +126,13 @@ def heads_train(
                                        "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
     preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
+    config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
 ) -> None:
     """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
     from emo.heads.runs import train_from_cache
 
-    overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
+    overrides = (_preset_overrides(name, preset) | _config_overrides(name, config)
+                 | _parse_overrides(list(ctx.args), set_ or []))
     result = train_from_cache(
         name, cache, split=split, out=out, feature_sets=features or None, overrides=overrides,
         val_fraction=val_fraction, seed=seed, command=sys.argv, allow_partial=allow_partial,
@@ -92,7 +142,8 @@ def heads_train(
         typer.echo(f"warning: {warning}", err=True)
 
 
-@heads_app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@heads_app.command("sweep", cls=HeadCommand,
+                   context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def heads_sweep(
     ctx: typer.Context,
@@ -108,12 +159,14 @@ def heads_sweep(
                                        "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
     preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
+    config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
 ) -> None:
     """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
     from emo.heads.report import format_results_table
     from emo.heads.sweep import sweep_from_cache
 
-    overrides = _preset_overrides(name, preset) | _parse_overrides(list(ctx.args), set_ or [])
+    overrides = (_preset_overrides(name, preset) | _config_overrides(name, config)
+                 | _parse_overrides(list(ctx.args), set_ or []))
     results = sweep_from_cache(
         name, cache, split=split, grid=grid, out=out, feature_sets=features or None, overrides=overrides,
         val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo, allow_partial=allow_partial,

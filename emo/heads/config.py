@@ -1,15 +1,23 @@
 """Head configs from strings: strict keys and type coercion, so command-line options and JSON presets
-fill a config dataclass and a typo fails loudly (STYLE: configuration is dataclasses)."""
+fill a config dataclass and a typo fails loudly, with a "did you mean" (STYLE: configuration is
+dataclasses). :func:`field_help` documents every field from the config's own source: its type, default,
+choices and the comment written beside it (no second copy of the text to fall out of date)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import types
 import typing
 from typing import Any
 
-__all__ = ["config_from_dict", "config_to_dict"]
+__all__ = ["FieldHelp", "config_from_dict", "config_to_dict", "field_help", "format_field_help"]
 
 # -- configs ----------------------------------------------------------------------------------------
 _TRUE = {"true", "1", "yes", "on"}
@@ -26,9 +34,9 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in values if k not in fields]
     if unknown:
-        raise ValueError(
-            f"{cls.__name__} has no field {unknown[0]!r}; valid fields: {', '.join(fields)}"
-        )
+        close = difflib.get_close_matches(unknown[0], list(fields), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{cls.__name__} has no field {unknown[0]!r}{hint}; valid fields: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -115,3 +123,82 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value
 
 
+
+
+# -- help -------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FieldHelp:
+    """One config field as its command-line option: ``--name``, type, default, choices, meaning."""
+
+    name: str
+    type: str
+    default: Any
+    choices: tuple = ()
+    meaning: str = ""
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """field -> the ``# comment`` on its line in the class body (or the docstring-less line above)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a class made at run time)
+        return {}
+    by_line: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            by_line[tok.start[0]] = tok.string.lstrip("#").strip()
+    body = ast.parse(source).body[0]
+    out = {}
+    for node in getattr(body, "body", []):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            text = by_line.get(node.end_lineno) or by_line.get(node.lineno) or ""
+            out[node.target.id] = text.removeprefix("noqa").strip()
+    return out
+
+
+def _type_label(tp: Any) -> tuple[str, tuple]:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "choice", tuple(args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        label, choices = _type_label(inner[0]) if len(inner) == 1 else (" | ".join(_type_name(a) for a in inner), ())
+        return (f"{label} | none" if type(None) in args else label), choices
+    if origin in (list, tuple):
+        item = _type_name(args[0]) if args else "value"
+        return f"{item},{item},...", ()
+    return _type_name(tp), ()
+
+
+def field_help(cls: type) -> list[FieldHelp]:
+    """Every init field of config dataclass ``cls``, in declaration order, documented from its source
+    (a subclass's comment wins over its base's for a field both declare)."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            comments.update({k: v for k, v in _comments(klass).items() if v or k not in comments})
+    hints = typing.get_type_hints(cls)
+    defaults = cls() if all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+                            for f in dataclasses.fields(cls) if f.init) else None
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        label, choices = _type_label(hints[f.name])
+        default = getattr(defaults, f.name) if defaults is not None else None
+        out.append(FieldHelp(f.name, label, default, choices, comments.get(f.name, "")))
+    return out
+
+
+def format_field_help(cls: type) -> str:
+    """The fields of ``cls`` as an option list: ``--name TYPE [choices] (default D)  meaning``."""
+    lines = []
+    for h in field_help(cls):
+        kind = "|".join(map(str, h.choices)) if h.choices else h.type.upper() if h.type != "bool" else "true|false"
+        default = json.dumps(h.default, ensure_ascii=False) if not isinstance(h.default, str) else h.default or '""'
+        lines.append(f"  {h.option} {kind}  (default {default})" + (f"\n      {h.meaning}" if h.meaning else ""))
+    return "\n".join(lines)

@@ -73,7 +73,7 @@ class DuSEConfig(TrainConfig):
     beta: float = 0.7  # LSEA's fusion weight of the visual feature
     class_texts: str = "facial-descriptions"  # configs/classes/<name>.json, or a .json path
     names_only: bool = False  # class texts = the bare emotion names
-    logit_scale: float = 100.0
+    logit_scale: float = 100.0  # logits = logit_scale · cos(V_g, F_T)
     text_checkpoint: str | None = None  # weights file, when the features came from --checkpoint elsewhere
     epochs: int = 30
     batch_size: int = 16

@@ -49,15 +49,15 @@ __all__ = ["TrainConfig", "TorchHead", "resolve_device", "lr_factor", "trainable
 class TrainConfig:
     """Optimisation fields shared by every torch head (a head's config inherits them)."""
 
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 2e-4
-    optimizer: Literal["adam", "adamw"] = "adam"
-    weight_decay: float = 0.0
+    epochs: int = 50  # passes over the train part; the last one is kept unless --patience stops earlier
+    batch_size: int = 16  # items per optimiser step
+    lr: float = 2e-4  # peak learning rate (after any warm-up)
+    optimizer: Literal["adam", "adamw"] = "adam"  # adamw: decoupled weight decay
+    weight_decay: float = 0.0  # L2 penalty (adam) or decoupled decay (adamw)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decays (torch's defaults)
     eps: float = 1e-8  # Adam's epsilon (torch's default)
     schedule: Literal["constant", "cosine", "step", "linear"] = "constant"  # linear: decay to 0 after warm-up
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # linear warm-up from 0, in (fractional) epochs
     step_epochs: int = 30  # "step" schedule: lr × 0.1 every step_epochs
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     patience: int = 0  # early stopping on val_metric (needs a val part); 0 = fixed schedule, last epoch
@@ -65,7 +65,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16); ignored on CPU
     cuda_graph: bool = True  # on CUDA, replay the step as one CUDA graph when the head allows it (cuda_graph.py)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    eval_batch_size: int = 64
+    eval_batch_size: int = 64  # items per batch when scoring
 
 
 def resolve_device(name: str) -> torch.device:
