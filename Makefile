@@ -56,7 +56,7 @@ bench: setup
 	$(BIN)/python bench/duse.py memory
 
 lint: setup
-	$(BIN)/ruff check emo tests bench
+	$(BIN)/ruff check emo tests bench examples
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
