@@ -10,7 +10,10 @@ Weights, strictly:
 - ``weights="pretrained"``: ``from_pretrained(model)`` downloads through transformers as usual;
 - ``checkpoint=DIR`` (wins over ``model``): a local directory written by ``save_pretrained``;
 - ``weights="random"``: the architecture of ``checkpoint`` or ``model`` (its ``config.json``) with
-  random init under a fixed seed, and only then.
+  random init under a fixed seed, and only then. The default models' architectures ship with emo
+  (``configs/models/<org>--<name>/``), so random weights need no network; any other model is read from
+  a local directory (``--model DIR``) or the hub. The sentiment tokenizer is the model's own vocabulary
+  and is not shipped: offline it comes from the Hugging Face cache or a directory holding it.
 A load failure, or a checkpoint that leaves any parameter of the model uninitialised (missing or
 mismatched keys), raises ``WeightsError`` naming both options; random weights never stand in.
 
@@ -51,6 +54,7 @@ DEFAULT_SENTIMENT = "j-hartmann/emotion-english-distilroberta-base"
 SENTIMENT_LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 SAMPLE_RATE = 16000  # Hz, what wav2vec 2.0 was trained on
 _WEIGHTS = ("pretrained", "random")
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"  # shipped architectures
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CONFIG_FILES = (  # files of a model directory that change the outputs besides the weights
     "config.json",
@@ -98,12 +102,20 @@ def _config_sha256(config) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def shipped_config(model: str) -> Path | None:
+    """The directory of a model's architecture shipped with emo (``configs/models/<org>--<name>/``
+    holding ``config.json``), or None."""
+    d = MODEL_CONFIG_DIR / model.replace("/", "--")
+    return d if "/" in model and (d / "config.json").is_file() else None
+
+
 @dataclass
 class _Loaded:
     model: torch.nn.Module  # fp32, CPU, eval
     weights: dict  # keyed provenance
     notes: dict  # unkeyed: local paths
     source: str  # where config/tokenizer files come from: a hub id or a directory
+    asked: str = ""  # the model asked for (hub id or directory)
 
 
 def _load(
@@ -118,6 +130,8 @@ def _load(
     ckpt = Path(checkpoint).expanduser().resolve() if checkpoint else None
     source = str(ckpt) if ckpt else model
     if weights == "random":
+        if ckpt is None and not Path(model).is_dir() and (shipped := shipped_config(model)) is not None:
+            source = str(shipped)  # the architecture without the network
         try:
             config = transformers.AutoConfig.from_pretrained(source)
         except Exception as e:  # any failure to read the architecture stops the run
@@ -126,7 +140,7 @@ def _load(
             torch.manual_seed(seed)
             net = cls.from_config(config) if auto_cls.startswith("Auto") else cls(config)
         notes = {"config_path": str(ckpt)} if ckpt else {}
-        return _Loaded(net.float().eval(), {"kind": "random", "seed": seed}, notes, source)
+        return _Loaded(net.float().eval(), {"kind": "random", "seed": seed}, notes, source, model)
     if ckpt is not None:
         if not ckpt.is_dir():
             raise WeightsError(f"could not load checkpoint {ckpt} for the {what}: not a directory. {hint}")
@@ -299,6 +313,17 @@ class SentimentModel:
         return out[:, self._order]
 
 
+def _cached_snapshot(model: str) -> str:
+    """The Hugging Face cache's local directory of ``model`` (looked up on disk, no network), or
+    FileNotFoundError."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(model, "tokenizer_config.json")
+    if not isinstance(found, str):
+        raise FileNotFoundError(f"{model}'s tokenizer is not in the Hugging Face cache")
+    return str(Path(found).parent)
+
+
 def load_sentiment(
     model: str = DEFAULT_SENTIMENT,
     checkpoint: str | None = None,
@@ -316,8 +341,17 @@ def load_sentiment(
     hint = _hint("sentiment", "--sentiment", "--sentiment-checkpoint", DEFAULT_SENTIMENT)
     loaded = _load("AutoModelForSequenceClassification", model, checkpoint, weights, seed, "sentiment model", hint)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(loaded.source)
+        if loaded.asked and loaded.source == str(shipped_config(loaded.asked)):
+            # a shipped architecture holds no vocabulary: the model's own tokenizer, from the local cache only
+            tokenizer = transformers.AutoTokenizer.from_pretrained(_cached_snapshot(loaded.asked))
+        else:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(loaded.source)
     except Exception as e:  # no tokenizer, no sentiment: stop here
+        if loaded.asked and loaded.source == str(shipped_config(loaded.asked)):
+            raise WeightsError(
+                f"random weights for {loaded.asked} use its architecture shipped with emo, but its tokenizer (the "
+                "model's vocabulary) is not shipped and is not in the Hugging Face cache: run once with the network, "
+                "or give --sentiment DIR with its config.json and tokenizer files (save_pretrained)") from e
         raise WeightsError(f"could not load the tokenizer of {loaded.source}: {e}. {hint}") from e
     return SentimentModel(loaded, tokenizer, dev, dtype)
 
