@@ -356,7 +356,7 @@ def test_cli_cache_classifier_probe_and_report(meld, runs):
                          "--audio", str(runs / "aa"), "--shots", "4", "--beta-steps", "5", "--alpha-steps", "3"])
     assert res.exit_code == 0, res.output
     assert (runs / "vfm-cache" / "summary.json").exists() and "cache 4-shot: VFM + prompt + AA" in res.output
-    res = r.invoke(app, ["heads", "probe", str(meld / "cache"), "--features", str(runs / "vfm")])
+    res = r.invoke(app, ["heads", "probe", str(meld / "cache"), "--run", str(runs / "vfm")])
     assert res.exit_code == 0, res.output
     assert json.loads((runs / "vfm-probe" / "summary.json").read_text())["label"] == "linear probe: VFM + prompt"
     res = r.invoke(app, ["report", str(runs)])

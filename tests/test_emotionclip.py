@@ -270,7 +270,7 @@ def test_pretrain_without_a_test_split_report_and_probe_on_another_dataset_throu
     assert res.exit_code == 0, res.output
     first = json.loads((runs / "eclip" / "all" / "metrics.json").read_text())
     assert f"{100 * first['v2t_r1']:.2f}" in res.output  # the same held-out items, scored again
-    res = runner.invoke(app, ["heads", "probe", str(meld), "--features", str(runs / "eclip"), "--split",
+    res = runner.invoke(app, ["heads", "probe", str(meld), "--run", str(runs / "eclip"), "--split",
                               "meld:official", "--out", str(runs / "eclip-meld")])
     assert res.exit_code == 0, res.output
     probe_cfg = json.loads((runs / "eclip-meld" / "official" / "config.json").read_text())

@@ -130,6 +130,32 @@ def test_a_mistyped_option_gets_a_did_you_mean():
         config_from_dict(DuSEConfig, {"zzz": "2"})
 
 
+def test_eval_and_probe_find_the_runs_own_feature_sets_in_a_cache_with_several(tmp_path):
+    from emo.cache.featureset import list_feature_sets
+    from emo.heads.runs import recorded_feature_sets
+
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    extract = ["extract", "clip", str(cache), "--weights", "random", "--model", "emo-tiny-ViT", "--workers", "0",
+               "--device", "cpu"]
+    for args in (["datasets", "synth", str(tmp_path / "v"), "--classes", "2", "--per-class", "4"],
+                 ["datasets", "prepare", "folder", "--root", str(tmp_path / "v"), "--out", str(cache), "--dataset",
+                  "synth", "--test-ratio", "0.5"],
+                 [*extract, "--segments", "4"], [*extract, "--segments", "2"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+    four, two = sorted(list_feature_sets(cache), key=lambda fs: -fs.config["sampling"]["segments"])
+    res = runner.invoke(app, ["heads", "train", "linear", str(cache), "--split", "folder:0", "--features", two.name,
+                              "--out", str(tmp_path / "lin")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["heads", "eval", str(tmp_path / "lin")])  # two clip sets: the run's, by key
+    assert res.exit_code == 0, res.output
+    assert recorded_feature_sets(cache, {"x": two.key}) == [two.name]
+    assert recorded_feature_sets(cache, {"x": four.key, "y": "0" * 64}) is None  # not all there: choose by modality
+    res = runner.invoke(app, ["heads", "probe", str(cache), "--split", "folder:0"])
+    assert res.exit_code == 2 and "--run RUN" in res.output
+
+
 def test_version():
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"emo {__version__}"

@@ -186,6 +186,12 @@ def _stacked_run(name: str, cache: Path, runs: dict[str, Path | None], split: st
     if not given:
         raise ValueError(f"{name} needs " + " or ".join(f"--{k}" for k in runs) + " (a trained run directory)")
     first = next(iter(given.values()))
+    if not features:  # the feature sets the runs were trained on, when this cache has them (found by key)
+        from emo.heads.from_run import run_summary
+        from emo.heads.runs import recorded_feature_sets
+
+        keys = {n: k for r in given.values() for n, k in (run_summary(r).get("cache_keys") or {}).items()}
+        features = recorded_feature_sets(cache, keys)
     split = split or run_split(first)
     out = out or first.with_name(first.name + suffix)
     result = train_from_cache(
@@ -229,7 +235,9 @@ def heads_cache_classifier(
 def heads_probe(
     ctx: typer.Context,
     cache: Path = typer.Argument(..., help="Dataset cache directory."),
-    run: Path = typer.Option(..., "--features", help="Run directory whose head makes the features (e.g. runs/vfm)."),
+    run: Path = typer.Option(None, "--run", help="Run directory whose head makes the features (e.g. runs/vfm)."),
+    features: list[str] = typer.Option(None, help="Feature set name(s) of CACHE (default: those the run was trained "
+                                       "on, found by key; on another dataset, one per modality)."),
     split: str = typer.Option(None, help="SCHEME:FOLD (default: the run's split)."),
     out: Path = typer.Option(None, help="Run directory to write (default: beside the run, NAME-probe)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train for choosing C when there is no val split."),
@@ -239,8 +247,13 @@ def heads_probe(
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (C, c_grid, max_iter)."),
 ) -> None:
     """Linear probe (logistic regression) on the features of a trained run (EmoAsst Table 2)."""
+    if run is None and features and len(features) == 1 and (Path(features[0]) / "summary.json").is_file():
+        typer.echo("note: --features RUN is now --run RUN (--features names feature sets, as elsewhere)", err=True)
+        run, features = Path(features[0]), None
+    if run is None:
+        raise ValueError("heads probe needs --run RUN (a trained run directory whose head makes the features)")
     _stacked_run("probe", cache, {"features": run}, split, out, "-probe",
-                 _parse_overrides(list(ctx.args), set_ or []), None, val_fraction, seed, allow_partial)
+                 _parse_overrides(list(ctx.args), set_ or []), features, val_fraction, seed, allow_partial)
 
 
 @heads_app.command("adapt")

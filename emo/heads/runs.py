@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 
 from emo import __version__
 from emo.cache.data import FeatureData
-from emo.cache.featureset import write_json_atomic
+from emo.cache.featureset import list_feature_sets, write_json_atomic
 from emo.cache.loader import load_features, set_roles
 from emo.cache.manifest import parse_split, read_manifest
 
@@ -65,6 +65,7 @@ __all__ = [
     "train_head",
     "train_from_cache",
     "evaluate_run",
+    "recorded_feature_sets",
     "cache_folds",
     "read_run_result",
     "needed_modalities",
@@ -340,6 +341,7 @@ def evaluate_run(
     split = split or (f"{scheme}:all" if len(s["folds"]) > 1 else s["split"])
     spec = get_head(s["head"])
     config = spec.config(s.get("config") or {})
+    feature_sets = feature_sets or recorded_feature_sets(cache, s.get("cache_keys") or {})
     folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config),
                                  allow_partial)
     missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
@@ -363,6 +365,20 @@ def evaluate_run(
     shown = first.split if len(folds) == 1 else f"{scheme} ({len(folds)} folds)"
     return RunResult(label, shown, run, per_fold, mean_std(list(per_fold.values()), task.metrics),
                      first.random_weights, task.name)
+
+
+def recorded_feature_sets(cache: str | os.PathLike, keys: dict[str, str]) -> list[str] | None:
+    """The names of ``cache``'s feature sets with the cache keys a run recorded (``{name: key}``), so a
+    cache holding several sets of one modality still gives a run its own; None when any is missing there
+    (another dataset: the caller chooses by modality, and a checkpoint refuses other keys)."""
+    if not keys:
+        return None
+    try:
+        by_key = {fs.key: fs.name for fs in list_feature_sets(cache)}
+    except OSError:
+        return None
+    found = [by_key.get(k) for k in keys.values()]
+    return None if None in found else list(dict.fromkeys(found))
 
 
 def unlearned_classes(train: FeatureData, scored: FeatureData, classes: list[str]) -> list[str]:
