@@ -14,10 +14,10 @@ DEMO_DIR ?= demo
 .PHONY: setup demo test extract bench lint clean
 
 # Creates .venv and installs emo with its pinned dependencies (re-run when pyproject.toml changes).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -39,7 +39,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# make extract DATASET=myvids ROOT=/data/myvids  (preset configs/datasets/$(DATASET).json, else folder.json)
+# make extract DATASET=myvids ROOT=/data/myvids  (preset emo/configs/datasets/$(DATASET).json, else folder.json)
 extract: setup
 	@test -n "$(DATASET)" -a -n "$(ROOT)" || (echo "usage: make extract DATASET=name ROOT=/path/to/release" && exit 2)
 	$(EMO) extract preset $(DATASET) --root $(ROOT) --cache $(CACHE) $(EXTRACT_ARGS)

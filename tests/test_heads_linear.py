@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from emo import CONFIG_DIR
 from emo.cache.data import FeatureData
 from emo.heads.linear import LinearConfig, LinearHead
 from emo.heads.registry import (
@@ -104,7 +105,7 @@ def test_config_values_are_coerced_from_strings():
 
 @pytest.mark.parametrize("name", [s.name for s in list_heads()])  # every registered head has its preset
 def test_presets_are_the_config_defaults(name):
-    preset = json.loads((ROOT / "configs" / "heads" / f"{name}.json").read_text())
+    preset = json.loads((CONFIG_DIR / "heads" / f"{name}.json").read_text())
     spec = get_head(name)
     assert config_from_dict(spec.config_cls, preset) == spec.config_cls()
 

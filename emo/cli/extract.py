@@ -226,14 +226,14 @@ def extract_convert_segue(
 @extract_app.command("preset")
 @friendly
 def extract_preset(
-    dataset: str = typer.Argument(..., help="Preset name in configs/datasets/ (unknown names use folder.json)."),
+    dataset: str = typer.Argument(..., help="Preset name in emo/configs/datasets/ (unknown names use folder.json)."),
     root: Path = typer.Option(..., help="The dataset's release root."),
     cache: Path = typer.Option(None, help="Cache directory (default: cache/<dataset>)."),
     weights: str = typer.Option(None, help="Override the preset's weights (random: tests and demo only)."),
     workers: int = typer.Option(None, help="Override decode processes."),
     device: str = typer.Option("auto"),
     set_: list[str] = typer.Option(None, "--set", help="Override a clip option in every step, e.g. --set segments=16."),
-    preset_dir: Path = typer.Option(None, help="Folder of preset files (default: configs/datasets)."),
+    preset_dir: Path = typer.Option(None, help="Folder of preset files (default: emo/configs/datasets)."),
 ) -> None:
     """`make extract`: prepare the manifest, then run every extraction the preset lists."""
     from emo.extract.presets import PRESET_DIR, parse_sets, run_preset

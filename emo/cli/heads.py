@@ -25,7 +25,7 @@ def heads_list() -> None:
 @friendly
 def heads_config(
     name: str = typer.Argument(..., help="Head name (see `emo heads list`)."),
-    preset: str = typer.Option(None, help="Start from this preset (configs/heads/NAME/PRESET.json)."),
+    preset: str = typer.Option(None, help="Start from this preset (emo/configs/heads/NAME/PRESET.json)."),
 ) -> None:
     """Head NAME's config as JSON on stdout (every field with its default; save it, edit it, give it back
     with `emo heads train NAME --config FILE`); its presets on stderr."""
@@ -125,7 +125,7 @@ def heads_train(
     allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
                                        "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
-    preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
+    preset: str = typer.Option(None, help="emo/configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
     config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
 ) -> None:
     """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
@@ -158,7 +158,7 @@ def heads_sweep(
     allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
                                        "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
-    preset: str = typer.Option(None, help="configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
+    preset: str = typer.Option(None, help="emo/configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
     config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
 ) -> None:
     """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
@@ -220,7 +220,7 @@ def heads_cache_classifier(
     allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
                                        "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
-    preset: str = typer.Option(None, help="configs/heads/cache-classifier/PRESET.json (e.g. release) or a .json path."),
+    preset: str = typer.Option(None, help="emo/configs/heads/cache-classifier/PRESET.json (e.g. release) or a .json path."),
 ) -> None:
     """EmoAsst's zero-shot + K-shot cache classifier over VFM / adapter runs (--shots K, --search val|none,
     --finetune-keys for Tip-F; every config field is an option, see `emo heads config cache-classifier`)."""

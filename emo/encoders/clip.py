@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emo import CONFIG_DIR
+
 from .weights import WeightsError, checkpoint_preprocess, file_sha256, resolve_device, resolve_dtype
 
 __all__ = [
@@ -50,7 +52,7 @@ __all__ = [
     "checkpoint_preprocess",
 ]
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"  # repo-local architectures
+MODEL_CONFIG_DIR = CONFIG_DIR / "models"  # repo-local architectures
 TINY_MODEL = "emo-tiny-ViT"  # 32 px, patch 8, width 64, 2 blocks: tests and the demo
 _WEIGHTS = ("pretrained", "random")
 _TEXT_BATCH = 256  # prompts per text-tower batch
@@ -118,7 +120,7 @@ class ClipSpec:
 
 
 def _register_local_config(name: str) -> bool:
-    """Make ``configs/models/<name>.json`` known to open_clip (once); False if there is no such file."""
+    """Make ``emo/configs/models/<name>.json`` known to open_clip (once); False if there is no such file."""
     import open_clip
 
     if name in open_clip.list_models():

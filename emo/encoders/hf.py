@@ -11,7 +11,7 @@ Weights, strictly:
 - ``checkpoint=DIR`` (wins over ``model``): a local directory written by ``save_pretrained``;
 - ``weights="random"``: the architecture of ``checkpoint`` or ``model`` (its ``config.json``) with
   random init under a fixed seed, and only then. The default models' architectures ship with emo
-  (``configs/models/<org>--<name>/``), so random weights need no network; any other model is read from
+  (``emo/configs/models/<org>--<name>/``), so random weights need no network; any other model is read from
   a local directory (``--model DIR``) or the hub. The sentiment tokenizer is the model's own vocabulary
   and is not shipped: offline it comes from the Hugging Face cache or a directory holding it.
 A load failure, or a checkpoint that leaves any parameter of the model uninitialised (missing or
@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emo import CONFIG_DIR
+
 from .weights import WeightsError, file_sha256, resolve_device, resolve_dtype
 
 __all__ = [
@@ -54,7 +56,7 @@ DEFAULT_SENTIMENT = "j-hartmann/emotion-english-distilroberta-base"
 SENTIMENT_LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 SAMPLE_RATE = 16000  # Hz, what wav2vec 2.0 was trained on
 _WEIGHTS = ("pretrained", "random")
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"  # shipped architectures
+MODEL_CONFIG_DIR = CONFIG_DIR / "models"  # shipped architectures
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CONFIG_FILES = (  # files of a model directory that change the outputs besides the weights
     "config.json",
@@ -103,7 +105,7 @@ def _config_sha256(config) -> str:
 
 
 def shipped_config(model: str) -> Path | None:
-    """The directory of a model's architecture shipped with emo (``configs/models/<org>--<name>/``
+    """The directory of a model's architecture shipped with emo (``emo/configs/models/<org>--<name>/``
     holding ``config.json``), or None."""
     d = MODEL_CONFIG_DIR / model.replace("/", "--")
     return d if "/" in model and (d / "config.json").is_file() else None

@@ -1,4 +1,4 @@
-"""Dataset presets (``configs/datasets/<name>.json``): the adapter and the extractions a paper used.
+"""Dataset presets (``emo/configs/datasets/<name>.json``): the adapter and the extractions a paper used.
 
 ``make extract DATASET=x ROOT=/data/x`` runs ``run_preset``: prepare the manifest with the preset's
 adapter, then each listed extraction. A dataset without a preset of its own uses ``folder.json``
@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from emo import CONFIG_DIR
 from emo.datasets import ADAPTERS
 from emo.decode.sampling import SamplingConfig
 from emo.encoders.clip import ClipSpec
@@ -20,7 +21,7 @@ from .runner import ExtractOptions
 
 __all__ = ["PRESET_DIR", "load_preset", "parse_sets", "run_preset"]
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+PRESET_DIR = CONFIG_DIR / "datasets"
 _TOP = {"adapter", "prepare", "extract", "description"}
 _CLIP = {"encoder", "model", "pretrained", "checkpoint", "weights", "segments", "frames_per_segment", "views",
          "center_crop", "tokens_layer", "pixels", "seed", "shard_size", "batch_size", "timeout", "precision"}

@@ -71,7 +71,7 @@ class DuSEConfig(TrainConfig):
     aggregator: Literal["lsea", "average"] = "lsea"  # average: Table III's row without LSEA
     heads: int = 4  # N, LSEA's semantic heads
     beta: float = 0.7  # LSEA's fusion weight of the visual feature
-    class_texts: str = "facial-descriptions"  # configs/classes/<name>.json, or a .json path
+    class_texts: str = "facial-descriptions"  # emo/configs/classes/<name>.json, or a .json path
     names_only: bool = False  # class texts = the bare emotion names
     logit_scale: float = 100.0  # logits = logit_scale · cos(V_g, F_T)
     text_checkpoint: str | None = None  # weights file, when the features came from --checkpoint elsewhere

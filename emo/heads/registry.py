@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from emo import __version__
+from emo import CONFIG_DIR, __version__
 from emo.cache.data import FeatureData
 from emo.cache.featureset import write_json_atomic
 
@@ -60,7 +60,7 @@ __all__ = [
     "EMBEDDINGS_FILE",
 ]
 
-HEAD_PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "heads"  # <head>/<preset>.json
+HEAD_PRESET_DIR = CONFIG_DIR / "heads"  # <head>/<preset>.json
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SUMMARY_FILE = "summary.json"  # a run directory's summary (runs.py)
@@ -205,7 +205,7 @@ def list_heads() -> list[HeadSpec]:
 
 
 def head_preset(name: str, preset: str, preset_dir: Path = HEAD_PRESET_DIR) -> dict[str, Any]:
-    """The config overrides of a named preset (``configs/heads/<head>/<preset>.json``, e.g. a paper's
+    """The config overrides of a named preset (``emo/configs/heads/<head>/<preset>.json``, e.g. a paper's
     ablation table) or of a JSON file path. The file holds ``{"description", "overrides"}``; its
     overrides are checked against the head's config."""
     path = Path(preset) if preset.endswith(".json") else preset_dir / name / f"{preset}.json"

@@ -16,7 +16,7 @@ Prompts are never silently truncated: :func:`check_fits` raises naming the promp
 the text tower's context.
 
 Described classes (DuSE, SPEC §4.3): :func:`described_classes` gives each class its name followed by a
-short description of its facial changes, from a data file in ``configs/classes/`` that says it is
+short description of its facial changes, from a data file in ``emo/configs/classes/`` that says it is
 emo's own wording (the paper does not print its texts); ``names_only`` gives the bare names.
 """
 
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from emo import CONFIG_DIR
 
 __all__ = [
     "CAPromptConfig",
@@ -44,7 +46,7 @@ __all__ = [
     "CLASS_TEXT_DIR",
 ]
 
-CLASS_TEXT_DIR = Path(__file__).resolve().parents[3] / "configs" / "classes"  # <name>.json: {"description", "texts"}
+CLASS_TEXT_DIR = CONFIG_DIR / "classes"  # <name>.json: {"description", "texts"}
 
 PREFIXES = ("with/without", "only/no")  # "POSITIVE/NEGATIVE" tag words: the paper's, Table 7's
 SEPARATORS = ("; ", ", ")  # the paper's, Table 7's
