@@ -190,6 +190,11 @@ def test_zero_shot_scores_are_100_cosine_and_accurate(tmp_path):
 
     save_checkpoint(tmp_path, head, "zero-shot", fd.keys)
     np.testing.assert_array_equal(load_checkpoint(tmp_path, fd).predict_scores(test), scores)
+    assert head.warnings == []  # pretrained features: nothing to say
+    rnd, _ = make_features(random_weights=True)
+    noisy = ZeroShotHead(ZeroShotConfig(), rnd.classes)
+    noisy.fit(rnd.role("train"))
+    assert any("random weights have none, so this row is noise" in w for w in noisy.warnings)
 
 
 def test_zero_shot_without_class_prompts_says_what_is_missing():

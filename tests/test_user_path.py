@@ -156,6 +156,19 @@ def test_eval_and_probe_find_the_runs_own_feature_sets_in_a_cache_with_several(t
     assert res.exit_code == 2 and "--run RUN" in res.output
 
 
+def test_random_clip_weights_are_announced_in_emos_words_not_open_clips(capfd, caplog):
+    import logging
+
+    from emo.encoders.clip import TINY_MODEL, ClipSpec, build_model
+
+    before = list(logging.getLogger().handlers)
+    build_model(ClipSpec(model=TINY_MODEL, weights="random", random_seed=4))
+    err = capfd.readouterr().err
+    assert "emo: emo-tiny-ViT with RANDOM weights (seed 4)" in err and "No pretrained weights" not in err
+    assert not any("No pretrained weights" in r.getMessage() for r in caplog.records)  # open_clip's line is gone
+    assert logging.getLogger().handlers == before  # open_clip did not configure logging behind our back
+
+
 def test_version():
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"emo {__version__}"

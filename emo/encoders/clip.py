@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -164,6 +166,26 @@ def _torchscript_weights(path: Path, folder: Path) -> Path:
     return out
 
 
+class _DropRandomNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _own_random_notice():
+    """open_clip announces random init through the root logger (``WARNING:root:...``), configuring
+    logging as a side effect; emo says it in its own words instead. While open_clip builds the model,
+    its notice is dropped and a NullHandler keeps ``logging.warning`` from installing a root handler."""
+    root, drop, null = logging.getLogger(), _DropRandomNotice(), logging.NullHandler()
+    root.addFilter(drop)
+    root.addHandler(null)
+    try:
+        yield
+    finally:
+        root.removeHandler(null)
+        root.removeFilter(drop)
+
+
 def build_model(spec: ClipSpec) -> torch.nn.Module:
     """The open_clip model in fp32 on the CPU with the weights ``spec`` names (strict; see module doc)."""
     import open_clip
@@ -175,11 +197,13 @@ def build_model(spec: ClipSpec) -> torch.nn.Module:
         )
     common = {"precision": "fp32", "device": "cpu", "pretrained_image": False, "pretrained_text": False}
     if spec.source == "random":
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state untouched
+        with torch.random.fork_rng(devices=[]), _own_random_notice():  # the caller's RNG state stays
             torch.manual_seed(spec.random_seed)
             model, _, _ = open_clip.create_model_and_transforms(
                 spec.model, pretrained=None, load_weights=False, **common
             )
+        print(f"emo: {spec.model} with RANDOM weights (seed {spec.random_seed}), as asked; everything made from "
+              "it is marked RANDOM WEIGHTS", file=sys.stderr)
         return model
 
     if spec.source == "checkpoint":

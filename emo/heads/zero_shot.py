@@ -54,6 +54,9 @@ class ZeroShotHead(Head):
         if text.shape[0] != len(self.classes):
             raise ValueError(f"class_text has {text.shape[0]} classes, head has {len(self.classes)}")
         self.weights = class_weights(text)
+        if train.random_weights:  # nothing is learned: with random towers the row is noise, often below chance
+            self.warnings.append("zero-shot matches class prompts to frames through CLIP's shared text-image "
+                                 "space; random weights have none, so this row is noise (it may sit below chance)")
         if log is not None:
             log({"step": "fit", "templates": int(text.shape[1]), "trained": False})
 
