@@ -42,10 +42,10 @@ PAPER_FEATURES = "wav2vec 2.0 base fine-tuned by SEGUE (a local checkpoint), hid
 class AudioAdapterConfig(TextGuidedConfig):
     """The paper's adapter: layer 9, lr 1e-4, AdamW (wd 0.01), batch 128, 200 epochs, τ = 0.07."""
 
-    layer: int = 9
-    lr: float = 1e-4
-    layers: int = 3
-    tau: float = 0.07
+    layer: int = 9  # wav2vec 2.0 hidden state read (audio/layerKK); the paper's is 9
+    lr: float = 1e-4  # the paper's adapter learning rate
+    layers: int = 3  # transformer layers after the 768->512 projection
+    tau: float = 0.07  # SupCon temperature
     max_frames: int = 0  # 0: whole items; else crop longer items to this many rows (20 ms each)
 
     def __post_init__(self):

@@ -65,21 +65,21 @@ class CacheClassifierConfig:
     video: str | None = None  # run directory of a VFM (or any head with embed()) for the video features
     audio: str | None = None  # run directory of an auditory adapter for the audio features
     shots: int = 16  # K per class (the release uses 128); 0 = every train item
-    shot_seed: int = 1
+    shot_seed: int = 1  # seed of the K-shot draw
     views: int = 10  # training-time samplings averaged into each video key
-    search: Literal["val", "none"] = "val"
+    search: Literal["val", "none"] = "val"  # choose α, β on the validation part, or take --alpha/--beta
     alpha: float = 1.0  # α of every modality when not searched (and during Tip-F training)
-    beta: float = 1.0
-    alpha_scale: float = 3.0
-    alpha_steps: int = 20
-    beta_scale: float = 7.0
-    beta_steps: int = 200
-    class_formats: list[int] = field(default_factory=lambda: list(CLASS_FORMATS))
-    logit_scale: float = 100.0
+    beta: float = 1.0  # β (sharpness of the cache affinities) when not searched
+    alpha_scale: float = 3.0  # α searched over (0, alpha_scale]
+    alpha_steps: int = 20  # grid points of the α search
+    beta_scale: float = 7.0  # β searched over (0, beta_scale]
+    beta_steps: int = 200  # grid points of the β search
+    class_formats: list[int] = field(default_factory=lambda: list(CLASS_FORMATS))  # zero-shot class prompt formats
+    logit_scale: float = 100.0  # zero-shot scores = logit_scale · cos
     finetune_keys: bool = False  # Tip-F
-    ft_epochs: int = 20
-    ft_lr: float = 1e-3
-    ft_batch_size: int = 256
+    ft_epochs: int = 20  # Tip-F: epochs of key training
+    ft_lr: float = 1e-3  # Tip-F: learning rate of the keys
+    ft_batch_size: int = 256  # Tip-F: items per step
 
     def __post_init__(self):
         if self.shots < 0 or self.views < 1 or self.alpha_steps < 1 or self.beta_steps < 1 or self.ft_epochs < 0:

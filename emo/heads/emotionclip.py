@@ -58,15 +58,15 @@ PAPER_FEATURES = ("ViT-B/32 frames with subject-aware prompting (EmotionCLIP tra
 class EmotionCLIPConfig(TrainConfig):
     """EmotionCLIP's temporal encoder and SNCE with the official code's defaults (module doc)."""
 
-    feature: str = "clip/cls"
+    feature: str = "clip/cls"  # frame embeddings the temporal encoder reads
     text: str = "text/clip"  # the utterance's frozen CLIP text embedding (first caption)
     sentiment: str = "text/sentiment"  # the utterance's sentiment logits (first caption)
     frames: int = 8  # frames per clip: the cache's segments subsampled evenly to this many (0 = all; fewer: all)
     pooling: Literal["transformer", "mean"] = "transformer"  # mean: Table 3's mean-pooling row
-    layers: int = 6
-    heads: int = 8
+    layers: int = 6  # temporal transformer layers
+    heads: int = 8  # attention heads per layer
     ffn: int = 0  # 0: 4 x the embedding width (2048 at 512, the official value)
-    dropout: float = 0.1
+    dropout: float = 0.1  # dropout in the temporal encoder
     beta: float = DEFAULT_BETA  # SNCE re-weighting strength; 0 = InfoNCE
     expects_subject_prompt: bool | None = None  # a preset's feature-set expectation (None: either)
     epochs: int = 25

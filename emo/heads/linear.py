@@ -31,8 +31,8 @@ __all__ = ["LinearConfig", "LinearHead", "pooled_video"]
 class LinearConfig:
     feature: str = "clip/cls"  # array of FeatureData.arrays: [n, M, N, V, D], [n, M, D] or [n, D]
     C: float = 1.0  # inverse L2 strength when no validation part chooses it
-    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
-    max_iter: int = 1000
+    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])  # C searched on a val part
+    max_iter: int = 1000  # L-BFGS iterations of the logistic regression
 
 
 def pooled_video(data: FeatureData, feature: str) -> torch.Tensor:

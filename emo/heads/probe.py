@@ -31,9 +31,9 @@ FEATURE = "run/feature"  # the array name the inner linear probe reads
 @dataclass
 class ProbeConfig:
     features: str = ""  # the run directory whose head makes the features
-    C: float = 1.0
-    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])
-    max_iter: int = 1000
+    C: float = 1.0  # inverse L2 strength when no validation part chooses it
+    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0, 100.0])  # C searched on a val part
+    max_iter: int = 1000  # L-BFGS iterations of the logistic regression
 
     def modalities(self) -> tuple[str, ...]:
         return run_modalities(self.features) if self.features else ()

@@ -41,16 +41,16 @@ __all__ = ["TextGuidedConfig", "TextGuidedHead", "TextGuidedModel", "TextTargets
 class TextGuidedConfig(TrainConfig):
     """EmoAsst's optimisation (AdamW, weight decay 0.01, batch 128, 200 epochs) and text guidance."""
 
-    epochs: int = 200
-    batch_size: int = 128
-    optimizer: Literal["adam", "adamw"] = "adamw"
-    weight_decay: float = 0.01
-    text: Literal["utterance", "prompts"] = "utterance"
+    epochs: int = 200  # the paper's 200 epochs
+    batch_size: int = 128  # items per step (and contrastive batch)
+    optimizer: Literal["adam", "adamw"] = "adamw"  # the paper's AdamW
+    weight_decay: float = 0.01  # the paper's decoupled decay
+    text: Literal["utterance", "prompts"] = "utterance"  # target: the utterance, or one of six prompt formats per item
     class_formats: list[int] = field(default_factory=lambda: list(CLASS_FORMATS))  # zero-shot class prompts
     logit_scale: float = 100.0  # zero-shot scores
-    heads: int = 8
-    ffn: int = 2048
-    dropout: float = 0.1
+    heads: int = 8  # attention heads of the transformer layers
+    ffn: int = 2048  # feed-forward width of the transformer layers
+    dropout: float = 0.1  # dropout in the transformer layers
     text_checkpoint: str | None = None  # CLIP weights file, when the clip features came from --checkpoint elsewhere
 
     def __post_init__(self):

@@ -42,11 +42,11 @@ PAPER_FEATURES = "the EmotionCLIP checkpoint's image tower (ViT-B/32, ImageNet m
 class VFMConfig(TextGuidedConfig):
     """The paper's VFM: lr 1e-3, AdamW (wd 0.01), batch 128, 200 epochs, 24 frames."""
 
-    feature: str = "clip/cls"
-    lr: float = 1e-3
+    feature: str = "clip/cls"  # frame embeddings the VFM reads
+    lr: float = 1e-3  # the paper's VFM learning rate
     frames: int = 0  # 0: every segment of the cache (the preset extracts 24); else subsample evenly to this many
-    encoder_layers: int = 1
-    decoder_layers: int = 2
+    encoder_layers: int = 1  # transformer encoder layers over the frames
+    decoder_layers: int = 2  # decoder layers whose queries are the class-text features
 
     def __post_init__(self):
         super().__post_init__()

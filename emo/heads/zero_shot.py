@@ -27,7 +27,7 @@ __all__ = ["ZeroShotConfig", "ZeroShotHead", "class_weights"]
 class ZeroShotConfig:
     feature: str = "clip/cls"  # image features, same layouts as the linear probe
     text: str = "clip"  # key of FeatureData.class_text: prompt embeddings in the same space
-    logit_scale: float = 100.0
+    logit_scale: float = 100.0  # scores = logit_scale · cos (CLIP's 100)
 
 
 def class_weights(class_text: torch.Tensor) -> torch.Tensor:
