@@ -431,7 +431,8 @@ def test_a_captioning_run_scores_its_captions_and_reports_them_in_their_own_tabl
     metrics = json.loads((tmp_path / "runs" / "cap" / "0" / "metrics.json").read_text())
     assert res.task == "captioning" and metrics["evaluated_on"] == "test" and metrics["n"] == 20
     assert metrics["exact"] > 0.8 and metrics["bleu4"] > 0.7  # the classes are easy to tell apart
-    rows = (tmp_path / "runs" / "cap" / "0" / "captions.csv").read_text().splitlines()
-    assert rows[0] == "id,generated,references" and len(rows) == 21
+    rows = [json.loads(r) for r in (tmp_path / "runs" / "cap" / "0" / "captions.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and set(rows[0]) == {"id", "caption", "references"}
+    assert all(r["references"] == fd.texts[fd.ids.index(r["id"])] for r in rows)
     text = report_runs(tmp_path / "runs")
     assert text.splitlines()[0] == "| head | split | BLEU-4 | METEOR | ROUGE-L | CIDEr |"

@@ -15,7 +15,7 @@ run is scored on, what ``metrics.json`` holds, which metrics ``summary.json`` av
 - ``captioning`` (generated text against the items' reference captions, ``data.texts``): BLEU-4, METEOR,
   ROUGE-L, CIDEr through pycocoevalcap (``metrics.caption_metrics``; Java needed), plus what the head
   adds with ``caption_metrics(data, captions)`` (e.g. the emotion accuracy of its captions);
-  ``captions.csv``. A head of this kind implements ``generate(data) -> list[str]``, one caption per item.
+  ``captions.jsonl`` (one ``{"id", "caption", "references"}`` per line). A head of this kind implements ``generate(data) -> list[str]``, one caption per item.
   Like retrieval it needs no class labels, and a split without test items is scored on its val part.
 
 A new kind is one more :class:`Task` in ``TASKS``.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +128,9 @@ def _evaluate_captioning(head, data: FeatureData) -> Evaluation:
         metrics.update(extra(data, captions))
 
     def write(out: Path, title: str) -> None:
-        _write_csv(out / "captions.csv", ["id", "generated", "references"],
-                   ([item, caption, " ||| ".join(refs)] for item, caption, refs in zip(data.ids, captions, data.texts,
-                                                                                        strict=True)))
+        write_text_atomic(out / "captions.jsonl", "".join(
+            json.dumps({"id": item, "caption": caption, "references": list(refs)}, ensure_ascii=False) + "\n"
+            for item, caption, refs in zip(data.ids, captions, data.texts, strict=True)))
 
     return Evaluation(metrics, None, write)
 
