@@ -21,7 +21,7 @@ from emo.heads.registry import HEAD_PRESET_DIR, get_head, head_preset, load_chec
 from tests.cachetools import write_set
 from tests.ecpa_data import AU_META, CLIP_META, caption_task
 
-SMALL = {"width": 32, "layers": 2, "heads": 2, "ffn": 64, "dropout": 0.0, "batch_size": 16, "er_folds": 3,
+SMALL = {"visual": "cls", "width": 32, "layers": 2, "heads": 2, "ffn": 64, "dropout": 0.0, "batch_size": 16, "er_folds": 3,
          "lr": 3e-3, "epochs": 2}
 
 
@@ -189,3 +189,25 @@ def test_train_report_and_evaluate_on_a_dataset_without_labels_through_the_cli(t
     assert "BLEU-4" in res.output or "bleu4" in res.output
     res = runner.invoke(app, ["report", str(runs)])
     assert res.exit_code == 0 and "BLEU-4" in res.output and "ECPA" in res.output, res.output
+
+
+def test_visual_inputs_cls_tokens_and_pooled_patch_grids():
+    fd = caption_task(20, 4)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randn(20, 4, 1, 1, 17, 8, generator=g)  # [n, M, N, V, L = 1 + 4x4 patches, W]
+    fd.arrays["clip/tokens"] = tokens.half()
+    idx = np.arange(3)
+    cls = build(fd)._visual(fd, idx, False, None)
+    assert cls.shape == (3, 4, 16)
+    every = build(fd, visual="tokens")._visual(fd, idx, False, None)
+    torch.testing.assert_close(every, tokens[:3, :, 0, 0].half().float().reshape(3, 68, 8))
+    pooled = build(fd, visual="pooled", pool_grid=2)._visual(fd, idx, False, None)  # [B, M * (1 + 4), W]
+    x = tokens[:3, :, 0, 0].half().float()
+    grid = x[:, :, 1:].reshape(3, 4, 4, 4, 8)  # [B, M, rows, cols, W]
+    top_left = grid[:, :, :2, :2].mean(dim=(2, 3))
+    bottom_right = grid[:, :, 2:, 2:].mean(dim=(2, 3))
+    got = pooled.reshape(3, 4, 5, 8)
+    torch.testing.assert_close(got[:, :, 0], x[:, :, 0])
+    torch.testing.assert_close(got[:, :, 1], top_left)
+    torch.testing.assert_close(got[:, :, 4], bottom_right)
+    assert ECPAConfig(visual="pooled").large_arrays() == ("clip/tokens",) and ECPAConfig(visual="cls").large_arrays() == ()

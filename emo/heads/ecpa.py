@@ -3,7 +3,8 @@ emotion prompts, their cross-modal alignment, and a masked-language-model captio
 
 ::
 
-    V    = frames of the clip set: CLS per frame [B, M, D] | all tokens [B, M·L, W] | CLS + pooled patches
+    V    = frame tokens of the clip set: CLS + 2x2 average-pooled patches per frame [B, M·5, W] (default,
+           ``visual = "pooled"``) | every token [B, M·L, W] (``tokens``) | the CLS embedding per frame [B, M, D] (``cls``)
     P_ER = MLP(z)        z = logits of an emotion classifier on the clip's mean CLS        (VEP, ER level)
     P_AU = FC(E[a_i] · s_i)   i = 1..K, the K AUs of highest confidence, s_i their intensity (VEP, AU level)
     [CLASS-k]            a learnable token per class: the true class in training, the predicted one at inference
@@ -78,7 +79,7 @@ class ECPAConfig(TrainConfig):
     """ECPA with the paper's defaults where it gives them (module doc for the readings)."""
 
     # inputs
-    visual: Literal["cls", "tokens", "pooled"] = "cls"  # CLS per frame | all tokens | CLS + pooled patch grid
+    visual: Literal["cls", "tokens", "pooled"] = "pooled"  # CLS per frame | all tokens | CLS + pooled patch grid
     feature: str = "clip/cls"  # CLS per frame (also the ER classifier's input)
     tokens: str = "clip/tokens"  # token array for visual = tokens / pooled
     pool_grid: int = 2  # pooled: patch tokens average-pooled to grid x grid per frame

@@ -100,7 +100,7 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
                          f"trained on {src.get('dataset')} {src.get('split')}), transferred.")
         run_notes += [f"- {name} ({p.parent.name}): warning: {w}" for w in s.get("warnings", [])]
         row = {"name": name, "split": s["split"], "random_weights": s["random_weights"], "task": task.name,
-               **{m: s["summary"][m] for m in task.metrics}}
+               **{m: s["summary"].get(m) for m in task.metrics}}
         if tsne:
             sil = [tsne_plot(p.parent / fold) for fold in s["folds"]]
             sil = [v for v in sil if v is not None]

@@ -95,7 +95,7 @@ class RunResult:
     def row(self) -> dict:
         """One row for :func:`format_results_table`."""
         return {"name": self.head, "split": self.split, "random_weights": self.random_weights, "task": self.task,
-                **{m: self.summary[m] for m in get_task(self.task).metrics}}
+                **{m: self.summary.get(m) for m in get_task(self.task).metrics}}
 
     def table(self) -> str:
         return format_results_table([self.row()])
@@ -198,7 +198,7 @@ def train_head(
         "val_fraction": val_fraction,
         "command": command,
         "emo_version": __version__,
-        "per_fold": {f: {m: v[m] for m in task.metrics} for f, v in per_fold.items()},
+        "per_fold": {f: {m: v.get(m) for m in task.metrics} for f, v in per_fold.items()},
         "evaluated_on": sorted({v.get("evaluated_on", "test") for v in per_fold.values()}),
         **({"warnings": result.warnings} if result.warnings else {}),
         **({"source_run": next(iter(sources.values()))} if sources else {}),
@@ -416,7 +416,7 @@ def _run_fold(
     evaluation = task.evaluate(head, scored)
     source = getattr(head, "source_run", None)  # a head stacked on another run (transfer) names it
     incomplete = dict(fd.incomplete)  # what --allow-partial left out
-    own = list(getattr(head, "warnings", []))
+    own = [*getattr(head, "warnings", []), *evaluation.warnings]
     if incomplete:
         own.insert(0, "trained and scored on partial data (--allow-partial): " + "; ".join(
             f"{name}: {info.get('items', '?')} items left out" for name, info in incomplete.items()))
