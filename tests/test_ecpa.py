@@ -106,15 +106,22 @@ def test_a_checkpoint_keeps_its_vocabulary_and_generates_the_same_captions_on_ot
     back = load_checkpoint(tmp_path / "ck", other)
     assert back.vocab == head.vocab and back.vocab != Vocabulary.build(["completely different words here"])
     assert back.generate(fd.role("test")) == caps
+    batch = back._to_device({k: x for k, x in back.inputs(fd.role("test"), np.arange(10), False, None).items()
+                             if not k.startswith("caption")})
+    for beam in (1, 3):  # the head's word prompts through the cached decoder and the reference
+        back.config.beam = beam
+        assert torch.equal(back.decode_ids(batch), back.decode_ids(batch, cached=False))
     torch.testing.assert_close(back.module.er_weight, head.module.er_weight)
 
 
 def test_without_emotion_labels_the_label_parts_are_off_and_labels_are_never_invented():
     fd = caption_task(50, 10)
     fd.labels = torch.full((len(fd),), -1, dtype=torch.int64)
-    fd.classes = []
-    with pytest.raises(ValueError, match="--emotion-labels false"):
+    with pytest.raises(ValueError, match="--emotion-labels false"):  # classes, but no item has a label
         build(fd).fit(fd.role("train"))
+    fd.classes = []
+    with pytest.raises(ValueError, match="--emotion-labels false"):  # no classes at all
+        build(fd)
     head = build(fd, emotion_labels=False)
     assert head.config.active_losses() == ("mlm", "aucl") and any("no emotion labels" in w for w in head.warnings)
     head.fit(fd.role("train"))

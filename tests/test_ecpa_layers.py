@@ -105,6 +105,23 @@ def test_greedy_decoding_equals_step_by_step_argmax_over_full_forward_passes_and
     assert torch.equal(beam_decode(g, prefix, pad_prefix, beam=1, length_penalty=1.0, **kw), greedy)
 
 
+def test_cached_decoding_equals_the_full_forward_pass_at_every_step():
+    g = small_generator(3)
+    prefix = torch.randn(5, 4, 16)
+    pad_prefix = torch.tensor([[False, False, True, True]] * 2 + [[False] * 4] * 3)
+    kw = {"bos": 1, "eos": 2, "pad": 0, "mask": 3, "banned": [0, 1, 3, 4], "max_words": 7}
+    state = g.encode_prefix(prefix, pad_prefix)  # logits of every step, both ways
+    ids = torch.tensor([[1, 6, 7, 5], [1, 9, 9, 2], [1, 5, 11, 8], [1, 10, 6, 7], [1, 8, 8, 8]])
+    for t in range(4):
+        full = g(prefix, torch.cat([ids[:, : t + 1], torch.full((5, 1), 3)], 1), pad_prefix)[:, -1]
+        out, keys, values = g.decode_step(state, g.word(torch.stack([ids[:, t], torch.full((5,), 3)], 1)), t)
+        state.keep(keys, values, 1)
+        torch.testing.assert_close(out[:, -1], full, rtol=1e-4, atol=1e-4)
+    assert torch.equal(greedy_decode(g, prefix, pad_prefix, **kw), greedy_decode(g, prefix, pad_prefix, cached=False, **kw))
+    assert torch.equal(beam_decode(g, prefix, pad_prefix, beam=3, **kw),
+                       beam_decode(g, prefix, pad_prefix, beam=3, cached=False, **kw))
+
+
 def _log_prob(g, prefix, ids: list[int]) -> float:
     """Summed log-probability of generating ``ids`` (ending at [EOS]=2) one [MASK] at a time."""
     total, seq = 0.0, [1]
@@ -207,7 +224,7 @@ def test_aucl_gradient_pulls_positive_pairs_up_to_the_margin_and_pushes_negative
     words = torch.tensor([[[0.4, 0.0, 0.9165], [0.0, 0.2, 0.9798]]])
     valid_a, valid_w = torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 2, dtype=torch.bool)
     loss = aucl_loss(au, words, valid_a, valid_w)
-    assert float(loss) == pytest.approx(((0.5 - 0.4) ** 2 + 0.2**2) / 2, rel=1e-3)
+    assert float(loss.detach()) == pytest.approx(((0.5 - 0.4) ** 2 + 0.2**2) / 2, rel=1e-3)
     loss.backward()
     d = F.normalize(au.detach(), dim=-1) @ F.normalize(words, dim=-1).transpose(1, 2)
     d2 = F.normalize(au.detach() - 0.1 * au.grad, dim=-1) @ F.normalize(words, dim=-1).transpose(1, 2)

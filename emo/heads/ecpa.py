@@ -361,6 +361,9 @@ class ECPAHead(TorchHead):
     # -- model --------------------------------------------------------------------------------------
     def build_module(self, data: FeatureData) -> nn.Module:
         cfg = self.config
+        if (cfg.use_er or cfg.use_class or cfg.use_er_align) and not self.classes:
+            raise ValueError(f"{data.dataset or 'the dataset'} has no emotion classes; a dataset without emotion "
+                             "labels (EmVidCap) needs --emotion-labels false (preset emvidcap)")
         train = data.role("train") if (data.roles == "train").any() else data
         refs = [c for caps in train.texts for c in caps] if train.texts else []
         self.vocab = Vocabulary.build(refs, cfg.min_count)
@@ -465,14 +468,16 @@ class ECPAHead(TorchHead):
         return torch.zeros(batch["visual"].shape[0], len(self.classes), device=batch["visual"].device)
 
     # -- generation ---------------------------------------------------------------------------------
-    def decode_ids(self, batch: dict) -> torch.Tensor:
-        """``[B, T]`` generated ids of a device batch (greedy, or beam search with ``beam`` > 1)."""
+    def decode_ids(self, batch: dict, cached: bool = True) -> torch.Tensor:
+        """``[B, T]`` generated ids of a device batch (greedy, or beam search with ``beam`` > 1); ``cached``
+        False re-runs the full forward pass each step (the reference)."""
         cfg, v = self.config, self.vocab
         cls = self.scores(batch).argmax(1) if cfg.use_class else None
         prefix, pad, _ = self.module.prefix(batch, cls)
-        gen = _WordInput(self.module, v.mask)
+        gen = self.module.generator
         kw = {"bos": v.bos, "eos": v.eos, "pad": v.pad, "mask": v.mask, "max_words": cfg.max_words,
-              "banned": [v.pad, v.bos, v.mask, v.unk]}
+              "banned": [v.pad, v.bos, v.mask, v.unk], "embed": lambda ids: self.module.words(ids, v.mask),
+              "cached": cached}
         if cfg.beam == 1:
             return greedy_decode(gen, prefix, pad, **kw)
         return beam_decode(gen, prefix, pad, beam=cfg.beam, length_penalty=cfg.length_penalty, **kw)
@@ -517,17 +522,6 @@ class ECPAHead(TorchHead):
             total += float(parts["mlm"]) * len(idx)
             n += len(idx)
         return {"loss": total / max(n, 1)}
-
-
-class _WordInput(nn.Module):
-    """The generator seen through the head's word prompts: ``(prefix, ids, pad) -> logits``."""
-
-    def __init__(self, model: ECPAModel, mask_id: int):
-        super().__init__()
-        self.model, self.mask_id = model, mask_id
-
-    def forward(self, prefix, ids, prefix_pad=None):
-        return self.model.generator(prefix, ids, prefix_pad, words=self.model.words(ids, self.mask_id))
 
 
 register_head(
