@@ -51,6 +51,22 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_losses_are_finite():
     assert {"vocab", "er_weight"} <= set(head.state_dict())  # saved with the checkpoint, not trained
 
 
+def test_each_epochs_loss_weights_are_dwa_of_the_two_epochs_before_it():
+    from emo.heads.layers.emotion_alignment import dwa_weights
+
+    fd = caption_task(40, 8)
+    for dwa in (True, False):
+        head = build(fd, epochs=4, dwa=dwa)
+        records: list[dict] = []
+        head.fit(fd.role("train"), log=records.append)
+        for e, rec in enumerate(records):
+            want = dwa_weights(records[:e], ("mlm", "er", "aucl"), 2.0) if dwa else dict.fromkeys(("mlm", "er", "aucl"), 1.0)
+            assert [rec[f"w_{k}"] for k in want] == pytest.approx(list(want.values()), rel=1e-6)
+            parts = sum(rec[f"w_{k}"] * rec[k] for k in want)
+            assert rec["loss"] == pytest.approx(parts, rel=1e-4)  # the logged parts are the unweighted losses
+        assert not dwa or records[3]["w_mlm"] != 1.0
+
+
 def test_the_baseline_has_no_prompts_and_only_the_mlm_loss():
     fd = caption_task(40, 8)
     cfg = ECPAConfig(**{**SMALL}, **head_preset("ecpa", "table4-baseline"))
