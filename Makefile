@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/emoasst.py
 	$(BIN)/python bench/emotionclip.py
+	$(BIN)/python bench/ecpa.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench
