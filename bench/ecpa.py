@@ -73,7 +73,7 @@ def time_config(name: str, overrides: dict, items: int, steps: int, epochs: int,
            "visual": cfg.visual, "prefix_tokens": int(head._visual(train, np.arange(1), False, None).shape[1]
                                                      + cfg.use_er + cfg.au_prompt * cfg.au_top_k + cfg.use_class),
            "trainable_params": trainable_parameters(head.module)}
-    if cfg.use_er:  # the one-off fits, on a cache of the full size (CLS only: what they read)
+    if cfg.use_classifier:  # the one-off fits, on a cache of the full size (CLS only: what they read)
         full = synthetic_mafw(items, tokens=False)
         t0 = time.perf_counter()
         head._fit_er(full)

@@ -111,6 +111,23 @@ def test_train_items_get_cross_fitted_er_features_and_other_items_the_full_class
     torch.testing.assert_close(er_test, head.module.er_logits(torch.from_numpy(head._pooled_cls(test, np.arange(len(test))))))
 
 
+@pytest.mark.parametrize("over", [{}, {"er_prompt": False, "er_align": False}])
+def test_at_inference_the_class_token_is_the_er_classifiers_prediction(over):
+    fd = caption_task(80, 30)
+    head = build(fd, **over)
+    train, test = fd.role("train"), fd.role("test")
+    head._fit_er(train)
+    assert hasattr(head.module, "er_mlp") == ("er_prompt" not in over)
+    seen = []
+    prefix = head.module.prefix
+    head.module.prefix = lambda batch, class_ids: seen.append(class_ids) or prefix(batch, class_ids)
+    head.config.max_words = 2
+    head.generate(test)
+    predicted = head._er(test, np.arange(len(test))).argmax(1)
+    assert torch.equal(torch.cat(seen), predicted) and len(set(predicted.tolist())) == 3
+    assert (predicted == test.labels).float().mean() > 0.6  # the frames carry the emotion: a real prediction
+
+
 def test_a_checkpoint_keeps_its_vocabulary_and_generates_the_same_captions_on_other_data(tmp_path):
     fd = caption_task(60, 10)
     head = build(fd)

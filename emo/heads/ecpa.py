@@ -158,6 +158,11 @@ class ECPAConfig(TrainConfig):
         return self.sentence_prompt and self.emotion_labels
 
     @property
+    def use_classifier(self) -> bool:
+        """The cross-fitted ER classifier: the ER prompt's input, and the class [CLASS-k] takes at inference."""
+        return self.use_er or self.use_class
+
+    @property
     def use_er_align(self) -> bool:
         return self.er_align and self.emotion_labels and self.er_prompt
 
@@ -197,9 +202,10 @@ class ECPAModel(nn.Module):
         self.visual = nn.Linear(visual_dim, w)
         self.visual_pos = nn.Parameter(torch.randn(visual_len, w) * 0.02)
         self.types = nn.Parameter(torch.randn(4, w) * 0.02)  # visual, ER, AU, class
-        if cfg.use_er:
+        if cfg.use_classifier:
             self.register_buffer("er_weight", torch.zeros(classes, er_dim))  # the ER classifier (fitted on train)
             self.register_buffer("er_bias", torch.zeros(classes))
+        if cfg.use_er:
             self.er_mlp = nn.Sequential(nn.Linear(classes, w), nn.GELU(), nn.Linear(w, w))
         if cfg.au_prompt:
             self.au_embed = nn.Parameter(torch.randn(aus, w) * 0.02)
@@ -223,7 +229,7 @@ class ECPAModel(nn.Module):
         v = self.visual(batch["visual"]) + self.visual_pos[: batch["visual"].shape[1]] + self.types[0]  # [B, T, W]
         b = v.shape[0]
         parts, pads, prompts = [v], [torch.zeros(b, v.shape[1], dtype=torch.bool, device=v.device)], {}
-        if "er" in batch:
+        if "er" in batch and hasattr(self, "er_mlp"):
             er = self.er_mlp(batch["er"])  # [B, W]
             prompts["er"] = er
             parts.append((er + self.types[1])[:, None])
@@ -340,7 +346,7 @@ class ECPAHead(TorchHead):
     def inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         cfg = self.config
         batch = {"visual": self._visual(data, idx, train, generator)}
-        if cfg.use_er:
+        if cfg.use_classifier:
             batch["er"] = self._er(data, idx)
         if cfg.au_prompt:
             batch["au_index"], batch["au_intensity"], batch["au_has"] = self._au(data, idx)
@@ -398,7 +404,7 @@ class ECPAHead(TorchHead):
                 first = train.ids[int(np.flatnonzero(y < 0)[0])]
                 raise ValueError(f"{int((y < 0).sum())} train items have no emotion label (first: {first!r}); a "
                                  "dataset without emotion labels (EmVidCap) needs --emotion-labels false")
-        if cfg.use_er:
+        if cfg.use_classifier:
             self._fit_er(train)
         if cfg.emotion_labels and (train.labels >= 0).all():
             self._fit_caption_classifier(train)
