@@ -286,6 +286,9 @@ def test_ecpa_schedule_warms_up_for_a_tenth_of_training_then_decays_linearly_to_
     assert f[10:] == pytest.approx([(100 - s) / 90 for s in range(10, 100)])
     assert f[9] == pytest.approx(1.0) and f[55] == pytest.approx(0.5)
     assert ECPAConfig(epochs=30, warmup_fraction=0.0, warmup_epochs=2.0).warmup_epochs == 2.0
+    assert ECPAConfig(epochs=30, warmup_epochs=3.0).warmup_epochs == pytest.approx(3.0)  # a saved config reloads
+    with pytest.raises(ValueError, match="--warmup-fraction 0"):
+        ECPAConfig(epochs=30, warmup_epochs=2.0)
 
 
 # --- AUs ---------------------------------------------------------------------------------------------

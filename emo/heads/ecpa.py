@@ -111,6 +111,7 @@ class ECPAConfig(TrainConfig):
     mask_prob: float = 0.15
     max_words: int = 40  # training captions are cut to this many words; decoding stops there
     min_count: int = 1  # vocabulary: words seen at least this often in the train references
+    tokenizer: Literal["words-v1"] = "words-v1"  # how captions become words (layers.captions), recorded in the run
     # loss weights
     dwa: bool = True
     dwa_temperature: float = 2.0
@@ -133,7 +134,11 @@ class ECPAConfig(TrainConfig):
         if self.warmup_fraction < 0 or self.warmup_fraction >= 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.warmup_fraction:
-            self.warmup_epochs = self.warmup_fraction * self.epochs
+            want = self.warmup_fraction * self.epochs
+            if self.warmup_epochs and not math.isclose(self.warmup_epochs, want):
+                raise ValueError(f"warmup_epochs {self.warmup_epochs} and warmup_fraction {self.warmup_fraction} "
+                                 f"({want:g} epochs) disagree: pass --warmup-fraction 0 to use --warmup-epochs")
+            self.warmup_epochs = want
         for name in ("layers", "heads", "width", "au_top_k", "beam", "max_words", "min_count", "pool_grid"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -507,6 +512,8 @@ class ECPAHead(TorchHead):
         """The emotion accuracy of the generated captions (and of the first references) when the scored
         items have labels and the head has its caption classifier."""
         if not self.config.emotion_labels or len(data) == 0 or bool((data.labels < 0).any()):
+            return {}
+        if not (self.module.cap_weight.any() or self.module.cap_bias.any()):  # trained without labels: never fitted
             return {}
         w, b = self.module.cap_weight.cpu().numpy(), self.module.cap_bias.cpu().numpy()
         y = data.labels.numpy()
