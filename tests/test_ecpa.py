@@ -251,3 +251,24 @@ def test_visual_inputs_cls_tokens_and_pooled_patch_grids():
     torch.testing.assert_close(got[:, :, 1], top_left)
     torch.testing.assert_close(got[:, :, 4], bottom_right)
     assert ECPAConfig(visual="pooled").large_arrays() == ("clip/tokens",) and ECPAConfig(visual="cls").large_arrays() == ()
+
+
+def test_pyfeat_aus_and_a_validation_part_scored_by_its_mlm_loss():
+    fd = caption_task(60, 10)
+    probs = fd.arrays.pop("au/au_r").float() / 5  # the same AU signal as py-feat probabilities
+    fd.arrays["pyfeat/aus"] = probs.half()
+    fd.arrays["pyfeat/valid"] = fd.arrays.pop("au/valid")
+    del fd.arrays["au/au_c"]
+    fd.feature_sets["pyfeat-p"] = {"modality": "pyfeat", "key": "p" * 64}
+    with pytest.raises(ValueError, match="au/au_r"):
+        build(fd)  # OpenFace by default: the missing arrays are named
+    head = build(fd, au_source="pyfeat", epochs=3, patience=2)
+    assert head.config.modalities() == ("clip", "pyfeat")
+    batch = head.inputs(fd, np.arange(5), False, None)
+    conf = probs[:5].mean(dim=(1, 2))  # [B, 17] mean probability over the valid frames
+    assert torch.equal(batch["au_index"][:, 0], conf.argmax(1))
+    torch.testing.assert_close(batch["au_intensity"][:, 0], conf.max(1).values, rtol=1e-3, atol=1e-3)
+    train = fd.role("train")
+    records: list[dict] = []
+    head.fit(train.select(np.arange(40)), train.select(np.arange(40, 50)), log=records.append)
+    assert all(np.isfinite(r["val_loss"]) for r in records) and "epoch" in head.selected
