@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -380,6 +381,32 @@ def test_caption_metrics_are_one_for_a_copy_and_zero_for_disjoint_words():
         caption_metrics([["x"], []], ["x", "y"])
 
 
+@needs_java
+def test_caption_metrics_equal_pycocoevalcaps_on_a_small_committed_set():
+    data = json.loads((Path(__file__).parent / "data" / "captions_small.json").read_text())
+    from emo.heads.metrics import caption_metrics
+
+    got = caption_metrics(data["references"], data["candidates"])
+    assert got["coco_comparable"] is True
+    for name, want in data["pycocoevalcap"].items():
+        assert got[name] == pytest.approx(want, rel=1e-9), name
+
+
+def test_without_java_meteor_is_absent_and_the_rest_is_marked_not_coco_comparable(monkeypatch):
+    import shutil
+
+    from emo.heads.metrics import caption_metrics
+
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "java" else real(name))
+    refs = [["a man smiles at the camera happily"], ["a woman frowns and shouts in anger"]]
+    got = caption_metrics(refs, ["a man smiles at the camera happily", "a woman frowns"])
+    assert got["meteor"] is None and got["coco_comparable"] is False and "Java" in got["note"]
+    assert 0 < got["bleu4"] < 1 and 0 < got["rouge_l"] < 1 and got["cider"] > 0
+    same = caption_metrics(refs, ["A man smiles at the camera, happily!", "a woman frowns and shouts in anger"])
+    assert same["bleu4"] == pytest.approx(1.0, abs=1e-6)  # case and punctuation are not words
+
+
 @dataclass
 class NearestCaptionConfig:
     feature: str = "clip/cls"
@@ -432,7 +459,8 @@ def test_a_captioning_run_scores_its_captions_and_reports_them_in_their_own_tabl
     metrics = json.loads((tmp_path / "runs" / "cap" / "0" / "metrics.json").read_text())
     assert res.task == "captioning" and metrics["evaluated_on"] == "test" and metrics["n"] == 20
     assert metrics["exact"] > 0.8 and metrics["bleu4"] > 0.7  # the classes are easy to tell apart
-    rows = (tmp_path / "runs" / "cap" / "0" / "captions.csv").read_text().splitlines()
-    assert rows[0] == "id,generated,references" and len(rows) == 21
+    rows = [json.loads(r) for r in (tmp_path / "runs" / "cap" / "0" / "captions.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and set(rows[0]) == {"id", "caption", "references"}
+    assert all(r["references"] == fd.texts[fd.ids.index(r["id"])] for r in rows)
     text = report_runs(tmp_path / "runs")
-    assert text.splitlines()[0] == "| head | split | BLEU-4 | METEOR | ROUGE-L | CIDEr | run |"
+    assert text.splitlines()[0] == "| head | split | BLEU-4 | METEOR | ROUGE-L | CIDEr | emotion acc | run |"

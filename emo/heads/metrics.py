@@ -33,7 +33,7 @@ __all__ = ["classification_metrics", "retrieval_metrics", "caption_metrics", "pl
 SCALAR_METRICS = ("top1", "macro_f1", "weighted_f1", "uar", "war")
 RETRIEVAL_METRICS = ("r1", "v2t_r1", "v2t_r5", "v2t_r10", "v2t_medr", "v2t_meanr",
                      "t2v_r1", "t2v_r5", "t2v_r10", "t2v_medr", "t2v_meanr")
-CAPTION_METRICS = ("bleu4", "meteor", "rouge_l", "cider")
+CAPTION_METRICS = ("bleu4", "meteor", "rouge_l", "cider", "emotion_acc")  # emotion_acc: heads that add it
 _LOWER_IS_BETTER = ("loss", "medr", "meanr")
 
 
@@ -123,6 +123,10 @@ def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
     Both sides go through pycocoevalcap's PTB tokenizer (lower case, punctuation dropped); the tokenizer
     and METEOR run Java, so a machine without it raises ``RuntimeError`` saying so. CIDEr's document
     frequencies come from the references of the scored items, as in the COCO evaluation.
+
+    Without Java, BLEU-4, ROUGE-L and CIDEr are computed on a Python tokenisation (lower case, runs of
+    letters, digits and apostrophes), METEOR is ``None`` (absent, never 0) and ``coco_comparable`` is
+    False with a ``note`` saying why: the numbers are not those of the COCO server.
     """
     import contextlib
     import io
@@ -135,14 +139,28 @@ def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
     empty = [i for i, refs in enumerate(references) if not refs]
     if empty:
         raise ValueError(f"{len(empty)} items have no reference caption (first: item {empty[0]})")
-    if shutil.which("java") is None:
-        raise RuntimeError("captioning metrics need Java (pycocoevalcap's PTB tokenizer and METEOR): install a JRE")
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+    if shutil.which("java") is None:
+        import re
+
+        def words(text: str) -> str:
+            return " ".join(re.findall(r"[\w']+", text.lower()))
+
+        gts = {i: [words(r) for r in refs] for i, refs in enumerate(references)}
+        res = {i: [words(c)] for i, c in enumerate(candidates)}
+        with contextlib.redirect_stdout(io.StringIO()):
+            bleu = Bleu(4).compute_score(gts, res)[0][3]
+            rouge = Rouge().compute_score(gts, res)[0]
+            cider = Cider().compute_score(gts, res)[0]
+        return {"n": len(candidates), "bleu4": float(bleu), "meteor": None, "rouge_l": float(rouge),
+                "cider": float(cider), "coco_comparable": False,
+                "note": "no Java: METEOR not computed and BLEU-4 / ROUGE-L / CIDEr on a Python tokenisation, not "
+                        "pycocoevalcap's PTB tokenizer (not COCO-comparable); install a JRE"}
     gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
     res = {i: [{"caption": c}] for i, c in enumerate(candidates)}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their progress
@@ -155,7 +173,7 @@ def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
         rouge = Rouge().compute_score(gts, res)[0]
         cider = Cider().compute_score(gts, res)[0]
     return {"n": len(candidates), "bleu4": float(bleu), "meteor": float(met), "rouge_l": float(rouge),
-            "cider": float(cider)}
+            "cider": float(cider), "coco_comparable": True}
 
 
 def plot_confusion(cm, classes: list[str], path: str | os.PathLike, title: str = "") -> Path:
@@ -203,7 +221,7 @@ def mean_std(per_fold: list[dict], metrics: tuple[str, ...] = SCALAR_METRICS) ->
     """
     if not per_fold:
         raise ValueError("mean_std needs at least one fold")
-    out: dict = {m: _stats([f[m] for f in per_fold]) for m in metrics}
+    out: dict = {m: _stats([f[m] for f in per_fold if f.get(m) is not None]) for m in metrics}
     if "per_class_recall" not in per_fold[0]:
         return out
     classes = list(per_fold[0].get("per_class_recall", {}))

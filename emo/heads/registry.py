@@ -69,7 +69,7 @@ EMBEDDINGS_FILE = "embeddings.safetensors"  # a fold's test features, for t-SNE 
 BUILTIN_HEADS = {"linear": "emo.heads.linear", "zero-shot": "emo.heads.zero_shot", "pe-clip": "emo.heads.pe_clip",
                  "vfm": "emo.heads.vfm", "audio-adapter": "emo.heads.audio_adapter",
                  "cache-classifier": "emo.heads.cache_classifier", "probe": "emo.heads.probe",
-                 "emotionclip": "emo.heads.emotionclip", "duse": "emo.heads.duse"}
+                 "emotionclip": "emo.heads.emotionclip", "duse": "emo.heads.duse", "ecpa": "emo.heads.ecpa"}
 
 LogFn = Callable[[dict], None]  # receives one JSON-able record per step / epoch / candidate
 

@@ -106,7 +106,7 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
                          f"trained on {src.get('dataset')} {src.get('split')}), transferred.")
         run_notes += [f"- {name} ({p.parent.name}): warning: {w}" for w in s.get("warnings", [])]
         row = {"name": name, "split": s["split"], "random_weights": s["random_weights"], "task": task.name,
-               **{m: s["summary"][m] for m in task.metrics}, "run": _relative(p.parent, path)}
+               **{m: s["summary"].get(m) for m in task.metrics}, "run": _relative(p.parent, path)}
         if curves is not None:
             logs[f"{name} ({_relative(p.parent, path)})"] = [epoch_records(p.parent / f / "log.jsonl") for f in s["folds"]]
         if tsne:

@@ -98,7 +98,7 @@ class RunResult:
     def row(self) -> dict:
         """One row for :func:`format_results_table`."""
         return {"name": self.head, "split": self.split, "random_weights": self.random_weights, "task": self.task,
-                **{m: self.summary[m] for m in get_task(self.task).metrics}}
+                **{m: self.summary.get(m) for m in get_task(self.task).metrics}}
 
     def table(self) -> str:
         return format_results_table([self.row()])
@@ -201,7 +201,7 @@ def train_head(
         "val_fraction": val_fraction,
         "command": command,
         "emo_version": __version__,
-        "per_fold": {f: {m: v[m] for m in task.metrics} for f, v in per_fold.items()},
+        "per_fold": {f: {m: v.get(m) for m in task.metrics} for f, v in per_fold.items()},
         "evaluated_on": sorted({v.get("evaluated_on", "test") for v in per_fold.values()}),
         **({"warnings": result.warnings} if result.warnings else {}),
         **({"source_run": next(iter(sources.values()))} if sources else {}),
@@ -329,12 +329,18 @@ def evaluate_run(
 ) -> RunResult:
     """Reload every fold's checkpoint of ``run`` and score the test items of ``split`` (default: the
     split it was trained on) in ``cache`` (default: the cache it was trained from). Checkpoints refuse
-    features with other cache keys. Nothing is written into the run."""
+    features with other cache keys, except that a ``class_free`` head (a captioner, an embedding) trained on
+    one fold is *transferred* to another cache (cross-dataset evaluation, e.g. ECPA's MAFW -> EmVidCap):
+    its checkpoint scores every fold of ``split`` there, given features of the same frozen encoders.
+    Nothing is written into the run."""
     run = Path(run)
     if not (run / SUMMARY_FILE).exists():
         raise FileNotFoundError(f"{run} is not a run directory (no {SUMMARY_FILE})")
     s = read_json(run / SUMMARY_FILE)
-    cache = cache or s.get("cache")
+    own = s.get("cache")
+    transfer = bool(cache and own and Path(cache).resolve() != Path(own).resolve()
+                    and getattr(get_head(s["head"]).build, "class_free", False) and len(s["folds"]) == 1)
+    cache = cache or own
     if not cache:
         raise ValueError(f"{run} does not record its cache; pass --cache")
     scheme = s["split"].partition(":")[0].split(" ")[0]
@@ -344,7 +350,8 @@ def evaluate_run(
     feature_sets = feature_sets or recorded_feature_sets(cache, s.get("cache_keys") or {})
     folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config),
                                  allow_partial)
-    missing = [f for f in folds if not (run / f / "model.safetensors").exists()]
+    checkpoint = (lambda f: run / s["folds"][0]) if transfer else (lambda f: run / f)
+    missing = [f for f in folds if not (checkpoint(f) / "model.safetensors").exists()]
     if missing:
         raise ValueError(f"{run} has no checkpoint for fold(s) {missing} of {split}; it holds {s['folds']}")
     task = get_task(spec.task)
@@ -353,9 +360,9 @@ def evaluate_run(
     for fold in folds:
         fd = load(fold)
         first = first or fd
-        head = load_checkpoint(run / fold, fd)
+        head = load_checkpoint(checkpoint(fold), fd, transfer=transfer)
         scored, evaluated_on = fd.role("test"), "test"
-        if len(scored) == 0 and not task.needs_test:  # a pre-training run: its held-out part again
+        if len(scored) == 0 and not task.needs_test and not transfer:  # a pre-training run: its held-out part
             held = set(read_json(run / fold / "config.json").get("val_ids") or [])
             scored, evaluated_on = fd.select([i in held for i in fd.ids]), "val"
         if len(scored) == 0:
@@ -437,7 +444,7 @@ def _run_fold(
     evaluation = task.evaluate(head, scored)
     source = getattr(head, "source_run", None)  # a head stacked on another run (transfer) names it
     incomplete = dict(fd.incomplete)  # what --allow-partial left out
-    own = list(getattr(head, "warnings", []))
+    own = [*getattr(head, "warnings", []), *evaluation.warnings]
     if incomplete:
         own.insert(0, "trained and scored on partial data (--allow-partial): " + "; ".join(
             f"{name}: {info.get('items', '?')} items left out" for name, info in incomplete.items()))

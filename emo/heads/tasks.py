@@ -13,9 +13,11 @@ run is scored on, what ``metrics.json`` holds, which metrics ``summary.json`` av
   or ``--val-fraction``) and ``metrics.json`` says ``"evaluated_on": "val"``.
 
 - ``captioning`` (generated text against the items' reference captions, ``data.texts``): BLEU-4, METEOR,
-  ROUGE-L, CIDEr through pycocoevalcap (``metrics.caption_metrics``; Java needed), plus what the head
-  adds with ``caption_metrics(data, captions)`` (e.g. the emotion accuracy of its captions);
-  ``captions.csv``. A head of this kind implements ``generate(data) -> list[str]``, one caption per item.
+  ROUGE-L, CIDEr through pycocoevalcap (``metrics.caption_metrics``; without Java METEOR is absent and the
+  run warns that the rest is not COCO-comparable), plus what the head adds with
+  ``caption_metrics(data, captions)`` (e.g. ``emotion_acc``, the emotion accuracy of its captions);
+  ``captions.jsonl`` (one ``{"id", "caption", "references"}`` per line). A head of this kind implements
+  ``generate(data) -> list[str]``, one caption per item.
   Like retrieval it needs no class labels, and a split without test items is scored on its val part.
 
 A new kind is one more :class:`Task` in ``TASKS``.
@@ -25,8 +27,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,7 @@ class Evaluation:
     metrics: dict
     features: np.ndarray | None
     write: Callable[[Path, str], None]
+    warnings: list[str] = field(default_factory=list)  # what the run must say about these metrics
 
 
 @dataclass(frozen=True)
@@ -125,13 +129,14 @@ def _evaluate_captioning(head, data: FeatureData) -> Evaluation:
     extra = getattr(head, "caption_metrics", None)
     if callable(extra):
         metrics.update(extra(data, captions))
+    warnings = [metrics["note"]] if not metrics.get("coco_comparable", True) else []
 
     def write(out: Path, title: str) -> None:
-        _write_csv(out / "captions.csv", ["id", "generated", "references"],
-                   ([item, caption, " ||| ".join(refs)] for item, caption, refs in zip(data.ids, captions, data.texts,
-                                                                                        strict=True)))
+        write_text_atomic(out / "captions.jsonl", "".join(
+            json.dumps({"id": item, "caption": caption, "references": list(refs)}, ensure_ascii=False) + "\n"
+            for item, caption, refs in zip(data.ids, captions, data.texts, strict=True)))
 
-    return Evaluation(metrics, None, write)
+    return Evaluation(metrics, None, write, warnings)
 
 
 TASKS: dict[str, Task] = {
@@ -162,7 +167,8 @@ TASKS: dict[str, Task] = {
         name="captioning",
         description="generated captions against the items' reference captions",
         metrics=CAPTION_METRICS,
-        columns=(("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr")),
+        columns=(("bleu4", "BLEU-4"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr"),
+                 ("emotion_acc", "emotion acc")),
         percent=frozenset(CAPTION_METRICS),
         needs_labels=False,
         needs_test=False,
