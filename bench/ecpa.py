@@ -1,6 +1,6 @@
 """ECPA speed from the cache (SPEC §4.5; issue: seconds per epoch on a MAFW-sized cache, captions per second).
 
-Builds a synthetic MAFW-like caption cache in memory, laid out as ``configs/datasets/mafw.json`` extracts it
+Builds a synthetic MAFW-like caption cache in memory, laid out as ``emo/configs/datasets/mafw.json`` extracts it
 (16 frames; ``clip/cls`` ``[16, 1, 1, 512]``, ``clip/tokens`` ``[16, 1, 1, 50, 768]`` (ViT-B/32 after block 12);
 OpenFace AUs ``[16, 1, 17]``; 11 classes; one reference caption per clip of 25-40 words over a 2,000-word
 vocabulary; random values) and times the shared training loop on ``--steps`` optimiser steps

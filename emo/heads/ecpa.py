@@ -84,40 +84,40 @@ class ECPAConfig(TrainConfig):
     tokens: str = "clip/tokens"  # token array for visual = tokens / pooled
     pool_grid: int = 2  # pooled: patch tokens average-pooled to grid x grid per frame
     frames: int = 0  # segments used per clip, evenly subsampled (0 = all)
-    au_source: Literal["openface", "pyfeat"] = "openface"
+    au_source: Literal["openface", "pyfeat"] = "openface"  # which AU feature set gives the AU prompts
     # VEP
-    er_prompt: bool = True
-    au_prompt: bool = True
-    au_top_k: int = 3
+    er_prompt: bool = True  # VEP: the ER-level prompt from the emotion classifier's logits
+    au_prompt: bool = True  # VEP: the AU-level prompts of the top-K AUs
+    au_top_k: int = 3  # K, AUs of highest confidence over the clip
     er_folds: int = 5  # cross-fitting folds of the ER classifier
     er_c: float = 1.0  # its inverse L2 strength
     # TEP
     sentence_prompt: bool = True  # [CLASS-k]
     word_prompt: bool = True  # P_W = FC(F_T), [MASK] -> 0
     # ECA
-    er_align: bool = True
-    au_align: bool = True
-    er_loss: Literal["ce", "similarity", "similarity-ce"] = "ce"
-    au_loss: Literal["aucl", "contrastive", "ce"] = "aucl"
+    er_align: bool = True  # ECA: L_ER between the ER and sentence prompts
+    au_align: bool = True  # ECA: L_AUCL between AU and word prompts
+    er_loss: Literal["ce", "similarity", "similarity-ce"] = "ce"  # Table VI variants of the ER alignment
+    au_loss: Literal["aucl", "contrastive", "ce"] = "aucl"  # Table VI variants of the AU alignment
     aucl_threshold: float = 0.3  # T_C
     aucl_margin: float = 0.5  # m
-    aucl_others: Literal["matched", "all"] = "matched"
+    aucl_others: Literal["matched", "all"] = "matched"  # eq. 12's "others": matched pairs below T_C, or also every unmatched pair
     # generator
-    width: int = 512
-    layers: int = 6
-    heads: int = 8
+    width: int = 512  # generator width
+    layers: int = 6  # generator transformer layers
+    heads: int = 8  # generator attention heads
     ffn: int = 0  # 0: 4 x width
-    dropout: float = 0.1
-    mask_prob: float = 0.15
+    dropout: float = 0.1  # generator dropout
+    mask_prob: float = 0.15  # MLM: chance each word (and [EOS]) is masked, at least one per caption
     max_words: int = 40  # training captions are cut to this many words; decoding stops there
     min_count: int = 1  # vocabulary: words seen at least this often in the train references
     tokenizer: Literal["words-v1"] = "words-v1"  # how captions become words (layers.captions), recorded in the run
     # loss weights
-    dwa: bool = True
-    dwa_temperature: float = 2.0
+    dwa: bool = True  # dynamic weight averaging of the losses per epoch (off: all weights 1)
+    dwa_temperature: float = 2.0  # DWA's T
     # decoding
     beam: int = 1  # 1 = greedy
-    length_penalty: float = 0.0
+    length_penalty: float = 0.0  # beam search: score / length^penalty (0: none)
     # labels
     emotion_labels: bool = True  # false: a dataset without emotion labels (EmVidCap)
     # optimisation (AdamW, 10 % warm-up, linear decay)
