@@ -40,6 +40,7 @@ from emo.cache.featureset import write_json_atomic
 
 from .from_run import load_run_head, run_modalities, run_summary
 from .layers.clip_text import clip_text_of
+from .layers.similarity import dot_logits, fp32
 from .layers.utterance_prompts import CLASS_FORMATS
 from .registry import Head, LogFn, register_head
 from .text_guided import class_text_weights
@@ -109,8 +110,9 @@ def search_grid(scale: float, steps: int) -> list[float]:
 
 
 def zero_shot_logits(feats: dict[str, torch.Tensor], weights: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
-    """``[n, C]`` ``s · mean_m f_m Wᵀ`` over the modalities in ``feats``."""
-    return logit_scale * torch.stack([feats[m] @ weights.T for m in feats]).mean(dim=0)
+    """``[n, C]`` ``s · mean_m f_m Wᵀ`` over the modalities in ``feats`` (float32, autocast off)."""
+    with fp32(weights.device):
+        return logit_scale * torch.stack([dot_logits(feats[m], weights) for m in feats]).mean(dim=0)
 
 
 def tip_logits(
@@ -123,10 +125,13 @@ def tip_logits(
     logit_scale: float = 100.0,
 ) -> torch.Tensor:
     """``[n, C]`` zero-shot + cache logits. ``feats[m] [n, D]`` and ``weights [C, D]`` unit rows,
-    ``keys[m] [NK, D]``, ``values [NK, C]`` one-hot, ``alpha[m]`` per modality, one ``beta``."""
+    ``keys[m] [NK, D]``, ``values [NK, C]`` one-hot, ``alpha[m]`` per modality, one ``beta``. Float32 with
+    autocast off: ``exp(-β (1 - x))`` with β up to 7 magnifies a bf16 affinity's rounding."""
     zero = zero_shot_logits(feats, weights, logit_scale)  # [n, C]
-    cache = sum(alpha[m] * torch.exp(-beta * (1.0 - feats[m] @ keys[m].T)) @ values for m in feats)
-    return zero + cache
+    with fp32(zero.device):
+        cache = sum(alpha[m] * torch.exp(-beta * (1.0 - dot_logits(feats[m], keys[m]))) @ values.to(zero.dtype)
+                    for m in feats)
+        return zero + cache
 
 
 def search_alpha_beta(
@@ -239,7 +244,7 @@ class CacheClassifierHead(Head):
                                  "or pass --search none with --alpha/--beta")
             feats = self.features(val)
             zero = zero_shot_logits(feats, self.weights, cfg.logit_scale)
-            affinity = {m: feats[m] @ self.keys[m].T for m in feats}
+            affinity = {m: dot_logits(feats[m], self.keys[m]) for m in feats}
             self.alpha, self.beta, acc = search_alpha_beta(
                 zero, affinity, self.values, val.labels, search_grid(cfg.alpha_scale, cfg.alpha_steps),
                 search_grid(cfg.beta_scale, cfg.beta_steps))

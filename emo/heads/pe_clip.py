@@ -36,6 +36,8 @@ from emo.cache.data import FeatureData, segment_array, segment_batch, subsample_
 
 from .layers.clip_text import clip_text_of
 from .layers.prompts import ca_prompts, check_fits, coop_prompts, emotional_prompts, neutral_prompt
+from .layers.similarity import cosine_logits as scaled_cosine
+from .layers.similarity import fp32, wide
 from .layers.temporal import build_temporal
 from .layers.text_decoder import LearnablePrototype, PrototypeDecoder, RandomDecoder
 from .layers.text_tower import CoOpClassifier, FrozenTextTower, TrainableTextEncoder, prompt_states
@@ -93,29 +95,35 @@ class PEClipConfig(TrainConfig):
 
 
 # -- losses ------------------------------------------------------------------------------------------
+# The similarities and losses are computed in float32 with autocast off (layers.similarity): at τ = 0.01 a
+# bf16 cosine would put the logits on steps of 0.5, coarser than the CA prompts' differences.
 def cosine_logits(v: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
-    """``cos(v, w_i) / τ``: ``v [..., D]``, ``w [C, D]`` -> ``[..., C]``."""
-    return F.normalize(v, dim=-1) @ F.normalize(w, dim=-1).T / tau
+    """``cos(v, w_i) / τ``: ``v [..., D]``, ``w [C, D]`` -> ``[..., C]`` (float32 at least, autocast off)."""
+    with fp32(v.device):
+        return scaled_cosine(v, w) / tau
 
 
 def forward_loss(v0: torch.Tensor, w: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """``L_fwd``: cross-entropy of ``cos(v_0, w_i)/τ`` over classes ``i``; ``v0 [B, D]``, ``y [B]``."""
-    return F.cross_entropy(cosine_logits(v0, w, tau), y)
+    with fp32(v0.device):
+        return F.cross_entropy(cosine_logits(v0, w, tau), y)
 
 
 def backward_loss(vj: torch.Tensor, w: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """``L_bwd``: for video ``b``, logits over prototypes ``j`` are ``cos(v_bj, w_{y_b})/τ``; CE towards
     ``j = y_b``. ``vj [B, C, D]`` (class ``j``'s prompt as the prototype), ``w [C, D]``, ``y [B]``."""
-    target = F.normalize(w[y], dim=-1)  # [B, D]  w_+ of each video
-    logits = torch.einsum("bjd,bd->bj", F.normalize(vj, dim=-1), target) / tau  # [B, C]
-    return F.cross_entropy(logits, y)
+    with fp32(vj.device):
+        vj, w = wide(vj, w)
+        target = F.normalize(w[y], dim=-1)  # [B, D]  w_+ of each video
+        logits = torch.einsum("bjd,bd->bj", F.normalize(vj, dim=-1), target) / tau  # [B, C]
+        return F.cross_entropy(logits, y)
 
 
 def bidirectional_loss(
     v0: torch.Tensor, vj: torch.Tensor | None, w: torch.Tensor, y: torch.Tensor, lam: float, tau: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``λ L_fwd + (1 - λ) L_bwd`` (just ``L_fwd`` when ``vj`` is None: bidirectional off)."""
-    fwd = forward_loss(v0, w, y, tau)
+    fwd = forward_loss(v0, w, y, tau)  # float32, as is bwd
     if vj is None:
         return fwd, {"loss_fwd": fwd.detach()}
     bwd = backward_loss(vj, w, y, tau)
@@ -228,7 +236,7 @@ class PEClipHead(TorchHead):
         w = m.class_weights()  # [C, D]
         v0, vj = m.evolve_both(mem) if m.cfg.bidirectional else (m.evolve(mem), None)  # [B, D], [B, C, D]
         if m.cfg.classifier == "linear":
-            fwd = F.cross_entropy(m.logits(v0, w), labels)
+            fwd = F.cross_entropy(m.logits(v0, w).float(), labels)
             if vj is None:
                 return fwd, {"loss_fwd": fwd.detach()}
             bwd = backward_loss(vj, w, labels, m.cfg.tau)

@@ -30,6 +30,7 @@ from torch import nn
 from emo.cache.data import FeatureData
 
 from .layers.clip_text import clip_text_of, encode_texts
+from .layers.similarity import dot_logits
 from .layers.utterance_prompts import CLASS_FORMATS, FORMATS, class_prompts, item_prompts
 from .registry import LogFn
 from .train import TorchHead, TrainConfig
@@ -183,7 +184,7 @@ class TextGuidedHead(TorchHead):
 
     def scores_and_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         f = F.normalize(self.module(**batch).float(), dim=-1)  # [B, D], what embed() gives
-        return self.config.logit_scale * f @ self.module.class_weights.T, f  # [B, C], [B, D]
+        return dot_logits(f, self.module.class_weights, self.config.logit_scale), f  # [B, C] float32, [B, D]
 
     @torch.no_grad()
     def embed(self, data: FeatureData, train_sampling: bool = False, generator: torch.Generator | None = None) -> np.ndarray:
