@@ -19,6 +19,13 @@ Every ablation switch of the paper's tables is a config field (``temporal``, ``d
 The frozen text tower is the one that made the features: rebuilt in ``prepare`` from the clip feature
 set's provenance (its random seed, pretrained tag, or checkpoint file with the same sha256), so
 checkpoints hold only the learned parameters.
+
+The paper's protocol (seed 000 §4.2) needs features it can be run on: CLIP ViT-B/32 OpenAI frame
+embeddings (:data:`PAPER_FEATURES`, named in every report), 64 segments with a random frame per segment
+in training, and one random resized crop per video (scale [0.64, 1], ratio [3/4, 4/3]) drawn afresh in
+training — emo draws one of the cache's stored views per video and epoch (``emo.cache.data.sample_frames``),
+so the crops are the views the extraction stored. A run says, in its report, where its features cannot
+give that protocol (:func:`paper_protocol_notes`).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from .layers.similarity import fp32, wide
 from .layers.temporal import build_temporal
 from .layers.text_decoder import LearnablePrototype, PrototypeDecoder, RandomDecoder
 from .layers.text_tower import CoOpClassifier, FrozenTextTower, TrainableTextEncoder, prompt_states
-from .registry import register_head
+from .registry import LogFn, register_head
 from .train import TorchHead, TrainConfig
 
 __all__ = [
@@ -53,7 +60,12 @@ __all__ = [
     "backward_loss",
     "bidirectional_loss",
     "subsample_segments",
+    "paper_protocol_notes",
+    "PAPER_FEATURES",
 ]
+
+PAPER_FEATURES = ("CLIP ViT-B/32 (OpenAI weights) frame embeddings, 64 segments (a random frame per segment in "
+                  "training), one random resized crop per video and epoch (scale [0.64, 1], ratio [3/4, 4/3])")
 
 
 @dataclass
@@ -128,6 +140,32 @@ def bidirectional_loss(
         return fwd, {"loss_fwd": fwd.detach()}
     bwd = backward_loss(vj, w, y, tau)
     return lam * fwd + (1 - lam) * bwd, {"loss_fwd": fwd.detach(), "loss_bwd": bwd.detach()}
+
+
+def paper_protocol_notes(data: FeatureData, cfg: PEClipConfig) -> list[str]:
+    """Sentences for a run's report, one per way ``data``'s features cannot give the paper's protocol
+    (encoder, segments, frames per segment, crops; the module doc); none when they can."""
+    group = cfg.feature.split("/")[0]
+    meta = next((m for m in data.feature_sets.values() if m.get("modality") == group), {})
+    weights = meta.get("weights") or {}
+    notes = []
+    if meta.get("model") != "ViT-B-32" or weights.get("kind") != "pretrained" or weights.get("tag") != "openai":
+        how = weights.get("tag") or weights.get("kind") or "unknown weights"
+        notes.append(f"features from {meta.get('model', 'an unknown model')} ({how}), not the paper's CLIP ViT-B/32 "
+                     "OpenAI: the paper's rows (Tables 1-2) do not apply")
+    _, m, n_frames, n_views = segment_array(data, cfg.feature).shape[:4]
+    used = cfg.segments or m
+    if used != 64:
+        notes.append(f"{used} segments per video; the paper's headline rows use 64 (Table 6; Table 7 uses 16)")
+    if n_frames == 1:
+        notes.append("one stored frame per segment: training cannot draw a random frame per segment as the paper does")
+    if n_views == 1:
+        notes.append("one stored view (the centre crop): training sees no random resized crop, the paper's only "
+                     "augmentation; extract with --views V (V - 1 random crops, e.g. the PE-CLIP dataset presets)")
+    elif n_views - 1 < cfg.epochs:
+        notes.append(f"training draws among {n_views - 1} stored random crops and the centre view, each about "
+                     f"{cfg.epochs / n_views:.0f} times in {cfg.epochs} epochs; the paper draws a fresh crop every epoch")
+    return notes
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -227,6 +265,10 @@ class PEClipHead(TorchHead):
             )
         return PEClipModel(cfg, self.classes, tower, tokenize, feat_dim=x.shape[-1])
 
+    def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
+        self.warnings += [w for w in paper_protocol_notes(train, self.config) if w not in self.warnings]
+        super().fit(train, val, log)
+
     def inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         return {"z": segment_batch(data, self.config.feature, idx, train, generator, self.config.segments)}  # [B, M, D]
 
@@ -271,4 +313,5 @@ register_head(
     PEClipConfig,
     PEClipHead,
     "PE-CLIP: MH-Mamba + prototype-evolution decoder on the CLIP text tower, CA prompts, bidirectional loss",
+    paper_features=PAPER_FEATURES,
 )
