@@ -26,6 +26,28 @@ in training, and one random resized crop per video (scale [0.64, 1], ratio [3/4,
 training — emo draws one of the cache's stored views per video and epoch (``emo.cache.data.sample_frames``),
 so the crops are the views the extraction stored. A run says, in its report, where its features cannot
 give that protocol (:func:`paper_protocol_notes`).
+
+**Trainable parameters** (issue 16, item 3). Table 9 gives 31.3 "MB"; its MM-VEMA row, full fine-tuning
+of CLIP ViT-B/32 (151,277,313 parameters), reads 577.1 = 151,277,313 × 4 B / 2^20: the unit is MiB of
+fp32, so 31.3 means 8.19–8.22 M parameters. With D = 512 and the paper's stated sizes the default has::
+
+    MH-Mamba block (inner 384, 8 heads, dt rank 16, state 4, conv 4)   610,432  × 3 = 1,831,296
+      in_proj 512→2·384 393,216 · conv 1,920 · per-head x_proj 9,216 and dt_proj 6,528 ·
+      A_log 1,536 · D 384 · W_O 384→512 196,608 · LayerNorm 1,024
+    cross-attention of a modified text layer (d = 8: layers 8..11)    1,052,672 × 4 = 4,210,688
+      q, k, v, out 4 · 512² + 4 · 512 biases · LayerNorms on queries and memory 2,048
+    total                                                             6,041,984 = 23.05 MiB
+
+    reading                                             parameters    MiB (fp32)
+    the text: inner 384 in total, d = 8 (default)       6,041,984     23.05
+    inner 768 (preset ``wide-mamba``)                   7,870,208     30.02
+    inner 768 and a trainable text projection + ln      8,133,376     31.03
+    d = 6 (six modified layers; the paper says d = 8)   8,147,328     31.08
+    inner 840 (fits, but no reading gives it)           8,213,000     31.33
+
+No reading of the paper's text reaches 31.3 MiB; the nearest one-field change is ``mamba_inner = 768``
+(30.0 MiB; in decimal MB it is 31.5, not 31.3 either). The default follows the text (inner 384),
+the best-supported reading; the preset ``wide-mamba`` is the other one.
 """
 
 from __future__ import annotations
