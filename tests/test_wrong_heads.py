@@ -217,7 +217,7 @@ class FixedFeatures:
     def __init__(self, table: dict[str, np.ndarray]):
         self.table = table
 
-    def embed(self, data: FeatureData, train_sampling: bool = False, generator=None) -> np.ndarray:
+    def embed(self, data: FeatureData, train_sampling: bool = False, generator=None, unit: bool = True) -> np.ndarray:
         return np.stack([self.table[i] for i in data.ids]).astype(np.float32)
 
     def random_sampling(self, data: FeatureData) -> bool:
@@ -259,3 +259,24 @@ def test_the_cache_classifiers_search_reads_val_and_never_test(tmp_path, monkeyp
     assert selected["alpha"]["video"] > search_grid(3.0, 20)[0] or selected["beta"] > search_grid(7.0, 20)[0]
     assert result.folds["0"]["top1"] == 0.0, "test scored as the val choice gives (a test-chosen cell scores 1.0)"
     assert seen == [set(fd.role("val").ids), set(fd.role("test").ids)]  # searched on val; test only predicted
+
+
+def test_cache_keys_average_the_views_as_the_head_gives_them_then_normalise():
+    """Tip-Adapter's order (SPEC §4.2): the mean of the raw view features, then the norm."""
+    from emo.heads.cache_classifier import CacheClassifierConfig, averaged_keys
+
+    class TwoViews:  # a feature head whose two training-time samplings differ in length and direction
+        calls = 0
+
+        def random_sampling(self, data):
+            return True
+
+        def embed(self, data, train_sampling=False, generator=None, unit=True):
+            f = np.array([[3.0, 0.0]]) if self.calls % 2 == 0 else np.array([[0.0, 1.0]])
+            self.calls += 1
+            return f / np.linalg.norm(f, axis=1, keepdims=True) if unit else f
+
+    head = CacheClassifierHead(CacheClassifierConfig(video="stub", views=2), ["a", "b"])
+    head.feature_heads = {"video": TwoViews()}
+    keys = averaged_keys(head.view_features(tiny_features(n=1), 2, seed=0)["video"])
+    assert torch.allclose(keys, torch.tensor([[3.0, 1.0]]) / np.sqrt(10.0))  # unit views would give [√½, √½]
