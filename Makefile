@@ -47,6 +47,7 @@ extract: setup
 
 bench: setup
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/views.py
 	$(BIN)/python bench/cache_load.py
 	$(BIN)/python bench/heads.py
 	$(BIN)/python bench/audio.py

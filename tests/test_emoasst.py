@@ -188,8 +188,9 @@ def test_the_search_finds_the_grid_cell_a_brute_force_loop_finds():
 
 
 def test_keys_are_normalised_view_means_and_shots_are_per_class():
-    views = [np.array([[3.0, 0.0]]), np.array([[0.0, 1.0]])]
-    assert torch.allclose(averaged_keys(views), torch.tensor([[math.sqrt(0.5), math.sqrt(0.5)]]))
+    views = [np.array([[3.0, 0.0]]), np.array([[0.0, 1.0]])]  # raw features: averaged, then normalised
+    assert torch.allclose(averaged_keys(views), torch.tensor([[3.0, 1.0]]) / math.sqrt(10.0))
+    # (normalising each view first would give [√½, √½]: Tip-Adapter's order weighs the longer view more)
     labels = np.array([0, 1, 1, 1, 2, 0, 1, 0, 2])
     picked = select_shots(labels, 2, 3, seed=0)
     assert np.bincount(labels[picked], minlength=3).tolist() == [2, 2, 2]

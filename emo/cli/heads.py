@@ -122,6 +122,8 @@ def heads_train(
     features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
     seed: int = typer.Option(0),
+    seeds: str = typer.Option(None, help="Several seeds, e.g. 0,1,2: a run per seed (OUT/seed<k>/) and the "
+                              "mean ± std over seeds and folds."),
     allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
                                        "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
@@ -129,13 +131,14 @@ def heads_train(
     config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
 ) -> None:
     """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
-    from emo.heads.runs import train_from_cache
+    from emo.heads.runs import parse_seeds, train_from_cache
 
     overrides = (_preset_overrides(name, preset) | _config_overrides(name, config)
                  | _parse_overrides(list(ctx.args), set_ or []))
     result = train_from_cache(
         name, cache, split=split, out=out, feature_sets=features or None, overrides=overrides,
         val_fraction=val_fraction, seed=seed, command=sys.argv, allow_partial=allow_partial,
+        seeds=parse_seeds(seeds, seed),
     )
     typer.echo(result.table())
     for warning in result.warnings:
@@ -155,6 +158,8 @@ def heads_sweep(
     features: list[str] = typer.Option(None, help="Feature set name(s) to use (default: the only one)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train held out for tuning."),
     seed: int = typer.Option(0),
+    seeds: str = typer.Option(None, help="Several seeds, e.g. 0,1,2: every cell is run per seed (CELL/seed<k>/), "
+                              "mean ± std over seeds and folds."),
     allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
                                        "unfinished or split items failed (recorded in the run)."),
     set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
@@ -163,6 +168,7 @@ def heads_sweep(
 ) -> None:
     """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
     from emo.heads.report import format_results_table
+    from emo.heads.runs import parse_seeds
     from emo.heads.sweep import sweep_from_cache
 
     overrides = (_preset_overrides(name, preset) | _config_overrides(name, config)
@@ -170,6 +176,7 @@ def heads_sweep(
     results = sweep_from_cache(
         name, cache, split=split, grid=grid, out=out, feature_sets=features or None, overrides=overrides,
         val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo, allow_partial=allow_partial,
+        seeds=parse_seeds(seeds, seed),
     )
     typer.echo(format_results_table([r.row() for r in results]))
 

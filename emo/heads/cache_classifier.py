@@ -9,8 +9,9 @@ features of K training items per class) and their one-hot labels ``L [NK, C]``::
     prediction = zero-shot + cache
 
 Keys: every shot item's feature is computed ``views`` times with training-time sampling (a random
-frame per segment and a random stored view), each normalised, averaged, and renormalised (Tip-Adapter's
-augmented cache). Shots: ``shots`` items per class drawn from the train part with ``shot_seed`` (all of
+frame per segment and a random stored view), averaged as the feature head outputs it (not normalised),
+then normalised: Tip-Adapter's augmented cache (its ``build_cache_model`` averages the encoder's
+features over the augmentation epochs, then divides by the norm; SPEC §4.2). EmoAsst itself is silent. Shots: ``shots`` items per class drawn from the train part with ``shot_seed`` (all of
 a class when it has fewer; ``shots = 0`` takes every train item). ``α_m`` and ``β`` are searched on the
 validation part (the official dev split, or ``--val-fraction``; never test) over the grids
 ``0.1 + i (scale - 0.1) / steps``, ``i = 0..steps-1``, by accuracy (ties: the first in β, α_video,
@@ -40,6 +41,7 @@ from emo.cache.featureset import write_json_atomic
 
 from .from_run import load_run_head, run_modalities, run_summary
 from .layers.clip_text import clip_text_of
+from .layers.similarity import dot_logits, fp32
 from .layers.utterance_prompts import CLASS_FORMATS
 from .registry import Head, LogFn, register_head
 from .text_guided import class_text_weights
@@ -109,8 +111,9 @@ def search_grid(scale: float, steps: int) -> list[float]:
 
 
 def zero_shot_logits(feats: dict[str, torch.Tensor], weights: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
-    """``[n, C]`` ``s · mean_m f_m Wᵀ`` over the modalities in ``feats``."""
-    return logit_scale * torch.stack([feats[m] @ weights.T for m in feats]).mean(dim=0)
+    """``[n, C]`` ``s · mean_m f_m Wᵀ`` over the modalities in ``feats`` (float32, autocast off)."""
+    with fp32(weights.device):
+        return logit_scale * torch.stack([dot_logits(feats[m], weights) for m in feats]).mean(dim=0)
 
 
 def tip_logits(
@@ -123,10 +126,13 @@ def tip_logits(
     logit_scale: float = 100.0,
 ) -> torch.Tensor:
     """``[n, C]`` zero-shot + cache logits. ``feats[m] [n, D]`` and ``weights [C, D]`` unit rows,
-    ``keys[m] [NK, D]``, ``values [NK, C]`` one-hot, ``alpha[m]`` per modality, one ``beta``."""
+    ``keys[m] [NK, D]``, ``values [NK, C]`` one-hot, ``alpha[m]`` per modality, one ``beta``. Float32 with
+    autocast off: ``exp(-β (1 - x))`` with β up to 7 magnifies a bf16 affinity's rounding."""
     zero = zero_shot_logits(feats, weights, logit_scale)  # [n, C]
-    cache = sum(alpha[m] * torch.exp(-beta * (1.0 - feats[m] @ keys[m].T)) @ values for m in feats)
-    return zero + cache
+    with fp32(zero.device):
+        cache = sum(alpha[m] * torch.exp(-beta * (1.0 - dot_logits(feats[m], keys[m]))) @ values.to(zero.dtype)
+                    for m in feats)
+        return zero + cache
 
 
 def search_alpha_beta(
@@ -169,8 +175,9 @@ def select_shots(labels: np.ndarray, shots: int, n_classes: int, seed: int) -> n
 
 
 def averaged_keys(views: list[np.ndarray]) -> torch.Tensor:
-    """``[n, D]`` unit keys from ``views`` samplings ``[n, D]`` each: normalise, average, renormalise."""
-    stack = F.normalize(torch.as_tensor(np.stack(views)).float(), dim=-1)  # [R, n, D]
+    """``[n, D]`` unit keys from ``views`` samplings ``[n, D]`` each (the head's raw features): the mean
+    over the views, then normalised (Tip-Adapter's order: a view with a larger feature weighs more)."""
+    stack = torch.as_tensor(np.stack(views)).float()  # [R, n, D]
     return F.normalize(stack.mean(dim=0), dim=-1)
 
 
@@ -200,13 +207,14 @@ class CacheClassifierHead(Head):
         return {m: torch.from_numpy(h.embed(data)).float() for m, h in self.feature_heads.items()}
 
     def view_features(self, data: FeatureData, views: int, seed: int) -> dict[str, list[np.ndarray]]:
-        """``m -> [k × [n, D]]`` training-time samplings: ``k = views``, or one when the head's
-        sampling of ``data`` has no randomness (one stored frame and view; audio without cropping)."""
+        """``m -> [k × [n, D]]`` training-time samplings, as the head outputs them (not normalised):
+        ``k = views``, or one when the head's sampling of ``data`` has no randomness (one stored frame and
+        view; audio without cropping)."""
         out = {}
         for m, h in self.feature_heads.items():
             gen = torch.Generator().manual_seed(seed)
             k = views if h.random_sampling(data) else 1
-            out[m] = [h.embed(data, train_sampling=True, generator=gen) for _ in range(k)]
+            out[m] = [h.embed(data, train_sampling=True, generator=gen, unit=False) for _ in range(k)]
         return out
 
     def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
@@ -239,7 +247,7 @@ class CacheClassifierHead(Head):
                                  "or pass --search none with --alpha/--beta")
             feats = self.features(val)
             zero = zero_shot_logits(feats, self.weights, cfg.logit_scale)
-            affinity = {m: feats[m] @ self.keys[m].T for m in feats}
+            affinity = {m: dot_logits(feats[m], self.keys[m]) for m in feats}
             self.alpha, self.beta, acc = search_alpha_beta(
                 zero, affinity, self.values, val.labels, search_grid(cfg.alpha_scale, cfg.alpha_steps),
                 search_grid(cfg.beta_scale, cfg.beta_steps))

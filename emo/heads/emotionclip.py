@@ -42,6 +42,7 @@ from torch import nn
 
 from emo.cache.data import FeatureData, segment_array, segment_batch, take_items
 
+from .layers.similarity import cosine_logits
 from .layers.snce import DEFAULT_BETA, log_scale_parameter, snce_loss
 from .layers.video_transformer import VideoTransformer
 from .metrics import retrieval_metrics
@@ -171,7 +172,7 @@ class EmotionCLIPHead(TorchHead):
 
     def scores(self, batch: dict) -> torch.Tensor:
         """``[B, B]`` cosine similarities of the batch's videos (rows) and utterances (columns)."""
-        return F.normalize(self.module(batch["frames"]).float(), dim=-1) @ F.normalize(batch["text"], dim=-1).T
+        return cosine_logits(self.module(batch["frames"]), batch["text"])  # float32, autocast off
 
     @torch.no_grad()
     def _embeddings(self, data: FeatureData, with_text: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -24,12 +24,17 @@ __all__ = ["fold_dir", "fold_config", "load_run_head", "run_summary", "run_modal
 
 
 def run_summary(run: str | Path) -> dict:
-    """The ``summary.json`` of a run directory (or of the run above a fold directory)."""
+    """The ``summary.json`` of a run directory (or of the run above a fold directory). A run of several
+    seeds holds one run per seed: it is refused, naming them (a stacked head reads one seed's features)."""
     run = Path(run)
     candidates = [run / SUMMARY_FILE] + ([run.parent / SUMMARY_FILE] if (run / WEIGHTS_FILE).exists() else [])
     for p in candidates:
         if p.is_file():
-            return read_json(p)
+            s = read_json(p)
+            if len(s.get("seeds") or []) > 1:
+                raise ValueError(f"{run} holds runs of {len(s['seeds'])} seeds; name one of them "
+                                 f"({', '.join(str(run / f'seed{k}') for k in s['seeds'])})")
+            return s
     raise FileNotFoundError(f"{run} is not a run directory (no summary.json): train it with `emo heads train`")
 
 

@@ -19,6 +19,35 @@ Every ablation switch of the paper's tables is a config field (``temporal``, ``d
 The frozen text tower is the one that made the features: rebuilt in ``prepare`` from the clip feature
 set's provenance (its random seed, pretrained tag, or checkpoint file with the same sha256), so
 checkpoints hold only the learned parameters.
+
+The paper's protocol (seed 000 §4.2) needs features it can be run on: CLIP ViT-B/32 OpenAI frame
+embeddings (:data:`PAPER_FEATURES`, named in every report), 64 segments with a random frame per segment
+in training, and one random resized crop per video (scale [0.64, 1], ratio [3/4, 4/3]) drawn afresh in
+training — emo draws one of the cache's stored views per video and epoch (``emo.cache.data.sample_frames``),
+so the crops are the views the extraction stored. A run says, in its report, where its features cannot
+give that protocol (:func:`paper_protocol_notes`).
+
+**Trainable parameters** (issue 16, item 3). Table 9 gives 31.3 "MB"; its MM-VEMA row, full fine-tuning
+of CLIP ViT-B/32 (151,277,313 parameters), reads 577.1 = 151,277,313 × 4 B / 2^20: the unit is MiB of
+fp32, so 31.3 means 8.19–8.22 M parameters. With D = 512 and the paper's stated sizes the default has::
+
+    MH-Mamba block (inner 384, 8 heads, dt rank 16, state 4, conv 4)   610,432  × 3 = 1,831,296
+      in_proj 512→2·384 393,216 · conv 1,920 · per-head x_proj 9,216 and dt_proj 6,528 ·
+      A_log 1,536 · D 384 · W_O 384→512 196,608 · LayerNorm 1,024
+    cross-attention of a modified text layer (d = 8: layers 8..11)    1,052,672 × 4 = 4,210,688
+      q, k, v, out 4 · 512² + 4 · 512 biases · LayerNorms on queries and memory 2,048
+    total                                                             6,041,984 = 23.05 MiB
+
+    reading                                             parameters    MiB (fp32)
+    the text: inner 384 in total, d = 8 (default)       6,041,984     23.05
+    inner 768 (preset ``wide-mamba``)                   7,870,208     30.02
+    inner 768 and a trainable text projection + ln      8,133,376     31.03
+    d = 6 (six modified layers; the paper says d = 8)   8,147,328     31.08
+    inner 840 (fits, but no reading gives it)           8,213,000     31.33
+
+No reading of the paper's text reaches 31.3 MiB; the nearest one-field change is ``mamba_inner = 768``
+(30.0 MiB; in decimal MB it is 31.5, not 31.3 either). The default follows the text (inner 384),
+the best-supported reading; the preset ``wide-mamba`` is the other one.
 """
 
 from __future__ import annotations
@@ -36,10 +65,12 @@ from emo.cache.data import FeatureData, segment_array, segment_batch, subsample_
 
 from .layers.clip_text import clip_text_of
 from .layers.prompts import ca_prompts, check_fits, coop_prompts, emotional_prompts, neutral_prompt
+from .layers.similarity import cosine_logits as scaled_cosine
+from .layers.similarity import fp32, wide
 from .layers.temporal import build_temporal
 from .layers.text_decoder import LearnablePrototype, PrototypeDecoder, RandomDecoder
 from .layers.text_tower import CoOpClassifier, FrozenTextTower, TrainableTextEncoder, prompt_states
-from .registry import register_head
+from .registry import LogFn, register_head
 from .train import TorchHead, TrainConfig
 
 __all__ = [
@@ -51,7 +82,12 @@ __all__ = [
     "backward_loss",
     "bidirectional_loss",
     "subsample_segments",
+    "paper_protocol_notes",
+    "PAPER_FEATURES",
 ]
+
+PAPER_FEATURES = ("CLIP ViT-B/32 (OpenAI weights) frame embeddings, 64 segments (a random frame per segment in "
+                  "training), one random resized crop per video and epoch (scale [0.64, 1], ratio [3/4, 4/3])")
 
 
 @dataclass
@@ -93,33 +129,65 @@ class PEClipConfig(TrainConfig):
 
 
 # -- losses ------------------------------------------------------------------------------------------
+# The similarities and losses are computed in float32 with autocast off (layers.similarity): at τ = 0.01 a
+# bf16 cosine would put the logits on steps of 0.5, coarser than the CA prompts' differences.
 def cosine_logits(v: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
-    """``cos(v, w_i) / τ``: ``v [..., D]``, ``w [C, D]`` -> ``[..., C]``."""
-    return F.normalize(v, dim=-1) @ F.normalize(w, dim=-1).T / tau
+    """``cos(v, w_i) / τ``: ``v [..., D]``, ``w [C, D]`` -> ``[..., C]`` (float32 at least, autocast off)."""
+    with fp32(v.device):
+        return scaled_cosine(v, w) / tau
 
 
 def forward_loss(v0: torch.Tensor, w: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """``L_fwd``: cross-entropy of ``cos(v_0, w_i)/τ`` over classes ``i``; ``v0 [B, D]``, ``y [B]``."""
-    return F.cross_entropy(cosine_logits(v0, w, tau), y)
+    with fp32(v0.device):
+        return F.cross_entropy(cosine_logits(v0, w, tau), y)
 
 
 def backward_loss(vj: torch.Tensor, w: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """``L_bwd``: for video ``b``, logits over prototypes ``j`` are ``cos(v_bj, w_{y_b})/τ``; CE towards
     ``j = y_b``. ``vj [B, C, D]`` (class ``j``'s prompt as the prototype), ``w [C, D]``, ``y [B]``."""
-    target = F.normalize(w[y], dim=-1)  # [B, D]  w_+ of each video
-    logits = torch.einsum("bjd,bd->bj", F.normalize(vj, dim=-1), target) / tau  # [B, C]
-    return F.cross_entropy(logits, y)
+    with fp32(vj.device):
+        vj, w = wide(vj, w)
+        target = F.normalize(w[y], dim=-1)  # [B, D]  w_+ of each video
+        logits = torch.einsum("bjd,bd->bj", F.normalize(vj, dim=-1), target) / tau  # [B, C]
+        return F.cross_entropy(logits, y)
 
 
 def bidirectional_loss(
     v0: torch.Tensor, vj: torch.Tensor | None, w: torch.Tensor, y: torch.Tensor, lam: float, tau: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``λ L_fwd + (1 - λ) L_bwd`` (just ``L_fwd`` when ``vj`` is None: bidirectional off)."""
-    fwd = forward_loss(v0, w, y, tau)
+    fwd = forward_loss(v0, w, y, tau)  # float32, as is bwd
     if vj is None:
         return fwd, {"loss_fwd": fwd.detach()}
     bwd = backward_loss(vj, w, y, tau)
     return lam * fwd + (1 - lam) * bwd, {"loss_fwd": fwd.detach(), "loss_bwd": bwd.detach()}
+
+
+def paper_protocol_notes(data: FeatureData, cfg: PEClipConfig) -> list[str]:
+    """Sentences for a run's report, one per way ``data``'s features cannot give the paper's protocol
+    (encoder, segments, frames per segment, crops; the module doc); none when they can."""
+    group = cfg.feature.split("/")[0]
+    meta = next((m for m in data.feature_sets.values() if m.get("modality") == group), {})
+    weights = meta.get("weights") or {}
+    notes = []
+    if meta.get("model") != "ViT-B-32" or weights.get("kind") != "pretrained" or weights.get("tag") != "openai":
+        how = weights.get("tag") or weights.get("kind") or "unknown weights"
+        notes.append(f"features from {meta.get('model', 'an unknown model')} ({how}), not the paper's CLIP ViT-B/32 "
+                     "OpenAI: the paper's rows (Tables 1-2) do not apply")
+    _, m, n_frames, n_views = segment_array(data, cfg.feature).shape[:4]
+    used = cfg.segments or m
+    if used != 64:
+        notes.append(f"{used} segments per video; the paper's headline rows use 64 (Table 6; Table 7 uses 16)")
+    if n_frames == 1:
+        notes.append("one stored frame per segment: training cannot draw a random frame per segment as the paper does")
+    if n_views == 1:
+        notes.append("one stored view (the centre crop): training sees no random resized crop, the paper's only "
+                     "augmentation; extract with --views V (V - 1 random crops, e.g. the PE-CLIP dataset presets)")
+    elif n_views - 1 < cfg.epochs:
+        notes.append(f"training draws among {n_views - 1} stored random crops and the centre view, each about "
+                     f"{cfg.epochs / n_views:.0f} times in {cfg.epochs} epochs; the paper draws a fresh crop every epoch")
+    return notes
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -219,6 +287,10 @@ class PEClipHead(TorchHead):
             )
         return PEClipModel(cfg, self.classes, tower, tokenize, feat_dim=x.shape[-1])
 
+    def fit(self, train: FeatureData, val: FeatureData | None = None, log: LogFn | None = None) -> None:
+        self.warnings += [w for w in paper_protocol_notes(train, self.config) if w not in self.warnings]
+        super().fit(train, val, log)
+
     def inputs(self, data: FeatureData, idx: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         return {"z": segment_batch(data, self.config.feature, idx, train, generator, self.config.segments)}  # [B, M, D]
 
@@ -228,7 +300,7 @@ class PEClipHead(TorchHead):
         w = m.class_weights()  # [C, D]
         v0, vj = m.evolve_both(mem) if m.cfg.bidirectional else (m.evolve(mem), None)  # [B, D], [B, C, D]
         if m.cfg.classifier == "linear":
-            fwd = F.cross_entropy(m.logits(v0, w), labels)
+            fwd = F.cross_entropy(m.logits(v0, w).float(), labels)
             if vj is None:
                 return fwd, {"loss_fwd": fwd.detach()}
             bwd = backward_loss(vj, w, labels, m.cfg.tau)
@@ -263,4 +335,5 @@ register_head(
     PEClipConfig,
     PEClipHead,
     "PE-CLIP: MH-Mamba + prototype-evolution decoder on the CLIP text tower, CA prompts, bidirectional loss",
+    paper_features=PAPER_FEATURES,
 )

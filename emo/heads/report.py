@@ -77,7 +77,8 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
                 curves: str | os.PathLike | None = None) -> str:
     """The results table of every run (a directory with ``summary.json``) at or under ``path``.
 
-    One row per run (a sweep cell is a run), mean ± std over its folds. ``csv_path`` also writes the
+    One row per run (a sweep cell is a run), mean ± std over its folds (and seeds: a multi-seed run is one
+row; its ``seed<k>/`` runs are not rows of their own). ``csv_path`` also writes the
     rows as CSV (fractions, with ``_mean``/``_std`` columns). ``tsne`` adds, for runs whose head saved
     test embeddings, a ``tsne.png`` per fold and the silhouette score (cosine) of the embeddings by
     true class, mean over folds. ``curves`` writes the runs' learning curves side by side to that PNG
@@ -89,8 +90,11 @@ def report_runs(path: str | os.PathLike, csv_path: str | os.PathLike | None = No
         raise FileNotFoundError(f"no runs under {path} (a run directory holds {SUMMARY_FILE})")
     rows, notes, run_notes = [], [], []
     logs: dict[str, list[list[dict]]] = {}
-    for p in found:
-        s = read_json(p)
+    summaries = {p: read_json(p) for p in found}
+    multi_seed = {p.parent for p, s in summaries.items() if len(s.get("seeds") or []) > 1}
+    for p, s in summaries.items():
+        if any(d in multi_seed for d in p.parents[1:]):
+            continue  # one seed of a multi-seed run: the run's own row holds it (mean ± std over seeds)
         if s.get("paper_features"):  # name the run's own encoders beside the paper's
             own = "; ".join(s.get("encoders", {}).values()) or "unknown"
             notes.append(f"- {s.get('label', s['head'])} ({p.parent.name}): features from {own}. "

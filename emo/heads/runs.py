@@ -14,6 +14,11 @@ Layout of a run (always one sub-directory per fold, also for a single fold)::
     out/<fold>/log.jsonl             one record per step / epoch / tuning candidate
     out/<fold>/curves.png            training loss and validation scores per epoch (gradient-trained heads)
 
+Several seeds (``seeds = [0, 1, 2]``, ``--seeds 0,1,2``; SPEC §4.1: EK-6 has one split and the paper
+averages over runs): ``out/seed<k>/`` is the complete run of seed ``k`` (the layout above), and
+``out/summary.json`` holds the mean ± std over every (seed, fold) pair, its ``folds`` naming them as
+``seed<k>/<fold>`` directories and ``seeds`` the seeds. One seed writes the layout above, unchanged.
+
 Protocol (SPEC §4): the head is fitted on the fold's train items; the validation part is the fold's
 official ``val`` items when it has some, else (with ``val_fraction > 0``) a stratified, seeded part
 of train held out; otherwise there is none. Test items are only ever predicted, never used to choose.
@@ -63,6 +68,8 @@ from .train import TrainConfig, check_train_config
 __all__ = [
     "RunResult",
     "train_head",
+    "train_seeds",
+    "parse_seeds",
     "train_from_cache",
     "evaluate_run",
     "recorded_feature_sets",
@@ -210,6 +217,52 @@ def train_head(
     return result
 
 
+def parse_seeds(text: str | None, seed: int = 0) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (``None`` or empty: ``[seed]``); repeated or non-integer seeds raise."""
+    if text is None or not str(text).strip():
+        return [seed]
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds expects integers separated by commas, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds expects distinct integers separated by commas, got {text!r}")
+    return seeds
+
+
+def train_seeds(name: str, data: FeatureData | Loader, *, seeds: list[int], out: str | os.PathLike,
+                label: str | None = None, **kwargs) -> RunResult:
+    """:func:`train_head` once per seed: one seed writes ``out`` itself; several write ``out/seed<k>/``
+    (each a complete run) and ``out/summary.json``, the mean ± std over every (seed, fold) pair (module
+    doc). ``kwargs`` are :func:`train_head`'s (not ``seed``)."""
+    if len(seeds) == 1:
+        return train_head(name, data, out=out, seed=seeds[0], label=label, **kwargs)
+    out = Path(out)
+    if (out / SUMMARY_FILE).exists():
+        raise ValueError(f"{out} already holds a run; choose another output directory")
+    per_seed = [train_head(name, data, out=out / f"seed{s}", seed=s, label=label, **kwargs) for s in seeds]
+    first = read_json(out / f"seed{seeds[0]}" / SUMMARY_FILE)
+    task = get_task(first["task"])
+    units = {f"seed{s}/{fold}": metrics for s, r in zip(seeds, per_seed, strict=True) for fold, metrics in r.folds.items()}
+    folds = list(per_seed[0].folds)
+    shown = first["split"] if len(folds) == 1 else first["split"].replace(" folds)", " folds")
+    split = f"{shown} ({len(seeds)} seeds)" if len(folds) == 1 else f"{shown} × {len(seeds)} seeds)"
+    summary = mean_std(list(units.values()), task.metrics)
+    warnings = [f"seed{s}/{w}" for s, r in zip(seeds, per_seed, strict=True) for w in r.warnings]
+    write_json_atomic(out / SUMMARY_FILE, {
+        **{k: v for k, v in first.items() if k not in ("seed", "warnings")},
+        "split": split,
+        "folds": list(units),
+        "seeds": list(seeds),
+        "per_fold": {u: {m: v[m] for m in task.metrics} for u, v in units.items()},
+        "per_seed": {str(s): r.summary for s, r in zip(seeds, per_seed, strict=True)},
+        "evaluated_on": sorted({e for r in per_seed for e in read_json(r.out / SUMMARY_FILE)["evaluated_on"]}),
+        **({"warnings": warnings} if warnings else {}),
+        "summary": summary,
+    })
+    return RunResult(per_seed[0].head, split, out, units, summary, per_seed[0].random_weights, task.name, warnings)
+
+
 def needed_modalities(config) -> tuple[str, ...]:
     """The feature-set modalities a head config reads: its ``modalities()`` method, else the group of
     its ``feature`` array (``"clip/cls"`` -> ``("clip",)``), else none (the cache must hold one set)."""
@@ -302,14 +355,16 @@ def train_from_cache(
     seed: int = 0,
     command: list[str] | None = None,
     allow_partial: bool = False,
+    seeds: list[int] | None = None,
 ) -> RunResult:
-    """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``);
-    ``allow_partial`` trains on the finished part of unfinished feature sets (see :func:`cache_folds`)."""
+    """Load ``cache`` once and :func:`train_head` on ``split`` (``"scheme:fold"`` or ``"scheme:all"``) for
+    ``seeds`` (default ``[seed]``; several: :func:`train_seeds`); ``allow_partial`` trains on the finished
+    part of unfinished feature sets (see :func:`cache_folds`)."""
     config = get_head(name).config(overrides)  # a typo in an option fails before the cache is read
     folds, load, _ = cache_folds(cache, split, feature_sets, needed_modalities(config), needed_large_arrays(config),
                                  allow_partial)
-    return train_head(name, load, folds=folds, out=out, overrides=overrides, val_fraction=val_fraction,
-                      seed=seed, command=command, cache=cache)
+    return train_seeds(name, load, seeds=seeds or [seed], folds=folds, out=out, overrides=overrides,
+                       val_fraction=val_fraction, command=command, cache=cache)
 
 
 def read_run_result(run: Path) -> RunResult:
@@ -337,6 +392,13 @@ def evaluate_run(
     if not (run / SUMMARY_FILE).exists():
         raise FileNotFoundError(f"{run} is not a run directory (no {SUMMARY_FILE})")
     s = read_json(run / SUMMARY_FILE)
+    if len(s.get("seeds") or []) > 1:  # every seed's run, then the mean ± std over all their folds
+        kw = {"split": split, "cache": cache, "feature_sets": feature_sets, "allow_partial": allow_partial}
+        each = {k: evaluate_run(run / f"seed{k}", **kw) for k in s["seeds"]}
+        units = {f"seed{k}/{f}": m for k, r in each.items() for f, m in r.folds.items()}
+        one = next(iter(each.values()))
+        return RunResult(one.head, f"{one.split} ({len(each)} seeds)", run, units,
+                         mean_std(list(units.values()), get_task(one.task).metrics), one.random_weights, one.task)
     own = s.get("cache")
     transfer = bool(cache and own and Path(cache).resolve() != Path(own).resolve()
                     and getattr(get_head(s["head"]).build, "class_free", False) and len(s["folds"]) == 1)

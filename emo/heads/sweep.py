@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .registry import SUMMARY_FILE, get_head
-from .runs import RunResult, cache_folds, needed_large_arrays, needed_modalities, read_run_result, train_head
+from .runs import RunResult, cache_folds, needed_large_arrays, needed_modalities, read_run_result, train_seeds
 
 __all__ = ["parse_grid", "grid_cells", "cell_name", "sweep_from_cache"]
 
@@ -72,8 +72,10 @@ def sweep_from_cache(
     command: list[str] | None = None,
     echo: Callable[[str], None] = lambda line: None,
     allow_partial: bool = False,
+    seeds: list[int] | None = None,
 ) -> list[RunResult]:
-    """One run directory ``out/<cell>/`` per grid cell × every fold of ``split``; the cache is read once.
+    """One run directory ``out/<cell>/`` per grid cell × every fold of ``split`` × ``seeds`` (default
+    ``[seed]``; several: ``out/<cell>/seed<k>/``, see :func:`emo.heads.runs.train_seeds`); the cache is read once.
 
     Every cell's config is checked before anything is trained. A cell whose run is already complete
     (its ``summary.json`` exists) is kept and skipped, so an interrupted sweep resumes.
@@ -96,8 +98,9 @@ def sweep_from_cache(
         if where.exists():  # a cell interrupted mid-run: its folds are redone from scratch
             shutil.rmtree(where)
         echo(f"[{k}/{len(cells)}] {label}")
-        results.append(train_head(name, load, folds=folds, out=where, overrides={**(overrides or {}), **cell},
-                                  val_fraction=val_fraction, seed=seed, command=command, label=label, cache=cache))
+        results.append(train_seeds(name, load, seeds=seeds or [seed], folds=folds, out=where,
+                                   overrides={**(overrides or {}), **cell}, val_fraction=val_fraction,
+                                   command=command, label=label, cache=cache))
     return results
 
 

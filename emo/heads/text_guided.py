@@ -30,6 +30,7 @@ from torch import nn
 from emo.cache.data import FeatureData
 
 from .layers.clip_text import clip_text_of, encode_texts
+from .layers.similarity import dot_logits
 from .layers.utterance_prompts import CLASS_FORMATS, FORMATS, class_prompts, item_prompts
 from .registry import LogFn
 from .train import TorchHead, TrainConfig
@@ -183,12 +184,14 @@ class TextGuidedHead(TorchHead):
 
     def scores_and_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         f = F.normalize(self.module(**batch).float(), dim=-1)  # [B, D], what embed() gives
-        return self.config.logit_scale * f @ self.module.class_weights.T, f  # [B, C], [B, D]
+        return dot_logits(f, self.module.class_weights, self.config.logit_scale), f  # [B, C] float32, [B, D]
 
     @torch.no_grad()
-    def embed(self, data: FeatureData, train_sampling: bool = False, generator: torch.Generator | None = None) -> np.ndarray:
+    def embed(self, data: FeatureData, train_sampling: bool = False, generator: torch.Generator | None = None,
+              unit: bool = True) -> np.ndarray:
         """``[n, D]`` unit features (eval sampling; ``train_sampling`` samples frames / crops / views as
-        in training, with ``generator``, and keeps dropout off): what probes and cache classifiers read."""
+        in training, with ``generator``, and keeps dropout off): what probes and cache classifiers read.
+        ``unit = False`` gives them as the encoder outputs them (a cache averages views before normalising)."""
         if self.module is None:
             raise RuntimeError(f"{type(self).__name__}: prepare() and fit() or load_state_dict() first")
         self.module.eval()
@@ -198,5 +201,6 @@ class TextGuidedHead(TorchHead):
             idx = np.arange(start, min(start + self.config.eval_batch_size, len(data)))
             batch = self._to_device(self.feature_inputs(data, idx, train_sampling, gen))
             with self._autocast():
-                out.append(F.normalize(self.module(**batch).float(), dim=-1).cpu())
+                f = self.module(**batch).float()
+                out.append((F.normalize(f, dim=-1) if unit else f).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.module.class_weights.shape[1]), np.float32)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from emo.cache.data import FeatureData
 
+from .layers.similarity import dot_logits
 from .linear import pooled_video
 from .registry import Head, LogFn, register_head
 
@@ -66,7 +67,7 @@ class ZeroShotHead(Head):
         v = F.normalize(pooled_video(data, self.config.feature), dim=-1)  # [n, D]
         if v.shape[1] != self.weights.shape[1]:
             raise ValueError(f"{self.config.feature!r} has width {v.shape[1]}, class prompts {self.weights.shape[1]}")
-        return (self.config.logit_scale * v @ self.weights.T).numpy()  # [n, C]
+        return dot_logits(v, self.weights, self.config.logit_scale).numpy()  # [n, C], float32
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.weights is None:

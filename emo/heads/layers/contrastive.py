@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .similarity import cosine_logits, fp32
+
 __all__ = ["clip_contrastive_loss", "supcon_loss"]
 
 
@@ -30,18 +32,24 @@ def clip_contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: 
     """Symmetric InfoNCE between ``video [B, D]`` and ``text [B, D]`` (row b of each is a pair)."""
     if video.shape != text.shape or video.ndim != 2:
         raise ValueError(f"video and text must both be [B, D], got {tuple(video.shape)} and {tuple(text.shape)}")
-    logits = logit_scale * F.normalize(video, dim=-1) @ F.normalize(text, dim=-1).T  # [B, B]
-    target = torch.arange(len(video), device=video.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    with fp32(video.device):  # float32 whatever the step's autocast (layers.similarity)
+        logits = cosine_logits(video, text, logit_scale)  # [B, B]
+        target = torch.arange(len(video), device=video.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
     """Supervised contrastive loss of ``features [M, D]`` (normalised here) with ``labels [M]``."""
     if features.ndim != 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"features must be [M, D] and labels [M], got {tuple(features.shape)}, {tuple(labels.shape)}")
-    z = F.normalize(features if features.is_floating_point() else features.float(), dim=-1)
-    sim = z @ z.T / tau  # [M, M]
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    with fp32(features.device):  # float32 whatever the step's autocast (layers.similarity)
+        return _supcon(features if features.is_floating_point() else features.float(), labels, tau)
+
+
+def _supcon(features: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`supcon_loss` with autocast off."""
+    sim = cosine_logits(features, features) / tau  # [M, M]
+    eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
     log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)  # [M, M], a ≠ i
     positive = (labels[:, None] == labels[None, :]) & ~eye  # [M, M]
     n_pos = positive.sum(dim=1)  # [M]
