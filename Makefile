@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/cluster.py
 	$(BIN)/python bench/emoasst.py
 	$(BIN)/python bench/emotionclip.py
+	$(BIN)/python bench/heads_cluster.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench
