@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python bench/duse.py
 	$(BIN)/python bench/duse.py memory
 	$(BIN)/python bench/ecpa.py
+	$(BIN)/python bench/heads_cluster.py
 
 lint: setup
 	$(BIN)/ruff check emo tests bench examples

@@ -39,8 +39,8 @@ ADAPTERS = {
     "feat": {"emo/encoders/pyfeat.py"},
     "decord": {"emo/decode/video.py"},
     "mamba_ssm": {"emo/heads/layers/scan.py"},
-    "distributed": {"emo/extract/cluster.py"},
-    "dask": {"emo/extract/cluster.py"},
+    "distributed": {"emo/extract/cluster.py", "emo/heads/distributed.py"},
+    "dask": {"emo/extract/cluster.py", "emo/heads/distributed.py"},
     "av": {"emo/decode/video.py", "emo/decode/audio.py", "emo/decode/strided.py", "emo/datasets/synthetic.py"},
 }
 

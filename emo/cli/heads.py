@@ -129,17 +129,26 @@ def heads_train(
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
     preset: str = typer.Option(None, help="emo/configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
     config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
+    local_cluster: int = typer.Option(0, help="Run every (cell, seed, fold) on a local dask cluster of N worker "
+                                      "processes (on a GPU box at most GPUs × --per-gpu)."),
+    scheduler: str = typer.Option(None, help="Run them on the dask cluster at this scheduler address."),
+    per_gpu: int = typer.Option(1, help="Heads that may share one GPU on a cluster (only when asked)."),
 ) -> None:
     """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
     from emo.heads.runs import parse_seeds, train_from_cache
 
     overrides = (_preset_overrides(name, preset) | _config_overrides(name, config)
                  | _parse_overrides(list(ctx.args), set_ or []))
-    result = train_from_cache(
-        name, cache, split=split, out=out, feature_sets=features or None, overrides=overrides,
-        val_fraction=val_fraction, seed=seed, command=sys.argv, allow_partial=allow_partial,
-        seeds=parse_seeds(seeds, seed),
-    )
+    common = {"split": split, "out": out, "feature_sets": features or None, "overrides": overrides,
+              "val_fraction": val_fraction, "command": sys.argv, "allow_partial": allow_partial,
+              "seeds": parse_seeds(seeds, seed)}
+    if local_cluster or scheduler:
+        from emo.heads.distributed import cluster_client, train_on_cluster
+
+        with cluster_client(scheduler, local_cluster, per_gpu) as client:
+            result = train_on_cluster(client, name, cache, per_gpu=per_gpu, **common)
+    else:
+        result = train_from_cache(name, cache, seed=seed, **common)
     typer.echo(result.table())
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -165,6 +174,10 @@ def heads_sweep(
     set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
     preset: str = typer.Option(None, help="emo/configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
     config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
+    local_cluster: int = typer.Option(0, help="Run every (cell, seed, fold) on a local dask cluster of N worker "
+                                      "processes (on a GPU box at most GPUs × --per-gpu)."),
+    scheduler: str = typer.Option(None, help="Run them on the dask cluster at this scheduler address."),
+    per_gpu: int = typer.Option(1, help="Heads that may share one GPU on a cluster (only when asked)."),
 ) -> None:
     """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
     from emo.heads.report import format_results_table
@@ -173,11 +186,16 @@ def heads_sweep(
 
     overrides = (_preset_overrides(name, preset) | _config_overrides(name, config)
                  | _parse_overrides(list(ctx.args), set_ or []))
-    results = sweep_from_cache(
-        name, cache, split=split, grid=grid, out=out, feature_sets=features or None, overrides=overrides,
-        val_fraction=val_fraction, seed=seed, command=sys.argv, echo=typer.echo, allow_partial=allow_partial,
-        seeds=parse_seeds(seeds, seed),
-    )
+    common = {"split": split, "grid": grid, "out": out, "feature_sets": features or None, "overrides": overrides,
+              "val_fraction": val_fraction, "seed": seed, "command": sys.argv, "echo": typer.echo,
+              "allow_partial": allow_partial, "seeds": parse_seeds(seeds, seed)}
+    if local_cluster or scheduler:
+        from emo.heads.distributed import cluster_client
+
+        with cluster_client(scheduler, local_cluster, per_gpu) as client:
+            results = sweep_from_cache(name, cache, client=client, per_gpu=per_gpu, **common)
+    else:
+        results = sweep_from_cache(name, cache, **common)
     typer.echo(format_results_table([r.row() for r in results]))
 
 

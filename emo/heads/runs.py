@@ -69,6 +69,9 @@ __all__ = [
     "RunResult",
     "train_head",
     "train_seeds",
+    "run_fold",
+    "finish_run",
+    "combine_seeds",
     "parse_seeds",
     "train_from_cache",
     "evaluate_run",
@@ -182,7 +185,19 @@ def train_head(
     for fold in folds:
         fd = load(fold)
         first = fd if first is None else first
-        per_fold[fold] = _run_fold(name, config, fd, fold, out / fold, val_fraction, seed, command)
+        per_fold[fold] = run_fold(name, config, fd, fold, out / fold, val_fraction, seed, command)
+    return finish_run(name, config, per_fold, first, out, overrides=overrides, val_fraction=val_fraction, seed=seed,
+                      command=command, label=label, cache=cache)
+
+
+def finish_run(name: str, config, per_fold: dict[str, dict], first: FeatureData, out: str | os.PathLike, *,
+               overrides: dict | None = None, val_fraction: float = 0.0, seed: int = 0,
+               command: list[str] | None = None, label: str | None = None,
+               cache: str | os.PathLike | None = None) -> RunResult:
+    """Write ``out/summary.json`` from the folds' metrics (``per_fold``, in fold order) once every fold
+    directory is written; ``first``: the first fold's features (dataset, split, encoders, keys)."""
+    spec = get_head(name)
+    out, folds = Path(out), list(per_fold)
     task = get_task(spec.task)
     summary = mean_std(list(per_fold.values()), task.metrics)
     split = first.split if len(folds) == 1 else f"{first.split.partition(':')[0]} ({len(folds)} folds)"
@@ -241,6 +256,13 @@ def train_seeds(name: str, data: FeatureData | Loader, *, seeds: list[int], out:
     if (out / SUMMARY_FILE).exists():
         raise ValueError(f"{out} already holds a run; choose another output directory")
     per_seed = [train_head(name, data, out=out / f"seed{s}", seed=s, label=label, **kwargs) for s in seeds]
+    return combine_seeds(seeds, per_seed, out)
+
+
+def combine_seeds(seeds: list[int], per_seed: list[RunResult], out: str | os.PathLike) -> RunResult:
+    """``out/summary.json`` over the finished runs of several seeds (``out/seed<k>/``): the mean ± std over
+    every (seed, fold) pair (module doc)."""
+    out = Path(out)
     first = read_json(out / f"seed{seeds[0]}" / SUMMARY_FILE)
     task = get_task(first["task"])
     units = {f"seed{s}/{fold}": metrics for s, r in zip(seeds, per_seed, strict=True) for fold, metrics in r.folds.items()}
@@ -459,7 +481,7 @@ def unlearned_classes(train: FeatureData, scored: FeatureData, classes: list[str
             for c in range(len(classes)) if seen[c] and not have[c]]
 
 
-def _run_fold(
+def run_fold(
     name: str, config, fd: FeatureData, fold: str, out: Path, val_fraction: float, seed: int, command: list[str] | None
 ) -> dict:
     spec = get_head(name)

@@ -73,15 +73,26 @@ def sweep_from_cache(
     echo: Callable[[str], None] = lambda line: None,
     allow_partial: bool = False,
     seeds: list[int] | None = None,
+    client=None,
+    per_gpu: int = 1,
 ) -> list[RunResult]:
     """One run directory ``out/<cell>/`` per grid cell × every fold of ``split`` × ``seeds`` (default
     ``[seed]``; several: ``out/<cell>/seed<k>/``, see :func:`emo.heads.runs.train_seeds`); the cache is read once.
 
     Every cell's config is checked before anything is trained. A cell whose run is already complete
-    (its ``summary.json`` exists) is kept and skipped, so an interrupted sweep resumes.
+    (its ``summary.json`` exists) is kept and skipped, so an interrupted sweep resumes. With a dask
+    ``client``, every (cell, seed, fold) is one task on its workers (:mod:`emo.heads.distributed`).
     """
     spec = get_head(name)
     cells = grid_cells(parse_grid(grid))
+    if client is not None:
+        from .distributed import Cell, run_cells
+
+        out = Path(out)
+        jobs = [Cell({**(overrides or {}), **cell}, out / cell_name(cell), _label(name, cell)) for cell in cells]
+        return run_cells(client, name, cache, jobs, split=split, seeds=seeds or [seed], feature_sets=feature_sets,
+                         val_fraction=val_fraction, command=command, allow_partial=allow_partial, per_gpu=per_gpu,
+                         echo=echo)
     configs = [spec.config({**(overrides or {}), **cell}) for cell in cells]
     needs = tuple(dict.fromkeys(m for c in configs for m in needed_modalities(c)))
     large = tuple(dict.fromkeys(a for c in configs for a in needed_large_arrays(c)))
@@ -90,7 +101,7 @@ def sweep_from_cache(
     results = []
     for k, cell in enumerate(cells, 1):
         where = out / cell_name(cell)
-        label = f"{name} " + ",".join(f"{k}={_shown(v)}" for k, v in cell.items()) if cell else name
+        label = _label(name, cell)
         if (where / SUMMARY_FILE).exists():
             echo(f"[{k}/{len(cells)}] {label}: done earlier, kept")
             results.append(read_run_result(where))
@@ -102,6 +113,11 @@ def sweep_from_cache(
                                    overrides={**(overrides or {}), **cell}, val_fraction=val_fraction,
                                    command=command, label=label, cache=cache))
     return results
+
+
+def _label(name: str, cell: dict[str, str]) -> str:
+    """A cell's row name: ``pe-clip d=6,bidirectional=on`` (the head's name for an empty grid)."""
+    return f"{name} " + ",".join(f"{k}={_shown(v)}" for k, v in cell.items()) if cell else name
 
 
 def _shown(value: str) -> str:
