@@ -102,6 +102,14 @@ def test_a_heads_help_lists_every_field_with_type_default_choices_and_meaning():
     assert "--temporal identity|lstm|gru|transformer|mamba  (default mamba)" in res.output
 
 
+def test_every_field_of_every_head_has_its_meaning_beside_it():
+    from emo.heads.config import field_help
+    from emo.heads.registry import list_heads
+
+    missing = {s.name: [h.name for h in field_help(s.config_cls) if not h.meaning] for s in list_heads()}
+    assert not {k: v for k, v in missing.items() if v}
+
+
 def test_a_config_file_round_trips_through_heads_config_and_train(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["heads", "config", "linear"])

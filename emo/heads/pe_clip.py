@@ -94,29 +94,29 @@ PAPER_FEATURES = ("CLIP ViT-B/32 (OpenAI weights) frame embeddings, 64 segments 
 class PEClipConfig(TrainConfig):
     """The paper's defaults (Adam, lr 2e-4, 50 epochs, batch 16; d = 8; CA prompts; λ = 0.7, τ = 0.01)."""
 
-    feature: str = "clip/cls"
+    feature: str = "clip/cls"  # frame embeddings the temporal encoder reads
     segments: int = 0  # 0: every segment of the cache; else subsample the cache's M evenly to this many
-    temporal: Literal["identity", "lstm", "gru", "transformer", "mamba"] = "mamba"
-    temporal_layers: int = 3
+    temporal: Literal["identity", "lstm", "gru", "transformer", "mamba"] = "mamba"  # Table 5's temporal modules
+    temporal_layers: int = 3  # blocks of the temporal module
     heads: int = 8  # MH-Mamba / Transformer heads
     mamba_inner: int = 384  # d_inner, all heads together (48 per head)
-    mamba_dt_rank: int = 16
-    mamba_state: int = 4
-    mamba_conv: int = 4
-    scan_backend: Literal["auto", "ref", "chunked", "cuda"] = "auto"
-    decoder: Literal["pretrained", "random"] = "pretrained"
+    mamba_dt_rank: int = 16  # rank of the Δ projection
+    mamba_state: int = 4  # SSM state size N
+    mamba_conv: int = 4  # causal convolution width
+    scan_backend: Literal["auto", "ref", "chunked", "cuda"] = "auto"  # selective scan: mamba_ssm kernel on CUDA, else PyTorch
+    decoder: Literal["pretrained", "random"] = "pretrained"  # the top text layers with cross-attention, or the random 4-layer baseline
     d: int = 8  # first modified text layer (pretrained decoder): layers d..L-1 get cross-attention
     random_layers: int = 4  # depth of the random decoder
-    prototype: Literal["ca", "learnable"] = "ca"
+    prototype: Literal["ca", "learnable"] = "ca"  # evolve the neutral CA prompt, or S learnable tokens
     prototype_tokens: int = 26  # S, with prototype = learnable
-    bidirectional: bool = True
-    classifier: Literal["ca", "linear", "emotional", "coop"] = "ca"
-    coop_ctx: int = 16
-    prompt_prefix: Literal["with/without", "only/no"] = "with/without"
-    prompt_separator: Literal["; ", ", "] = "; "
-    prompt_reverse: bool = False
+    bidirectional: bool = True  # add the backward loss (each class prompt evolved, the true one should fit)
+    classifier: Literal["ca", "linear", "emotional", "coop"] = "ca"  # class weights: CA prompts or Table 4's others
+    coop_ctx: int = 16  # CoOp classifier: learnable context tokens
+    prompt_prefix: Literal["with/without", "only/no"] = "with/without"  # CA prompt wording
+    prompt_separator: Literal["; ", ", "] = "; "  # between the classes of a CA prompt
+    prompt_reverse: bool = False  # classes in reverse order inside the prompts (the paper: -0.5 points)
     lam: float = 0.7  # weight of the forward loss
-    tau: float = 0.01
+    tau: float = 0.01  # temperature of the cosine logits
     text_checkpoint: str | None = None  # weights file, when the features came from --checkpoint elsewhere
 
     def __post_init__(self):
