@@ -37,7 +37,6 @@ demo: setup
 	$(EMO) report $(DEMO_DIR)/runs
 
 test: setup
-	@command -v java >/dev/null || echo "note: no Java on PATH: the captioning tests that need pycocoevalcap's PTB tokenizer and METEOR are skipped (install a JRE, e.g. apt-get install default-jre-headless)"
 	$(BIN)/python -m pytest -q
 
 # make extract DATASET=myvids ROOT=/data/myvids  (preset emo/configs/datasets/$(DATASET).json, else folder.json)

