@@ -37,6 +37,7 @@ GOOD = {  # name -> writer; each must extract
     "bframes.mp4": lambda p: videos.make_video(p, 40, bframes=True),
     "ünïcode name.mp4": lambda p: videos.make_video(p, 24, audio=True),
     "uhd.mp4": lambda p: videos.make_video(p, 3, size=(3840, 2160)),
+    "phone rot90.mp4": lambda p: videos.make_video(p, 20, rotation=90),  # coded 64x48, shown 48x64
 }
 BAD = {  # name -> writer; each must end as a line in failures.jsonl
     "zero.mp4": videos.make_zero_byte,
@@ -124,6 +125,21 @@ def test_stored_pixels_are_the_frames_at_the_stored_indices(odd_cache):
             assert np.all(np.diff(arrays["clip/frame_time"][row].reshape(-1)) >= 0), item_id
             checked += 1
     assert checked == len(GOOD)
+
+
+def test_each_item_records_the_turn_its_frames_were_given(odd_cache):
+    root, _ = odd_cache
+    (fs,) = list_feature_sets(root)
+    assert fs.config["decoder"]["version"] == 2  # frames upright: not the key of a set extracted before
+    for k in fs.done_indices():
+        ids, arrays = read_shard(fs.shard_path(k), ["clip/rotation", "clip/mirrored", "clip/frame_size"])
+        records = fs.done_record(k)["decoder"]
+        for row, item_id in enumerate(ids):
+            turned = item_id == "phone rot90.mp4"
+            assert arrays["clip/rotation"][row] == (90 if turned else 0) and not arrays["clip/mirrored"][row]
+            assert records[item_id]["rotation"] == (90 if turned else 0), records[item_id]
+            if turned:
+                np.testing.assert_array_equal(arrays["clip/frame_size"][row], [48, 64])
 
 
 def test_short_videos_repeat_their_last_frame(odd_cache):

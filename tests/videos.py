@@ -100,6 +100,9 @@ def make_video(
     colour_code: bool = True,
     faststart: bool = False,
     gop: int = 12,
+    rotation: int | None = None,
+    mirror: bool = False,
+    corner: bool = False,
 ) -> Path:
     """Write a video of ``n_frames`` frames of ``size = (width, height)`` and return its path.
 
@@ -109,7 +112,9 @@ def make_video(
     into an I-frame); without it H.264 uses no B-frames. ``gop`` is the keyframe interval, kept short so
     that seeking is exercised. ``vfr`` gives frame gaps alternating between 0.5 and 1.5 frame periods.
     ``colour_code=False`` writes random noise frames instead. ``faststart`` moves the mp4 index (moov)
-    in front of the data.
+    in front of the data. ``rotation`` (degrees counter-clockwise) and ``mirror`` write a display matrix
+    (as a phone does; the coded frames stay as they are). ``corner`` paints the top-left quarter of every
+    coded frame white, so that which way a frame was turned shows (``decode_colour`` then no longer applies).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -127,6 +132,8 @@ def make_video(
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
         stream.options = _codec_options(codec, bframes, gop)
+        if rotation is not None or mirror:
+            stream.set_display_rotation(rotation or 0, hflip=mirror)
         astream = out.add_stream(_AUDIO_CODEC[suffix], rate=48000) if audio else None
 
         for k in range(n_frames):
@@ -135,6 +142,8 @@ def make_video(
                 rgb[...] = colour_of(k)
             else:
                 rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            if corner:
+                rgb[: height // 2, : width // 2] = 255
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = int(times[k] / time_base)
             frame.time_base = time_base

@@ -18,6 +18,14 @@ lists the presentation times of the stream's packets. Then:
   and MPEG-PS, AVI with B-frames) decord returns frames from the wrong place, and AV1 it cannot open;
   ``auto`` uses PyAV there and records why in ``fallback_reason``.
 
+Orientation. Phone videos store frames as the sensor saw them and a *display matrix* (rotation by a
+multiple of 90°, maybe a mirror) that players apply. Every frame is turned upright by it before the
+crop boxes are drawn, so ``width``/``height``, the boxes and the pixels are those of the displayed
+picture, and the item records the ``rotation`` and ``mirrored`` it applied (``Orientation``). The
+probe reads the matrix from the first decoded frame. decord applies rotations itself and gets 90° and
+270° wrong (4-channel frames of the wrong size), so a stream with a display matrix is decoded by PyAV
+(``auto`` records why; ``decord`` fails). Other angles are refused with a ``DecodeError``.
+
 This is the only module that imports ``decord`` (lazily, at use).
 """
 
@@ -35,8 +43,8 @@ from PIL import Image
 from .sampling import SamplingConfig, crop_boxes, frame_positions
 
 __all__ = [
-    "BACKENDS", "IMAGE_SUFFIXES", "FRAME_FOLDER_FPS", "DecodeError", "DecodedItem", "VideoProbe", "decode_item",
-    "probe_video", "stream_times",
+    "BACKENDS", "DECODER_VERSION", "IMAGE_SUFFIXES", "FRAME_FOLDER_FPS", "DecodeError", "DecodedItem", "Orientation",
+    "VideoProbe", "decode_item", "orientation_of", "probe_video", "stream_times",
 ]
 
 BACKENDS = ("auto", "decord", "pyav")
@@ -49,6 +57,10 @@ _DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "mpeg4", "mjpeg")
 _MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # its sample table lists every frame: fewer packets = truncated
 _DECORD_BATCH_BYTES = 256 * 2**20  # RGB frames decord may hold at once (a 4K frame is 25 MB)
 _TIME_TOLERANCE = 2e-3  # seconds; decord reports float32 times
+
+# What the decoded frames are, for a feature set's key (absent from keys made before it existed = 1):
+# 1: the coded frames as stored; 2: frames turned upright by the stream's display matrix.
+DECODER_VERSION = 2
 
 
 class DecodeError(Exception):
@@ -68,6 +80,8 @@ class DecodedItem:
     height: int
     backend: str  # "decord" | "pyav" | "frames" (frame folder)
     fallback_reason: str | None = None  # why decord was not used, when it was not
+    rotation: int = 0  # degrees counter-clockwise the coded frames were turned (display matrix)
+    mirrored: bool = False  # and then mirrored left-right
 
 
 @dataclass
@@ -80,6 +94,62 @@ class VideoProbe:
     times: np.ndarray  # float64 [P] sorted packet presentation times, seconds from stream start
     stream_index: int  # the stream decoded: the first video stream that is not a cover picture
     video_streams: int  # all video streams, cover pictures included
+    orientation: Orientation | None = None  # the first frame's display matrix; None: no frame decoded
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How coded frames are turned upright for display, from the stream's display matrix.
+
+    The matrix maps a coded pixel ``(x, y)`` to ``(a x + c y, b x + d y)`` (FFmpeg's layout, row vector
+    times matrix; ``a b`` are its entries 0 1, ``c d`` its entries 3 4), shifted into the picture.
+    ``rotation`` (degrees counter-clockwise, then a left-right mirror when ``mirrored``) describes the
+    same map for the record.
+    """
+
+    rotation: int = 0  # 0 | 90 | 180 | 270, counter-clockwise
+    mirrored: bool = False
+    transpose: bool = False  # pixel steps, in this order: swap the axes,
+    flip_rows: bool = False  # then turn upside down,
+    flip_cols: bool = False  # then mirror left-right
+
+    @property
+    def identity(self) -> bool:
+        return not (self.transpose or self.flip_rows or self.flip_cols)
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The displayed ``(width, height)`` of a coded ``width x height`` frame."""
+        return (height, width) if self.transpose else (width, height)
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """The upright picture ``[H', W', C]`` of a coded frame ``[H, W, C]`` (a pure pixel permutation)."""
+        if self.transpose:
+            rgb = rgb.transpose(1, 0, *range(2, rgb.ndim))
+        if self.flip_rows:
+            rgb = rgb[::-1]
+        if self.flip_cols:
+            rgb = rgb[:, ::-1]
+        return rgb if self.identity else np.ascontiguousarray(rgb)
+
+
+def orientation_of(frame) -> Orientation:
+    """The ``Orientation`` a decoded PyAV frame's display matrix asks for (none: upright as coded).
+
+    Raises ``DecodeError`` for a matrix that is not a multiple of 90° (with or without a mirror).
+    """
+    matrix = next((bytes(sd) for sd in frame.side_data if sd.type.name == "DISPLAYMATRIX"), None)
+    if matrix is None or len(matrix) < 36:
+        return Orientation()
+    a, b, _, c, d = np.frombuffer(matrix[:20], dtype="<i4").tolist()
+    swap = a == 0 and d == 0 and b != 0 and c != 0
+    if not swap and not (b == 0 and c == 0 and a != 0 and d != 0):
+        degrees = float(np.degrees(np.arctan2(-b, a)))
+        raise DecodeError(f"the display matrix rotates by {degrees:.1f}°; only multiples of 90° are supported")
+    mirrored = a * d - b * c < 0
+    rotation = int(round(float(np.degrees(np.arctan2(-b, -a if mirrored else a))))) % 360
+    if swap:
+        return Orientation(rotation, mirrored, transpose=True, flip_rows=b < 0, flip_cols=c < 0)
+    return Orientation(rotation, mirrored, flip_rows=d < 0, flip_cols=a < 0)
 
 
 def decode_item(
@@ -116,7 +186,9 @@ def decode_item(
     probe = probe_video(path)
     if backend == "pyav":
         return _decode_pyav(path, probe, cfg, item_id, start, end, reason=None)
-    reason = _decord_unfit(probe) if backend == "auto" else None
+    reason = _decord_unfit(probe) if backend == "auto" else _decord_wrong(probe)
+    if reason is not None and backend == "decord":
+        raise DecodeError(f"decord: {reason}")
     if reason is None:
         try:
             return _decode_decord(path, probe, cfg, item_id, start, end)
@@ -145,12 +217,17 @@ def probe_video(path: Path) -> VideoProbe:
         stream = next(s for s in moving if s.type == "video")
         promised = max(int(stream.frames or 0), 0)
         pts, corrupt = [], []  # per packet
+        orientation = None
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # flush packet at EOF, or an empty AVI chunk (no frame)
                     continue
                 pts.append(packet.pts)
                 corrupt.append(packet.is_corrupt)  # e.g. cut short by the end of the file
+                if orientation is None and not packet.is_corrupt:
+                    orientation = _first_orientation(stream, packet)
+            if orientation is None and pts:
+                orientation = _first_orientation(stream, None)  # frames the decoder still holds
         except av.FFmpegError as e:
             raise DecodeError(
                 f"unreadable after {len(pts)} of {promised or '?'} frames: {_ffmpeg_message(e)}"
@@ -176,7 +253,21 @@ def probe_video(path: Path) -> VideoProbe:
             times=times,
             stream_index=stream.index,
             video_streams=len(container.streams.video),
+            orientation=orientation,
         )
+
+
+def _first_orientation(stream, packet) -> Orientation | None:
+    """Decode ``packet`` (None: flush); the orientation of the first frame that comes out, if any.
+
+    A packet that fails to decode gives None: the decoding pass reports such damage, not the probe.
+    """
+    try:
+        for frame in stream.codec_context.decode(packet):
+            return orientation_of(frame)
+    except av.FFmpegError:
+        return None
+    return None
 
 
 def _is_cover(stream) -> bool:
@@ -241,7 +332,7 @@ def _decode_pyav(
     """Decode sequentially, keeping the sampled frames; redo the selection if the decoder disagrees."""
     index, _ = _select(probe.times, cfg, start, end)  # [M, N] as the packets predict
     for _ in range(2):
-        views, times, (width, height), boxes = _pyav_pass(
+        views, times, (width, height), boxes, orientation = _pyav_pass(
             path, set(index.reshape(-1).tolist()), cfg, item_id, probe
         )
         chosen, n_span = _select(times, cfg, start, end)  # the decoded stream rules over the packets
@@ -260,6 +351,8 @@ def _decode_pyav(
         height=height,
         backend="pyav",
         fallback_reason=reason,
+        rotation=orientation.rotation,
+        mirrored=orientation.mirrored,
     )
 
 
@@ -267,7 +360,7 @@ def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, 
     """One decoding pass: views of the ``wanted`` frame indices, and the times of all decoded frames."""
     views: dict[int, np.ndarray] = {}
     pts: list[int | None] = []
-    size, boxes = None, None
+    size, boxes, orientation = None, None, Orientation()
     with av.open(str(path)) as container:
         stream = container.streams[probe.stream_index]
         stream.thread_type = "AUTO"
@@ -277,13 +370,15 @@ def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, 
                 pts.append(frame.pts)
                 if size is None:
                     size = (frame.width, frame.height)
-                    boxes = crop_boxes(frame.height, frame.width, cfg, item_id)
+                    orientation = orientation_of(frame)
+                    upright_w, upright_h = orientation.size(*size)
+                    boxes = crop_boxes(upright_h, upright_w, cfg, item_id)  # boxes of the upright frame
                 elif (frame.width, frame.height) != size:
                     raise DecodeError(
                         f"frame size changes mid-stream at frame {k}: {size} -> {frame.width}x{frame.height}"
                     )
                 if k in wanted:
-                    views[k] = _views(frame.to_image(), boxes, cfg.image_size)
+                    views[k] = _views(_upright(frame, orientation), boxes, cfg.image_size)
         except av.FFmpegError as e:
             raise DecodeError(
                 f"decoding failed after {len(pts)} frames (the container promises {probe.promised or len(probe.times)}): "
@@ -292,7 +387,14 @@ def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, 
         if not pts:
             raise DecodeError(f"no frame decodes (the stream has {len(probe.times)} packets)")
         decoded = stream_times(pts, stream)
-    return views, decoded, size, boxes
+    return views, decoded, orientation.size(*size), boxes, orientation
+
+
+def _upright(frame, orientation: Orientation) -> Image.Image:
+    """A decoded PyAV frame as an RGB image turned upright (the coded frame itself when no turn is due)."""
+    if orientation.identity:
+        return frame.to_image()
+    return Image.fromarray(orientation.apply(frame.to_ndarray(format="rgb24")))
 
 
 # --- decord -------------------------------------------------------------------------------------
@@ -302,8 +404,22 @@ class _DecordMismatch(Exception):
     """decord cannot be trusted on this file; the message says why (becomes ``fallback_reason``)."""
 
 
+def _decord_wrong(probe: VideoProbe) -> str | None:
+    """Why decord's frames of this file would be wrong whatever the backend asked for, or None."""
+    o = probe.orientation
+    if o is None:
+        return "the first frame does not decode, so its display matrix is unknown"
+    if not o.identity:
+        return (f"the display matrix turns the frames ({o.rotation}°{', mirrored' if o.mirrored else ''}), "
+                "which decord gets wrong")
+    return None
+
+
 def _decord_unfit(probe: VideoProbe) -> str | None:
     """Why ``auto`` should not use decord on this file, or None."""
+    wrong = _decord_wrong(probe)
+    if wrong is not None:
+        return wrong
     if probe.video_streams > 1:
         return f"{probe.video_streams} video streams; decord might pick another"
     if probe.format not in _DECORD_FORMATS:

@@ -25,7 +25,7 @@ from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
 from emo.cache.shard import create_hdf5_temp
 from emo.decode.sampling import SamplingConfig
-from emo.decode.video import DecodedItem, decode_item
+from emo.decode.video import DECODER_VERSION, DecodedItem, decode_item
 from emo.decode.workers import DecodePool
 from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip
 
@@ -70,7 +70,7 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
            if options.subject_prompt else {}),
         "dtype": "float16",
         "compute": {"precision": str(encoder.dtype).replace("torch.", "")},
-        "decoder": {"policy": options.backend, **versions(("decord", "av"))},
+        "decoder": {"policy": options.backend, "version": DECODER_VERSION, **versions(("decord", "av"))},
         "class_templates": list(CLASS_TEMPLATES),
     }
 
@@ -240,7 +240,8 @@ class ClipFill:
         return Filled(
             arrays={i: self._arrays(decoded[i], features[i], subjects.get(i)) for i in features},
             errors=errors,
-            records={"decoder": {i: {"backend": d.backend, "fallback": d.fallback_reason} for i, d in decoded.items()}},
+            records={"decoder": {i: {"backend": d.backend, "fallback": d.fallback_reason, "rotation": d.rotation,
+                                     "mirrored": d.mirrored} for i, d in decoded.items()}},
         )
 
     def _arrays(self, d: DecodedItem, f: dict[str, np.ndarray], subject=None) -> dict[str, np.ndarray]:
@@ -255,7 +256,9 @@ class ClipFill:
         out["clip/frame_time"] = d.timestamps.astype(np.float64)  # [M, N] seconds
         out["clip/crop"] = d.crops.astype(np.float32)  # [V, 4] x0 y0 x1 y1, source pixels
         out["clip/frame_count"] = np.int64(d.n_frames)
-        out["clip/frame_size"] = np.array([d.width, d.height], dtype=np.int32)
+        out["clip/frame_size"] = np.array([d.width, d.height], dtype=np.int32)  # upright
+        out["clip/rotation"] = np.int16(d.rotation)  # degrees counter-clockwise the coded frames were turned
+        out["clip/mirrored"] = np.bool_(d.mirrored)  # and then mirrored left-right
         if subject is not None:
             out["clip/subject_box"] = np.nan_to_num(subject[0], nan=-1.0).astype(np.float32)  # [M, N, 4] px; -1 = none
             out["clip/coverage"] = subject[1].astype(np.float16)  # [M, N, V, G*G] a_p of each view's patches
