@@ -18,7 +18,15 @@ import av
 import numpy as np
 from PIL import Image
 
-from .video import FRAME_FOLDER_FPS, IMAGE_SUFFIXES, DecodeError, orientation_of, probe_video, stream_times
+from .video import (
+    FRAME_FOLDER_FPS,
+    IMAGE_SUFFIXES,
+    DecodeError,
+    one_thread,
+    orientation_of,
+    probe_video,
+    stream_times,
+)
 
 __all__ = ["READ_ERRORS", "strided_frames", "strided_indices", "span_frames", "FrameBatches"]
 
@@ -50,14 +58,14 @@ def _video_pass(path: Path, stream_index: int, wanted: set[int], sink: Callable[
     try:
         with av.open(str(path)) as container:
             stream = container.streams[stream_index]
-            stream.thread_type = "AUTO"
+            one_thread(stream)
             for frame in container.decode(stream):
                 k = len(pts)
                 pts.append(frame.pts)
                 if orientation is None:
                     orientation = orientation_of(frame)
                 if k in wanted:
-                    sink(k, orientation.apply(frame.to_ndarray(format="rgb24")))
+                    sink(k, orientation.apply(frame.to_ndarray(format="rgb24", threads=1)))
             if not pts:
                 raise DecodeError("no frame decodes")
             return stream_times(pts, stream)

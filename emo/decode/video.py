@@ -44,7 +44,7 @@ from .sampling import SamplingConfig, crop_boxes, frame_positions
 
 __all__ = [
     "BACKENDS", "DECODER_VERSION", "IMAGE_SUFFIXES", "FRAME_FOLDER_FPS", "DecodeError", "DecodedItem", "Orientation",
-    "VideoProbe", "decode_item", "orientation_of", "probe_video", "stream_times",
+    "VideoProbe", "decode_item", "one_thread", "orientation_of", "probe_video", "stream_times",
 ]
 
 BACKENDS = ("auto", "decord", "pyav")
@@ -215,6 +215,7 @@ def probe_video(path: Path) -> VideoProbe:
             what = f"{' and '.join(kinds)} only" if kinds else "no streams"
             raise DecodeError(f"not a video: no video stream ({what})")
         stream = next(s for s in moving if s.type == "video")
+        one_thread(stream)  # the first frame is decoded for its display matrix
         promised = max(int(stream.frames or 0), 0)
         pts, corrupt = [], []  # per packet
         orientation = None
@@ -255,6 +256,17 @@ def probe_video(path: Path) -> VideoProbe:
             video_streams=len(container.streams.video),
             orientation=orientation,
         )
+
+
+def one_thread(stream) -> None:
+    """Decode ``stream`` on the calling thread only: a worker process is one core (``emo.decode.workers``).
+
+    FFmpeg's frame and slice threads give the same pixels; one thread per process was never slower per
+    core than several, and several per process oversubscribe a box whose cores all run workers. The
+    RGB conversion is asked for one thread too (``threads=1``: swscale starts one per core otherwise).
+    """
+    stream.thread_type = "SLICE"
+    stream.codec_context.thread_count = 1
 
 
 def _first_orientation(stream, packet) -> Orientation | None:
@@ -363,7 +375,7 @@ def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, 
     size, boxes, orientation = None, None, Orientation()
     with av.open(str(path)) as container:
         stream = container.streams[probe.stream_index]
-        stream.thread_type = "AUTO"
+        one_thread(stream)
         try:
             for frame in container.decode(stream):
                 k = len(pts)
@@ -393,8 +405,8 @@ def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, 
 def _upright(frame, orientation: Orientation) -> Image.Image:
     """A decoded PyAV frame as an RGB image turned upright (the coded frame itself when no turn is due)."""
     if orientation.identity:
-        return frame.to_image()
-    return Image.fromarray(orientation.apply(frame.to_ndarray(format="rgb24")))
+        return frame.to_image(threads=1)  # swscale's own threads: one, as the decoder's
+    return Image.fromarray(orientation.apply(frame.to_ndarray(format="rgb24", threads=1)))
 
 
 # --- decord -------------------------------------------------------------------------------------
@@ -441,7 +453,7 @@ def _decode_decord(path: Path, probe: VideoProbe, cfg: SamplingConfig, item_id: 
     """Seek to the sampled frames with decord, after checking its frame list against the probe."""
     decord = _import_decord()
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)  # one thread per worker
         n = len(reader)
         if n != len(probe.times):
             raise _DecordMismatch(f"decord counts {n} frames, the stream has {len(probe.times)}")

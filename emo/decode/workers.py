@@ -11,7 +11,10 @@ never idles while the parent is busy, and tasks stuck behind a killed one are fe
 to other workers, not failed. ``workers=0`` runs tasks inline in the calling process, for debugging.
 
 Workers are started with ``spawn`` by default and import only what the tasks' functions need (the
-decoders, numpy, PIL), never torch. Note that ``spawn`` re-imports the parent's ``__main__`` script
+decoders, numpy, PIL), never torch. Each worker is one decoding thread: the decoders are asked for one
+thread (``emo.decode.video``), and OpenMP/BLAS pools (and torch's, if a script imported it) are held
+to one thread before the first task, so ``workers`` processes use ``workers`` cores; a worker pool is
+sized to the cores the process may use, less one for the encoding process (``default_workers``). Note that ``spawn`` re-imports the parent's ``__main__`` script
 in each worker, so an entry point must keep heavy imports inside functions.
 """
 
@@ -21,6 +24,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
 from collections import deque
@@ -28,13 +32,25 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import NamedTuple
 
-__all__ = ["DecodePool"]
+__all__ = ["DecodePool", "SINGLE_THREAD_ENV", "default_workers"]
 
 _PER_WORKER = 2  # tasks in flight on one worker's pipe
 _STARTUP_GRACE = 60.0  # seconds a new process may take to report ready, on top of the task timeout
 _REAP_WAIT = 5.0  # seconds to wait for a process whose pipe closed to finish exiting
 _STOP = b""  # parent -> worker: exit after the current task
 _PICKLE = 5
+# thread pools of the numeric libraries a task might import, held to one thread in every worker
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                     "VECLIB_MAXIMUM_THREADS")
+
+
+def default_workers() -> int:
+    """Decode processes for this machine: the CPUs this process may run on, less one for the encoder."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 class _Task(NamedTuple):
@@ -257,9 +273,19 @@ def _call(fn: Callable, args: tuple, kwargs: dict) -> tuple[object | None, str |
         return None, _describe(e)
 
 
+def _one_thread() -> None:
+    """Hold this process's numeric thread pools to one thread (before a task imports the libraries)."""
+    for name in SINGLE_THREAD_ENV:
+        os.environ[name] = "1"
+    torch = sys.modules.get("torch")  # only if the parent's __main__, re-imported by spawn, brought it
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def _worker_main(conn: Connection) -> None:
     """Child process loop: receive a pickled task, run it, send back ``("done", result, error)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
+    _one_thread()
     conn.send_bytes(pickle.dumps(("ready", os.getpid()), protocol=_PICKLE))
     while True:
         try:

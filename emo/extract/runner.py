@@ -36,6 +36,7 @@ from tqdm import tqdm
 from emo.cache.featureset import FeatureSet
 from emo.cache.manifest import Item, Manifest
 from emo.cache.shard import write_shard
+from emo.decode.workers import default_workers
 
 __all__ = ["ExtractOptions", "ExtractSummary", "Filled", "Progress", "ShardRunner", "run_extraction", "summarize", "versions"]
 
@@ -45,7 +46,7 @@ _WAIT_S = 1.0  # poll interval while other processes hold the last shards
 @dataclass
 class ExtractOptions:
     shard_size: int = 64  # items per shard
-    workers: int = 4  # decode processes (0 = decode in this process, no timeout)
+    workers: int | None = None  # decode processes (0 = decode in this process, no timeout); None: default_workers()
     timeout: float = 120.0  # seconds per video
     batch_size: int = 256  # frames per encoder batch (text: captions per batch)
     pixels: bool = False  # also store the preprocessed uint8 frames (clip only)
@@ -59,6 +60,8 @@ class ExtractOptions:
     verify_deep: bool = False  # re-runs: also compare every finished shard's sha256 (bits flipped at the same size)
 
     def __post_init__(self) -> None:
+        if self.workers is None:
+            self.workers = default_workers()
         for name in ("shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
