@@ -81,11 +81,7 @@ def test_frames_are_turned_upright_before_cropping(tmp_path, rotation, mirror, b
     assert item.rotation == (rotation or 0) and item.mirrored == mirror
     np.testing.assert_array_equal(item.pixels, _expected(path, item, rotation, mirror))
     assert _bright_quadrant(item.pixels[0, 0, 0]) == CASES[rotation, mirror]  # view 0, the centre square
-    if rotation or mirror:  # decord's own rotation is wrong: PyAV decodes these, and says why under auto
-        assert item.backend == "pyav"
-        assert (backend == "auto") == ("display matrix" in (item.fallback_reason or ""))
-    else:
-        assert item.backend == ("decord" if backend == "auto" else "pyav") and item.fallback_reason is None
+    assert item.backend == "pyav" and item.fallback_reason is None  # mp4 H.264: auto seeks with PyAV
 
 
 def test_a_video_without_a_display_matrix_decodes_as_before_with_both_backends(tmp_path):

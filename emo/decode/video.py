@@ -4,19 +4,31 @@
 with the boxes of ``crop_boxes`` and resizes them to ``S x S`` (PIL bicubic, crop and resize in one
 step), and records where every stored frame came from (index and presentation time).
 
-Backends. Every file is first *probed* with PyAV: a demux pass (no decoding, a few ms) that rejects
-what is not a playable video (no video stream, unreadable, truncated) with a ``DecodeError`` and
-lists the presentation times of the stream's packets. Then:
+Backends. Every file is first *probed* with PyAV: a demux pass (no decoding but the first frame, a
+few ms) that rejects what is not a playable video (no video stream, unreadable, truncated) with a
+``DecodeError`` and lists the presentation times (pts) of the stream's packets and which are keyframes.
+Then:
 
-- ``pyav`` decodes the stream once from the start, keeping only the sampled frames (memory bounded by
-  the output), and counts the frames the decoder actually produced. If the selection made from the
-  decoded frames differs from the one the probe predicted (the decoder dropped frames, or their times
-  differ), it is redone in a second pass.
-- ``decord`` seeks to the sampled frames (``VideoReader.get_batch``). It is used by ``auto`` only where
-  its random access was checked exact — MP4/MOV and Matroska/WebM with H.264, HEVC, VP8, VP9, MPEG-4
-  or MJPEG — and only when its frame count and timestamps agree with the probe. Elsewhere (MPEG-TS
-  and MPEG-PS, AVI with B-frames) decord returns frames from the wrong place, and AV1 it cannot open;
-  ``auto`` uses PyAV there and records why in ``fallback_reason``.
+- ``pyav`` *seeks* where frames are known by their pts alone (MP4/MOV and Matroska/WebM with H.264,
+  HEVC, VP9, MPEG-4 or MJPEG; every packet with its own pts; no edit-list discards; a keyframe first):
+  for each keyframe before some sampled frames it seeks there and decodes forward until they are out,
+  skipping non-reference frames that are not sampled (nothing else needs them). That is the same
+  pixels as decoding the whole stream (tests/test_decode_sparse.py), for a fraction of the work on long
+  videos. Elsewhere, or where the file does not behave as its packets say, it decodes the stream once
+  from the start, keeping only the sampled frames (memory bounded by the output), and counts the frames
+  the decoder actually produced. If the selection made from the decoded frames differs from the one the
+  probe predicted (the decoder dropped frames, or their times differ), it is redone in a second pass.
+- ``decord`` seeks to the sampled frames (``VideoReader.get_batch``), only where its random access was
+  checked exact — MP4/MOV and Matroska/WebM with H.264, HEVC, VP8, VP9, MPEG-4 or MJPEG — and only
+  when its frame count and timestamps agree with the probe. Elsewhere (MPEG-TS and MPEG-PS, AVI with
+  B-frames) decord returns frames from the wrong place, and AV1 it cannot open; seeking in an open-GOP
+  H.264 stream it returns damaged frames.
+- ``auto`` seeks with PyAV where it can and the pixel format is one whose RGB conversion PyAV and
+  decord do identically (8-bit YUV); else decord where it is exact; else PyAV, recording why in
+  ``fallback_reason``. (10-bit video keeps decord's conversion, which differs from PyAV's.)
+
+Each decoder runs on one thread (``one_thread``, decord's ``num_threads=1``): a worker process is one
+core (``emo.decode.workers``).
 
 Orientation. Phone videos store frames as the sensor saw them and a *display matrix* (rotation by a
 multiple of 90°, maybe a mirror) that players apply. Every frame is turned upright by it before the
@@ -57,9 +69,17 @@ _DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "mpeg4", "mjpeg")
 _MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"  # its sample table lists every frame: fewer packets = truncated
 _DECORD_BATCH_BYTES = 256 * 2**20  # RGB frames decord may hold at once (a 4K frame is 25 MB)
 _TIME_TOLERANCE = 2e-3  # seconds; decord reports float32 times
+# where PyAV seeks to the keyframe before each sampled frame instead of decoding the whole stream:
+# demuxers with an index to seek by, codecs whose packets are one output frame each
+_SPARSE_FORMATS = (_MP4_FORMAT, "matroska,webm")
+_SPARSE_CODECS = ("h264", "hevc", "mpeg4", "mjpeg", "vp9")
+# pixel formats whose RGB conversion PyAV and decord do identically (tests/test_decode_sparse.py): on
+# these ``auto`` decodes sparsely with PyAV rather than with decord; 10-bit video converts differently
+_SAME_RGB_AS_DECORD = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p")
 
 # What the decoded frames are, for a feature set's key (absent from keys made before it existed = 1):
-# 1: the coded frames as stored; 2: frames turned upright by the stream's display matrix.
+# 1: the coded frames as stored; 2: frames turned upright by the stream's display matrix, and under
+# ``auto`` open-GOP H.264 decoded right (PyAV seeking) where decord damaged frames; all else as in 1.
 DECODER_VERSION = 2
 
 
@@ -95,6 +115,9 @@ class VideoProbe:
     stream_index: int  # the stream decoded: the first video stream that is not a cover picture
     video_streams: int  # all video streams, cover pictures included
     orientation: Orientation | None = None  # the first frame's display matrix; None: no frame decoded
+    seekable: np.ndarray | None = None  # int64 [P] sorted packet pts, where sparse decoding may seek; else None
+    keyframes: np.ndarray | None = None  # int64 [K] sorted pts of the keyframe packets (with ``seekable``)
+    pixel_format: str | None = None  # e.g. "yuv420p"; None when the header does not say
 
 
 @dataclass(frozen=True)
@@ -186,6 +209,11 @@ def decode_item(
     probe = probe_video(path)
     if backend == "pyav":
         return _decode_pyav(path, probe, cfg, item_id, start, end, reason=None)
+    tried_sparse = backend == "auto" and probe.seekable is not None and probe.pixel_format in _SAME_RGB_AS_DECORD
+    if tried_sparse:
+        item = _decode_sparse(path, probe, cfg, item_id, start, end, reason=None)  # decord's pixels, faster
+        if item is not None:
+            return item
     reason = _decord_unfit(probe) if backend == "auto" else _decord_wrong(probe)
     if reason is not None and backend == "decord":
         raise DecodeError(f"decord: {reason}")
@@ -196,7 +224,7 @@ def decode_item(
             if backend == "decord":
                 raise DecodeError(f"decord: {e}") from None
             reason = str(e)
-    return _decode_pyav(path, probe, cfg, item_id, start, end, reason=reason)
+    return _decode_pyav(path, probe, cfg, item_id, start, end, reason=reason, sparse=not tried_sparse)
 
 
 # --- probing ------------------------------------------------------------------------------------
@@ -217,7 +245,7 @@ def probe_video(path: Path) -> VideoProbe:
         stream = next(s for s in moving if s.type == "video")
         one_thread(stream)  # the first frame is decoded for its display matrix
         promised = max(int(stream.frames or 0), 0)
-        pts, corrupt = [], []  # per packet
+        pts, corrupt, key, discard = [], [], [], False  # per packet
         orientation = None
         try:
             for packet in container.demux(stream):
@@ -225,6 +253,8 @@ def probe_video(path: Path) -> VideoProbe:
                     continue
                 pts.append(packet.pts)
                 corrupt.append(packet.is_corrupt)  # e.g. cut short by the end of the file
+                key.append(packet.is_keyframe)
+                discard |= packet.is_discard  # an edit list hides this frame: the decoder drops it
                 if orientation is None and not packet.is_corrupt:
                     orientation = _first_orientation(stream, packet)
             if orientation is None and pts:
@@ -247,6 +277,7 @@ def probe_video(path: Path) -> VideoProbe:
             )
         times = stream_times(pts if None in pts else sorted(pts), stream)
         codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder's "libdav1d"
+        seekable = _sparse_plan(fmt, codec, pts, key, discard)
         return VideoProbe(
             format=fmt,
             codec=codec,
@@ -255,7 +286,31 @@ def probe_video(path: Path) -> VideoProbe:
             stream_index=stream.index,
             video_streams=len(container.streams.video),
             orientation=orientation,
+            seekable=None if seekable is None else seekable[0],
+            keyframes=None if seekable is None else seekable[1],
+            pixel_format=stream.codec_context.format.name if stream.codec_context.format else None,
         )
+
+
+def _sparse_plan(fmt: str, codec: str, pts: list, key: list[bool], discard: bool):
+    """``(sorted pts [P], keyframe pts [K])`` where sparse decoding is exact by construction, else None.
+
+    Frames are then known by their pts alone: every packet has one, all differ, and each packet is one
+    frame the decoder outputs with it (the containers and codecs of ``_SPARSE_*``, no edit-list
+    discards); the stream starts with a keyframe, so each frame has a keyframe at or before it.
+    """
+    if fmt not in _SPARSE_FORMATS or codec not in _SPARSE_CODECS or discard or not key or not key[0]:
+        return None
+    if None in pts:
+        return None
+    raw = np.asarray(pts, dtype=np.int64)
+    ordered = np.sort(raw)
+    if len(ordered) > 1 and not np.all(np.diff(ordered) > 0):
+        return None
+    keys = np.sort(raw[np.asarray(key, dtype=bool)])
+    if keys[0] != ordered[0]:  # a frame shown before the first keyframe (open GOP at the start)
+        return None
+    return ordered, keys
 
 
 def one_thread(stream) -> None:
@@ -339,33 +394,106 @@ def _assemble(index: np.ndarray, views: dict[int, np.ndarray]) -> np.ndarray:
 
 
 def _decode_pyav(
-    path: Path, probe: VideoProbe, cfg: SamplingConfig, item_id: str, start, end, reason: str | None
+    path: Path, probe: VideoProbe, cfg: SamplingConfig, item_id: str, start, end, reason: str | None,
+    sparse: bool = True,
 ) -> DecodedItem:
-    """Decode sequentially, keeping the sampled frames; redo the selection if the decoder disagrees."""
+    """Decode the sampled frames: sparsely where the probe allows (unless ``sparse`` is False: already
+    tried), else sequentially, redoing the selection if the decoder disagrees with the packets."""
+    if sparse and probe.seekable is not None:
+        item = _decode_sparse(path, probe, cfg, item_id, start, end, reason)
+        if item is not None:
+            return item
     index, _ = _select(probe.times, cfg, start, end)  # [M, N] as the packets predict
     for _ in range(2):
-        views, times, (width, height), boxes, orientation = _pyav_pass(
-            path, set(index.reshape(-1).tolist()), cfg, item_id, probe
-        )
+        views, times, size, boxes, orientation = _pyav_pass(path, set(index.reshape(-1).tolist()), cfg, item_id, probe)
         chosen, n_span = _select(times, cfg, start, end)  # the decoded stream rules over the packets
         if np.array_equal(chosen, index):
             break
         index = chosen
     else:
         raise DecodeError("the decoder produced different frames on two passes over the same file")
+    return _pyav_item(index, views, times, n_span, size, boxes, orientation, reason)
+
+
+def _decode_sparse(
+    path: Path, probe: VideoProbe, cfg: SamplingConfig, item_id: str, start, end, reason: str | None
+) -> DecodedItem | None:
+    """``_pyav_sparse`` made an item, or None where it could not (the caller decodes another way)."""
+    index, n_span = _select(probe.times, cfg, start, end)  # [M, N]
+    sparse = _pyav_sparse(path, probe, set(index.reshape(-1).tolist()), cfg, item_id)
+    if sparse is None:
+        return None
+    views, size, boxes, orientation = sparse
+    return _pyav_item(index, views, probe.times, n_span, size, boxes, orientation, reason)
+
+
+def _pyav_item(index, views, times, n_span, size, boxes, orientation: Orientation, reason) -> DecodedItem:
+    """The ``DecodedItem`` of PyAV's views of frames ``index [M, N]`` (``times``: of all frames)."""
     return DecodedItem(
         pixels=_assemble(index, views),
         frame_index=index,
         timestamps=times[index],
         crops=boxes,
         n_frames=n_span,
-        width=width,
-        height=height,
+        width=size[0],
+        height=size[1],
         backend="pyav",
         fallback_reason=reason,
         rotation=orientation.rotation,
         mirrored=orientation.mirrored,
     )
+
+
+def _pyav_sparse(path: Path, probe: VideoProbe, wanted: set[int], cfg: SamplingConfig, item_id: str):
+    """Views of the ``wanted`` frame indices, decoding from the keyframe before each sampled frame only.
+
+    Frame ``k`` is the one whose pts is ``probe.seekable[k]``. For each keyframe that precedes some
+    sampled frames, seek to it and decode forward until they are all out, skipping the non-reference
+    frames that are not sampled (no other frame needs them, so the sampled ones are the same pixels as a
+    decode of the whole stream gives). Returns ``(views, upright size, boxes, orientation)``, or None
+    where the file does not behave as the probe predicted (the seek lands elsewhere, a sampled frame
+    never comes out): the caller then decodes the whole stream.
+    """
+    order, keys = probe.seekable, probe.keyframes  # [P] frame pts, [K] keyframe pts
+    targets = np.array(sorted(wanted), dtype=np.int64)  # frame indices, ascending
+    starts = keys[np.searchsorted(keys, order[targets], side="right") - 1]  # [T] the keyframe before each
+    views: dict[int, np.ndarray] = {}
+    size, boxes, orientation = None, None, Orientation()
+    with av.open(str(path)) as container:
+        stream = container.streams[probe.stream_index]
+        one_thread(stream)
+        context = stream.codec_context
+        try:
+            for start in np.unique(starts).tolist():
+                group = {int(order[k]): int(k) for k in targets[starts == start]}  # pts -> frame index
+                container.seek(start, stream=stream, backward=True, any_frame=False)  # also flushes the decoder
+                origin = None
+                for packet in container.demux(stream):
+                    if origin is None:  # the seek must land on a keyframe at or before ``start``
+                        if packet.pts is None or not packet.is_keyframe or packet.pts > start:
+                            return None
+                        origin = packet.pts
+                    context.skip_frame = "DEFAULT" if packet.pts in group else "NONREF"
+                    for frame in context.decode(packet if packet.size else None):
+                        if frame.pts is None:
+                            return None
+                        if size is None:
+                            size = (frame.width, frame.height)
+                            orientation = orientation_of(frame)
+                            upright_w, upright_h = orientation.size(*size)
+                            boxes = crop_boxes(upright_h, upright_w, cfg, item_id)
+                        elif (frame.width, frame.height) != size:
+                            return None  # the whole-stream pass says where
+                        k = group.pop(frame.pts, None)  # None: not sampled, or an open GOP's leading
+                        if k is not None:  # frame (shown before ``origin``, sampled from an earlier keyframe)
+                            views[k] = _views(_upright(frame, orientation), boxes, cfg.image_size)
+                    if not group:
+                        break
+                if group:
+                    return None
+        except av.FFmpegError:
+            return None  # the whole-stream pass reports it, counting the frames decoded before it
+    return views, orientation.size(*size), boxes, orientation
 
 
 def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, probe: VideoProbe):
@@ -404,9 +532,8 @@ def _pyav_pass(path: Path, wanted: set[int], cfg: SamplingConfig, item_id: str, 
 
 def _upright(frame, orientation: Orientation) -> Image.Image:
     """A decoded PyAV frame as an RGB image turned upright (the coded frame itself when no turn is due)."""
-    if orientation.identity:
-        return frame.to_image(threads=1)  # swscale's own threads: one, as the decoder's
-    return Image.fromarray(orientation.apply(frame.to_ndarray(format="rgb24", threads=1)))
+    rgb = frame.to_ndarray(format="rgb24", threads=1)  # [H, W, 3]; swscale's threads: one, as the decoder's
+    return Image.fromarray(rgb if orientation.identity else orientation.apply(rgb))  # to_image: same pixels, 5x slower
 
 
 # --- decord -------------------------------------------------------------------------------------
