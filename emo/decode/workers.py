@@ -44,13 +44,14 @@ SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
                      "VECLIB_MAXIMUM_THREADS")
 
 
-def default_workers() -> int:
-    """Decode processes for this machine: the CPUs this process may run on, less one for the encoder."""
+def default_workers(sharing: int = 1) -> int:
+    """Decode processes for this machine: the CPUs this process may run on, shared by ``sharing`` encoding
+    processes (dask workers on one host), less one for each encoder; at least 1."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, cores // max(1, sharing) - 1)
 
 
 class _Task(NamedTuple):

@@ -60,17 +60,20 @@ class ExtractOptions:
     verify_deep: bool = False  # re-runs: also compare every finished shard's sha256 (bits flipped at the same size)
 
     def __post_init__(self) -> None:
-        if self.workers is None:
-            self.workers = default_workers()
         for name in ("shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be ≥ 0, got {self.workers}")
         if self.timeout <= 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"--backend must be auto, decord or pyav, got {self.backend!r}")
+
+    def decode_workers(self, sharing: int = 1) -> int:
+        """``workers``, or when not given one per core of this machine less one per encoding process
+        (``sharing`` of them on this host)."""
+        return self.workers if self.workers is not None else default_workers(sharing)
 
 
 @dataclass

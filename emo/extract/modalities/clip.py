@@ -183,7 +183,7 @@ def extract_clip(
     sampling = dataclasses.replace(sampling, image_size=encoder.image_size)  # crops at the encoder's input size
     fs = FeatureSet.create(cache_dir, clip_config(encoder, sampling, options))
     store_class_text(fs, encoder, manifest)
-    with DecodePool(options.workers, options.timeout) as pool:
+    with DecodePool(options.decode_workers(), options.timeout) as pool:
         fill = ClipFill(manifest, encoder, sampling, options, pool)
         return run_extraction(
             fs, manifest, options, fill, skipped=skipped, compress=CLIP_COMPRESS, dists=CLIP_DISTS
