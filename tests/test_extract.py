@@ -187,6 +187,42 @@ def _extract_args(root: Path, *extra: str) -> list[str]:
     ]
 
 
+def test_the_next_shards_videos_start_before_the_current_shard_is_written_and_under_its_claim(tmp_path, monkeypatch):
+    from emo.cache.featureset import FeatureSet
+    from emo.decode.workers import DecodePool
+
+    _small_dataset(tmp_path, n=6)  # three shards of two
+    events: list[tuple] = []
+    claim, done, submit = FeatureSet.try_claim, FeatureSet.write_done, DecodePool.submit
+
+    def logged_claim(self, k):
+        got = claim(self, k)
+        events.append(("claim", k, got is not None))
+        return got
+
+    def logged_done(self, k, record):
+        events.append(("written", k))
+        return done(self, k, record)
+
+    def logged_submit(self, task_id, fn, *args, **kwargs):
+        events.append(("submit", task_id))
+        return submit(self, task_id, fn, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureSet, "try_claim", logged_claim)
+    monkeypatch.setattr(FeatureSet, "write_done", logged_done)
+    monkeypatch.setattr(DecodePool, "submit", logged_submit)
+    res = runner.invoke(app, _extract_args(tmp_path, "--workers", "2"))
+    assert res.exit_code == 0, res.output
+    _assert_each_item_once(tmp_path, 6)
+    (fs,) = list_feature_sets(tmp_path)
+    plan = fs.plan()
+    assert [e for e in events if e[0] == "submit"] == [("submit", i) for ids in plan for i in ids]  # each once
+    for k in (1, 2):
+        first_submit = events.index(("submit", plan[k][0]))
+        assert events.index(("claim", k, True)) < first_submit < events.index(("written", k - 1)), events
+    assert [e for e in events if e[0] == "claim"] == [("claim", k, True) for k in range(3)]  # none twice
+
+
 def test_resume_writes_nothing_twice_and_new_config_makes_new_set(tmp_path):
     _small_dataset(tmp_path)
     first = runner.invoke(app, _extract_args(tmp_path))

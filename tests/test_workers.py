@@ -256,3 +256,23 @@ def test_default_workers_leave_one_core_to_the_encoder(monkeypatch):
     assert default_workers() == 15
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert default_workers() == 1
+
+
+def test_results_of_one_group_leave_the_others_for_later():
+    # the extraction collects shard k's videos while shard k+1's already run in the same pool
+    with DecodePool(workers=2, timeout=60) as pool:
+        for i in range(4):
+            pool.submit(f"a{i}", sleep_then, 0.2, f"a{i}")
+        for i in range(3):
+            pool.submit(f"b{i}", square, i)
+        first = {task_id: result for task_id, result, _ in pool.results(only=["a0", "a1", "a2", "a3"])}
+        assert first == {f"a{i}": f"a{i}" for i in range(4)}
+        assert pool.waiting() == 0
+        second = {task_id: result for task_id, result, _ in pool.results(only=["b0", "b1", "b2"])}
+        assert second == {"b0": 0, "b1": 1, "b2": 4}
+        assert list(pool.results()) == []
+    with DecodePool(workers=0, timeout=60) as pool:  # inline: only the asked tasks run
+        pool.submit("x", square, 3)
+        pool.submit("y", square, 4)
+        assert list(pool.results(only=["y"])) == [("y", 16, None)]
+        assert pool.waiting() == 1 and list(pool.results()) == [("x", 9, None)]

@@ -8,7 +8,9 @@ one pipe per worker, pickled with protocol 5.
 
 At most ``_PER_WORKER`` tasks wait on one worker's pipe (the running one and the next), so a worker
 never idles while the parent is busy, and tasks stuck behind a killed one are few; they are handed
-to other workers, not failed. ``workers=0`` runs tasks inline in the calling process, for debugging.
+to other workers, not failed. ``results(only=ids)`` collects one group of tasks while later groups
+run (an extraction submits the next shard's videos before it has written the current shard).
+``workers=0`` runs tasks inline in the calling process, for debugging.
 
 Workers are started with ``spawn`` by default and import only what the tasks' functions need (the
 decoders, numpy, PIL), never torch. Each worker is one decoding thread: the decoders are asked for one
@@ -28,7 +30,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import NamedTuple
 
@@ -138,19 +140,35 @@ class DecodePool:
             self._pending.append(_Task(task_id, pickle.dumps((fn, args, kwargs), protocol=_PICKLE)))
             self._dispatch()  # start at once where a worker has room
 
-    def results(self) -> Iterator[tuple[str, object | None, str | None]]:
-        """``(task_id, result, error)`` for every task, as tasks finish, until all submitted are done."""
-        while self._inline:
-            task_id, fn, args, kwargs = self._inline.popleft()
-            yield task_id, *_call(fn, args, kwargs)
-        while True:
-            if self._done:
-                yield self._done.popleft()
+    def results(self, only: Iterable[str] | None = None) -> Iterator[tuple[str, object | None, str | None]]:
+        """``(task_id, result, error)`` for every task, as tasks finish, until all submitted are done.
+
+        With ``only`` (ids of tasks submitted before): just those, until all of them are done; the other
+        tasks keep running and their results wait for a later call (a caller may submit the next group
+        of tasks before it has collected the current one, so that no worker waits between groups).
+        """
+        wanted = None if only is None else set(only)
+        while True:  # workers=0: run the wanted inline tasks now, in submission order
+            entry = next((e for e in self._inline if wanted is None or e[0] in wanted), None)
+            if entry is None:
+                break
+            self._inline.remove(entry)
+            if wanted is not None:
+                wanted.discard(entry[0])
+            yield entry[0], *_call(*entry[1:])
+        while wanted is None or wanted:
+            done = self._take(wanted)
+            if done is not None:
+                yield done
                 continue
             if self._closed or not (self._pending or any(w.queue for w in self._workers)):
                 return
             self._dispatch()
             self._wait()
+
+    def waiting(self) -> int:
+        """Tasks submitted that no worker has started or queued yet."""
+        return len(self._pending) + len(self._inline)
 
     def close(self) -> None:
         """Stop and reap every worker; tasks not yet finished are dropped. Safe to call twice."""
@@ -167,6 +185,16 @@ class DecodePool:
         self._pending.clear()
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _take(self, wanted: set[str] | None) -> tuple[str, object | None, str | None] | None:
+        """The first finished task (of ``wanted``, which loses its id), or None."""
+        for done in self._done:
+            if wanted is None or done[0] in wanted:
+                self._done.remove(done)
+                if wanted is not None:
+                    wanted.discard(done[0])
+                return done
+        return None
 
     def _dispatch(self) -> None:
         """Send pending tasks to the least loaded workers, up to ``_PER_WORKER`` each."""

@@ -9,7 +9,10 @@ rest the same way for all of them:
    wait for shards held elsewhere. A finished shard whose file is missing or has another size than its
    ``.done.json`` records (or whose record is unreadable) is damaged: under its claim, its ``.done.json``
    is removed and the shard extracted again, and the summary names it;
-3. call ``fill(shard, items, progress) -> Filled``;
+3. call ``fill(shard, items, progress) -> Filled``. A fill with a ``next_shard`` attribute (clip) is
+   given a function that claims the next shard then, so it can start that shard's decoding while it
+   finishes this one: the workers never wait at a shard boundary, and a shard is only ever decoded
+   under its claim;
 4. reject items whose float arrays hold NaN or inf (stage ``encode``), remove temporary files a dead
    writer left for the shard, write the shard (a fresh temporary file, then rename), then its
    ``.done.json`` (which records the shard file's size and sha256), and only then append the failures to
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -176,6 +180,9 @@ class ShardRunner:
         self.items = manifest.by_id()
         self.ragged, self.compress, self.dists = frozenset(ragged), frozenset(compress), tuple(dists)
         self.repaired: dict[str, str] = {}  # shard file -> damage, for the shards this runner re-extracted
+        self._queue: deque[int] = deque()  # run(): shards still to try, in order
+        self._held: list[int] = []  # run(): shards another process held when tried
+        self._ahead: tuple[int, object] | None = None  # run(): (shard, claim) claimed by claim_next
 
     def damage(self, k: int) -> str | None:
         """Why finished shard ``k`` cannot be kept, or None: cheap by default (its record and one ``stat``);
@@ -192,18 +199,48 @@ class ShardRunner:
         return [k for k in range(len(plan)) if not self.fs.is_done(k) or self.damage(k)]
 
     def run(self, plan: list[list[str]], progress: Progress) -> None:
+        """Extract every pending shard. A fill with a ``next_shard`` attribute may claim the following
+        shard while it fills the current one (``claim_next``) and start on it early; that shard is then
+        filled next, under the claim taken then."""
         remaining = self.pending(plan)
+        if hasattr(self.fill, "next_shard"):
+            self.fill.next_shard = lambda: self.claim_next(plan)
         while remaining:
-            held_elsewhere = [k for k in remaining if self.try_shard(k, plan[k], progress) is None]
-            remaining = [k for k in held_elsewhere if not self.fs.is_done(k)]
+            self._queue, self._held, self._ahead = deque(remaining), [], None
+            try:
+                while self._queue or self._ahead:
+                    k, claim = self._ahead or (self._queue.popleft(), None)
+                    self._ahead = None
+                    if self.try_shard(k, plan[k], progress, claim=claim) is None:
+                        self._held.append(k)
+            finally:
+                if self._ahead is not None:  # the fill failed after claiming ahead
+                    self._ahead[1].release()
+                    self._ahead = None
+            remaining = [k for k in self._held if not self.fs.is_done(k)]
             if remaining:
                 progress.bar.set_description(f"{self.fs.name} (waiting for {len(remaining)} shards held elsewhere)")
                 time.sleep(_WAIT_S)
 
-    def try_shard(self, k: int, ids: list[str], progress: Progress) -> bool | None:
-        """Claim shard ``k`` and fill and write it unless finished: True if this call wrote it, False if
-        it was already done, None if another live process holds its claim."""
-        claim = self.fs.try_claim(k)
+    def claim_next(self, plan: list[list[str]]) -> tuple[int, list[Item]] | None:
+        """Claim the next shard ``run`` would extract and return its index and items (None: none left).
+        Shards held elsewhere are passed over (``run`` waits for them later), finished ones released."""
+        while self._ahead is None and self._queue:
+            k = self._queue.popleft()
+            claim = self.fs.try_claim(k)
+            if claim is None:
+                self._held.append(k)
+            elif self.fs.is_done(k) and self.damage(k) is None:
+                claim.release()
+            else:
+                self._ahead = (k, claim)
+                return k, [self.items[i] for i in plan[k] if i in self.items]
+        return None
+
+    def try_shard(self, k: int, ids: list[str], progress: Progress, claim=None) -> bool | None:
+        """Claim shard ``k`` (unless ``claim`` holds it already) and fill and write it unless finished: True
+        if this call wrote it, False if it was already done, None if another live process holds its claim."""
+        claim = claim or self.fs.try_claim(k)
         if claim is None:
             return None
         try:

@@ -191,15 +191,29 @@ def extract_clip(
 
 
 class ClipFill:
-    """Fills one shard: decode its videos in the pool, encode their frames in shared batches."""
+    """Fills one shard: decode its videos in the pool, encode their frames in shared batches.
+
+    ``next_shard`` (set by ``ShardRunner.run``) claims the next shard to extract and returns its index
+    and items: once the pool has started every video of this shard, the next shard's videos are
+    submitted too, so the decode workers keep working while this shard's last frames are encoded and
+    its file written.
+    """
 
     def __init__(self, manifest: Manifest, encoder: ClipEncoder, sampling: SamplingConfig, options, pool: DecodePool):
         self.manifest, self.encoder, self.sampling, self.options, self.pool = manifest, encoder, sampling, options, pool
+        self.next_shard: Callable[[], tuple[int, list[Item]] | None] | None = None
+        self.submitted: set[str] = set()  # ids in the pool, not yet collected
+
+    def submit(self, items: list[Item]) -> None:
+        for it in items:
+            if it.id not in self.submitted:
+                self.submitted.add(it.id)
+                path = str(self.manifest.resolve(it))
+                self.pool.submit(it.id, decode_item, path, self.sampling, it.id, it.start, it.end, self.options.backend)
 
     def __call__(self, k: int, items: list[Item], progress: Progress) -> Filled:
-        for it in items:
-            path = str(self.manifest.resolve(it))
-            self.pool.submit(it.id, decode_item, path, self.sampling, it.id, it.start, it.end, self.options.backend)
+        self.submit(items)  # those not submitted ahead, while the previous shard was finishing
+        ahead = self.next_shard is None
         decoded: dict[str, DecodedItem] = {}
         features: dict[str, dict[str, np.ndarray]] = {}
         subjects: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> (boxes [M, N, 4], coverage [M, N, V, G*G])
@@ -214,7 +228,13 @@ class ClipFill:
                 features[item_id] = out
                 progress.done(per_item)
 
-        for item_id, result, error in self.pool.results():
+        for item_id, result, error in self.pool.results(only=by_id):
+            self.submitted.discard(item_id)
+            if not ahead and self.pool.waiting() == 0:  # every video of this shard has started
+                ahead = True
+                following = self.next_shard()
+                if following is not None:
+                    self.submit(following[1])
             if error is not None:
                 errors[item_id] = ("decode", error)
                 progress.failed()
