@@ -33,7 +33,7 @@ def extract_clip_cmd(
     batch_size: int = typer.Option(256, help="Frames per encoder batch (frames of many videos)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     precision: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32."),
-    backend: str = typer.Option("auto", help="Decoder: auto (decord, PyAV fallback) | decord | pyav."),
+    backend: str = typer.Option("auto", help="Decoder: auto (PyAV seeking where exact, else decord, else PyAV whole-stream) | decord | pyav."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
     verify_deep: bool = typer.Option(False, help="Also read every finished shard's sha256 and re-extract one whose bits changed."),

@@ -189,7 +189,7 @@ def decode_item(
     name order, stamped ``k / 25`` s). ``start``/``end`` (seconds from the stream start) restrict
     sampling to the frames whose presentation time ``t`` has ``start <= t < end``; ``frame_index``
     still counts from the start of the file. ``item_id`` seeds the random crops (with ``cfg.seed``).
-    ``backend``: ``auto`` (decord where it is exact, else PyAV), ``decord`` (decord or fail) or
+    ``backend``: ``auto`` (PyAV seeking, decord or PyAV: see the module docstring), ``decord`` (decord or fail) or
     ``pyav``. Raises ``DecodeError`` for a file that is missing, not a video, has no video stream or
     frames, is truncated, or fails to decode, and for an empty ``[start, end)`` span.
     """

@@ -57,7 +57,7 @@ class ExtractOptions:
     subject_prompt: bool = False  # EmotionCLIP's subject token from the manifest's subject_boxes (clip only)
     box_tolerance: int = 12  # frames: a sampled frame takes the nearest annotated frame within this (clip only)
     boxes: dict | None = None  # set by the extraction when subject_prompt: the boxes' sha256 and source (keyed)
-    backend: str = "auto"  # video decoder: auto (decord, PyAV fallback) | decord | pyav (clip only)
+    backend: str = "auto"  # video decoder: auto (PyAV seeking, else decord, else PyAV) | decord | pyav (clip only)
     skip_invalid: bool = False
     retry_failed: bool = False
     progress: bool = True
