@@ -7,6 +7,15 @@ and the two ratios the SPEC sets targets for: end-to-end / min(decode, encode) �
 end-to-end / naive ≥ 5. "Frames" are sampled frames (M × N × V per video), the unit the encoder sees.
 
     python bench/extract.py --videos 48 --model ViT-B-32 --segments 16 --workers 2 --device cpu
+
+``--long K`` measures on K long videos instead of short synthetic clips (``--long-seconds``, 720p by
+default, 30 frames/s, H.264 with a keyframe every 250 frames and a fixed IBBBP pattern of B-frames, as
+web encodes are) and adds ``decoders``: decode-only sampled frames per CPU-second and per second of
+one process, for emo's decoding before issue 17 (``decode_before``: decord with its default threads,
+every sampled frame through PIL) and now (``decode_item``, auto), on the same videos in the same run,
+interleaved, for each ``--compare-segments`` value; and whether the two stored the same pixels.
+
+    python bench/extract.py --long 2 --long-seconds 30 --segments 16 --workers 2 --device cpu
 """
 
 from __future__ import annotations
@@ -22,18 +31,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from emo.datasets import prepare_folder
 from emo.datasets.synthetic import SynthConfig, generate
 from emo.decode.sampling import SamplingConfig, frame_positions
 from emo.decode.video import decode_item
 from emo.decode.workers import DecodePool
-from emo.encoders.clip import ClipSpec, load_clip
-from emo.extract.modalities.clip import ExtractOptions, extract_clip
+
+# torch, open_clip and the extraction are imported inside functions: decode workers are spawned, and
+# spawning re-imports this script in each of them (emo.decode.workers)
 
 
 def machine() -> dict:
+    import torch
+
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__}
     if torch.cuda.is_available():
@@ -41,19 +52,38 @@ def machine() -> dict:
     return info
 
 
-def decode_only(videos: list[Path], sampling: SamplingConfig, workers: int, timeout: float) -> float:
-    t0 = time.perf_counter()
+def _stored(item) -> int:
+    return int(np.prod(item.pixels.shape[:3]))
+
+
+def _pixels_of_before(path: str, sampling: SamplingConfig) -> int:
+    return int(np.prod(decode_before(path, sampling).shape[:3]))
+
+
+def decode_only(videos: list[Path], sampling: SamplingConfig, workers: int, timeout: float, before: bool = False) -> float:
+    """Sampled frames/s of ``workers`` decode processes (started before the clock: startup is not decoding);
+    ``before``: with emo's decoding before issue 17 (``decode_before``)."""
     n = 0
     with DecodePool(workers, timeout) as pool:
+        for k in range(workers):  # start every worker and import the decoders
+            pool.submit(f"warm{k}", _pixels_of_before if before else decode_item, str(videos[0]),
+                        SamplingConfig(segments=1, image_size=8), *(() if before else ("warm", None, None, "auto")))
+        list(pool.results())
+        t0 = time.perf_counter()
         for v in videos:
-            pool.submit(str(v), decode_item, str(v), sampling, str(v), None, None, "auto")
+            if before:
+                pool.submit(str(v), _pixels_of_before, str(v), sampling)
+            else:
+                pool.submit(str(v), decode_item, str(v), sampling, str(v), None, None, "auto")
         for _, res, err in pool.results():
             if err is None:
-                n += res.pixels.shape[0] * res.pixels.shape[1] * res.pixels.shape[2]
-    return n / (time.perf_counter() - t0)
+                n += res if before else _stored(res)
+        return n / (time.perf_counter() - t0)
 
 
 def encode_only(encoder, frames: int, batch_size: int) -> float:
+    import torch
+
     s = encoder.image_size
     batch = np.random.default_rng(0).integers(0, 255, (batch_size, s, s, 3), dtype=np.uint8)
     encoder.encode_images(batch[:2])  # warm-up
@@ -69,8 +99,9 @@ def encode_only(encoder, frames: int, batch_size: int) -> float:
 
 
 def naive_loop(videos: list[Path], encoder, sampling: SamplingConfig, out_dir: Path) -> float:
-    """Per video: PyAV decode of the sampled frames, PIL resize + crop, one encoder call, np.save."""
+    """Per video: PyAV decode (every frame, the sampled ones kept), PIL resize + crop, one encoder call, np.save."""
     import av
+    import torch
     from PIL import Image
 
     s = encoder.image_size
@@ -80,11 +111,14 @@ def naive_loop(videos: list[Path], encoder, sampling: SamplingConfig, out_dir: P
     n = 0
     for k, v in enumerate(videos):
         with av.open(str(v)) as c:
-            frames = [f.to_image() for f in c.decode(video=0)]
-        idx = frame_positions(len(frames), sampling.segments, sampling.frames_per_segment).reshape(-1)
+            count = c.streams.video[0].frames  # from the header; keep only the sampled frames (long videos)
+            idx = frame_positions(count, sampling.segments, sampling.frames_per_segment).reshape(-1) if count else None
+            frames = {k: f.to_image() for k, f in enumerate(c.decode(video=0)) if idx is None or k in idx}
+        if idx is None:
+            idx = frame_positions(len(frames), sampling.segments, sampling.frames_per_segment).reshape(-1)
         imgs = []
         for i in idx:
-            im = frames[i]
+            im = frames[int(i)]
             scale = s / min(im.size)
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
             left, top = (im.width - s) // 2, (im.height - s) // 2
@@ -95,6 +129,112 @@ def naive_loop(videos: list[Path], encoder, sampling: SamplingConfig, out_dir: P
         np.save(out_dir / f"{k}.npy", emb.float().cpu().numpy())
         n += len(idx)
     return n / (time.perf_counter() - t0)
+
+
+def make_long_video(path: Path, seconds: float, size: tuple[int, int], fps: int = 30, keyint: int = 250,
+                    seed: int = 0) -> Path:
+    """A textured background scrolling under a moving block, H.264 (x264 veryfast, CRF 23), a keyframe
+    every ``keyint`` frames and no scene cuts, B-frames in a fixed IBBBP pattern (b-pyramid)."""
+    import av
+
+    w, h = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.sin(xx / 37.0) * 40 + np.cos(yy / (23.0 + seed)) * 40 + 128  # [H, W]
+    grain = rng.integers(0, 24, (h, w), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23", "bf": "3", "x264-params":
+                          f"keyint={keyint}:min-keyint={keyint}:scenecut=0:b-adapt=0:b-pyramid=normal"}
+        for k in range(round(seconds * fps)):
+            t = k / fps
+            grey = np.roll(base, int(40 * t) % w, axis=1).astype(np.uint8) + grain  # [H, W]
+            rgb = np.stack([grey, np.roll(grey, 7, axis=0), 255 - grey], axis=-1)  # [H, W, 3]
+            x0 = int((w - h // 4) * (0.5 + 0.5 * np.sin(t)))
+            y0 = int((h - h // 4) * (0.5 + 0.5 * np.cos(0.7 * t)))
+            rgb[y0 : y0 + h // 4, x0 : x0 + h // 4] = (220, 180, 40)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = k
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _long_part(args: tuple) -> Path:
+    return make_long_video(*args)
+
+
+def make_long_videos(root: Path, n: int, seconds: float, size: tuple[int, int], procs: int) -> None:
+    """``n`` long videos under ``root/<class>/`` (two classes), rendered by ``procs`` processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = []
+    for k in range(n):
+        (root / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        jobs.append((root / f"c{k % 2}" / f"long{k:03d}.mp4", seconds, size, 30, 250, k))
+    with ProcessPoolExecutor(max(1, min(procs, n))) as ex:
+        list(ex.map(_long_part, jobs))
+
+
+def decode_before(path: str, sampling: SamplingConfig) -> np.ndarray:
+    """emo's decoding of an MP4 H.264 file before issue 17 (``decode_item``, auto, at 9cdd1ef): a demux
+    probe, decord with its default threads checked against it, the sampled frames by ``get_batch``, each
+    cropped and resized by PIL. Returns the pixels ``[M, N, V, S, S, 3]``."""
+    import av
+    import decord
+    from PIL import Image
+
+    from emo.decode.sampling import crop_boxes
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        n_packets = sum(1 for p in container.demux(stream) if p.size)
+    reader = decord.VideoReader(path, ctx=decord.cpu(0))
+    assert len(reader) == n_packets
+    reader.get_frame_timestamp(np.arange(len(reader)))
+    index = frame_positions(len(reader), sampling.segments, sampling.frames_per_segment)  # [M, N]
+    order = np.unique(index)
+    frames = reader.get_batch(order).asnumpy()  # [K, H, W, 3]
+    boxes = crop_boxes(frames.shape[1], frames.shape[2], sampling, path)
+    s = sampling.image_size
+    views = {int(k): np.stack([np.asarray(Image.fromarray(rgb).resize((s, s), Image.BICUBIC, box=tuple(b)))
+                               for b in boxes]) for k, rgb in zip(order, frames, strict=True)}
+    return np.stack([views[int(k)] for k in index.reshape(-1)]).reshape(*index.shape, *views[int(order[0])].shape)
+
+
+def compare_decoders(videos: list[Path], segments: list[int], repeats: int) -> dict:
+    """Before vs now, one process, the same videos interleaved: sampled frames per CPU-second (all of the
+    process's threads) and per wall-second, and whether both stored the same pixels."""
+    out = {}
+    for m in segments:
+        sampling = SamplingConfig(segments=m)
+        cpu = {"before": 0.0, "now": 0.0}
+        wall = {"before": 0.0, "now": 0.0}
+        same, frames = True, 0
+        for _ in range(repeats):
+            for v in videos:
+                for name in ("before", "now"):
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    if name == "before":
+                        old = decode_before(str(v), sampling)
+                    else:
+                        new = decode_item(str(v), sampling, str(v), None, None, "auto").pixels
+                    cpu[name] += time.process_time() - c0
+                    wall[name] += time.perf_counter() - w0
+                same &= bool(np.array_equal(old, new))
+                frames += m
+        out[f"segments_{m}"] = {
+            "sampled_frames": frames,
+            "before_per_cpu_s": round(frames / cpu["before"], 1),
+            "now_per_cpu_s": round(frames / cpu["now"], 1),
+            "before_per_s": round(frames / wall["before"], 1),
+            "now_per_s": round(frames / wall["now"], 1),
+            "speedup_per_cpu_s": round(cpu["before"] / cpu["now"], 2),
+            "speedup_per_s": round(wall["before"] / wall["now"], 2),
+            "same_pixels": same,
+        }
+    return out
 
 
 def _generate_part(args: tuple) -> Path:
@@ -134,10 +274,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--naive-videos", type=int, default=0, help="time the naive loop on the first K videos (0: all)")
     ap.add_argument("--frames-per-segment", type=int, default=1)
     ap.add_argument("--gen-procs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--long", type=int, default=0, help="use K long videos instead of --videos short clips")
+    ap.add_argument("--long-seconds", type=float, default=30.0)
+    ap.add_argument("--long-size", default="1280x720")
+    ap.add_argument("--compare-segments", default="16,64", help="--long: segments of the before/now comparison")
+    ap.add_argument("--compare-repeats", type=int, default=2)
     args = ap.parse_args(argv)
-    w, h = (int(x) for x in args.size.split("x"))
+    from emo.encoders.clip import ClipSpec, load_clip
+    from emo.extract.modalities.clip import ExtractOptions, extract_clip
+
     work = Path(args.workdir or tempfile.mkdtemp(prefix="emo-bench-"))
-    make_videos(work / "videos", args.videos, args.frames, (w, h), args.gen_procs)
+    if args.long:
+        w, h = (int(x) for x in args.long_size.split("x"))
+        make_long_videos(work / "videos", args.long, args.long_seconds, (w, h), args.gen_procs)
+    else:
+        w, h = (int(x) for x in args.size.split("x"))
+        make_videos(work / "videos", args.videos, args.frames, (w, h), args.gen_procs)
     prepare_folder(work / "videos", work / "cache", test_ratio=0.5)
     videos = sorted((work / "videos").rglob("*.mp4"))
     sampling = SamplingConfig(segments=args.segments, frames_per_segment=args.frames_per_segment)
@@ -145,7 +297,12 @@ def main(argv: list[str] | None = None) -> dict:
     encoder = load_clip(spec, device=args.device)
     total = len(videos) * args.segments * args.frames_per_segment
 
+    decoders = None
+    if args.long:
+        segments = [int(v) for v in args.compare_segments.split(",")]
+        decoders = compare_decoders(videos, segments, args.compare_repeats)
     dec = decode_only(videos, sampling, args.workers, 120.0)
+    dec_before = decode_only(videos, sampling, args.workers, 120.0, before=True) if args.long else None
     enc = encode_only(encoder, total, args.batch_size)
     opts = ExtractOptions(workers=args.workers, batch_size=args.batch_size, shard_size=16, progress=False)
     summary = extract_clip(work / "cache", spec, sampling, opts, device=args.device)
@@ -158,17 +315,20 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "device": str(encoder.device),
         "videos": len(videos),
-        "video_size": args.size,
+        "video_size": args.long_size if args.long else args.size,
+        "video_seconds": args.long_seconds if args.long else None,
         "sampled_frames": total,
         "workers": args.workers,
         "naive_videos": args.naive_videos or len(videos),
         "batch_size": args.batch_size,
         "end_to_end_fps": round(e2e, 1),
         "decode_only_fps": round(dec, 1),
+        **({"decode_only_before_fps": round(dec_before, 1)} if dec_before else {}),
         "encode_only_fps": round(enc, 1),
         "naive_loop_fps": round(naive, 1),
         "overlap_ratio": round(e2e / min(dec, enc), 3),
         "speedup_vs_naive": round(e2e / naive, 2),
+        **({"decoders": decoders} if decoders else {}),
     }
     print(json.dumps(result))
     return result

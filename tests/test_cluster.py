@@ -162,13 +162,28 @@ class _FakeClient:
         pass
 
     def run(self, fn):
-        return {"tcp://10.0.0.7:4000": {"cuda": 0, "daemon": True}}
+        return {"tcp://10.0.0.7:4000": {"cuda": 0, "daemon": True, "host": "a"}}
 
 
 def test_daemonic_workers_need_the_setting_for_decode_processes():
     with pytest.raises(ClusterError, match="DAEMON=False"):
         cluster._check_workers(_FakeClient(), "cpu", ExtractOptions(workers=1))
-    assert cluster._check_workers(_FakeClient(), "auto", ExtractOptions(workers=0)) == "cpu"
+    with pytest.raises(ClusterError, match="DAEMON=False"):  # the default is one decode process per core
+        cluster._check_workers(_FakeClient(), "cpu", ExtractOptions())
+    assert cluster._check_workers(_FakeClient(), "auto", ExtractOptions(workers=0)) == ("cpu", {"a": 1})
+
+
+class _ThreeWorkersOnTwoHosts(_FakeClient):
+    def run(self, fn):
+        return {f"tcp://w{k}": {"cuda": 1, "daemon": False, "host": "ab"[k // 2]} for k in range(3)}
+
+
+def test_dask_workers_on_one_host_share_its_cores(monkeypatch):
+    device, per_host = cluster._check_workers(_ThreeWorkersOnTwoHosts(), "auto", ExtractOptions())
+    assert (device, per_host) == ("cuda", {"a": 2, "b": 1})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert ExtractOptions().decode_workers(sharing=per_host["a"]) == 7  # 16 cores / 2 encoders, less one each
+    assert ExtractOptions().decode_workers() == 15 and ExtractOptions(workers=3).decode_workers(2) == 3
 
 
 def _daemon() -> bool:

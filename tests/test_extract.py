@@ -37,6 +37,7 @@ GOOD = {  # name -> writer; each must extract
     "bframes.mp4": lambda p: videos.make_video(p, 40, bframes=True),
     "ünïcode name.mp4": lambda p: videos.make_video(p, 24, audio=True),
     "uhd.mp4": lambda p: videos.make_video(p, 3, size=(3840, 2160)),
+    "phone rot90.mp4": lambda p: videos.make_video(p, 20, rotation=90),  # coded 64x48, shown 48x64
 }
 BAD = {  # name -> writer; each must end as a line in failures.jsonl
     "zero.mp4": videos.make_zero_byte,
@@ -126,6 +127,21 @@ def test_stored_pixels_are_the_frames_at_the_stored_indices(odd_cache):
     assert checked == len(GOOD)
 
 
+def test_each_item_records_the_turn_its_frames_were_given(odd_cache):
+    root, _ = odd_cache
+    (fs,) = list_feature_sets(root)
+    assert fs.config["decoder"]["version"] == 2  # frames upright: not the key of a set extracted before
+    for k in fs.done_indices():
+        ids, arrays = read_shard(fs.shard_path(k), ["clip/rotation", "clip/mirrored", "clip/frame_size"])
+        records = fs.done_record(k)["decoder"]
+        for row, item_id in enumerate(ids):
+            turned = item_id == "phone rot90.mp4"
+            assert arrays["clip/rotation"][row] == (90 if turned else 0) and not arrays["clip/mirrored"][row]
+            assert records[item_id]["rotation"] == (90 if turned else 0), records[item_id]
+            if turned:
+                np.testing.assert_array_equal(arrays["clip/frame_size"][row], [48, 64])
+
+
 def test_short_videos_repeat_their_last_frame(odd_cache):
     root, _ = odd_cache
     fd = load_features(root, arrays=["clip/frame_index"])
@@ -169,6 +185,42 @@ def _extract_args(root: Path, *extra: str) -> list[str]:
         "2",
         *extra,
     ]
+
+
+def test_the_next_shards_videos_start_before_the_current_shard_is_written_and_under_its_claim(tmp_path, monkeypatch):
+    from emo.cache.featureset import FeatureSet
+    from emo.decode.workers import DecodePool
+
+    _small_dataset(tmp_path, n=6)  # three shards of two
+    events: list[tuple] = []
+    claim, done, submit = FeatureSet.try_claim, FeatureSet.write_done, DecodePool.submit
+
+    def logged_claim(self, k):
+        got = claim(self, k)
+        events.append(("claim", k, got is not None))
+        return got
+
+    def logged_done(self, k, record):
+        events.append(("written", k))
+        return done(self, k, record)
+
+    def logged_submit(self, task_id, fn, *args, **kwargs):
+        events.append(("submit", task_id))
+        return submit(self, task_id, fn, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureSet, "try_claim", logged_claim)
+    monkeypatch.setattr(FeatureSet, "write_done", logged_done)
+    monkeypatch.setattr(DecodePool, "submit", logged_submit)
+    res = runner.invoke(app, _extract_args(tmp_path, "--workers", "2"))
+    assert res.exit_code == 0, res.output
+    _assert_each_item_once(tmp_path, 6)
+    (fs,) = list_feature_sets(tmp_path)
+    plan = fs.plan()
+    assert [e for e in events if e[0] == "submit"] == [("submit", i) for ids in plan for i in ids]  # each once
+    for k in (1, 2):
+        first_submit = events.index(("submit", plan[k][0]))
+        assert events.index(("claim", k, True)) < first_submit < events.index(("written", k - 1)), events
+    assert [e for e in events if e[0] == "claim"] == [("claim", k, True) for k in range(3)]  # none twice
 
 
 def test_resume_writes_nothing_twice_and_new_config_makes_new_set(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from emo.decode.sampling import SamplingConfig
 from emo.decode.video import DecodeError, decode_item
-from emo.decode.workers import DecodePool
+from emo.decode.workers import SINGLE_THREAD_ENV, DecodePool, default_workers
 from tests import videos
 
 # --- tasks: module-level so that the spawned workers can unpickle them ---------------------------------
@@ -208,3 +208,71 @@ def test_decode_in_workers_without_torch(tmp_path):
     assert [videos.decode_colour(item.pixels[m, 0, 0]) for m in range(4)] == item.frame_index[:, 0].tolist()
     assert got["bad"] == (None, "DecodeError: not a video: Invalid data found when processing input")
     assert got["torch"] == (False, None)
+
+
+def thread_settings() -> dict:
+    import torch  # a script's __main__ may bring torch into a worker; its pool must be one thread too
+
+    return {**{name: os.environ.get(name) for name in SINGLE_THREAD_ENV}, "torch": torch.get_num_threads()}
+
+
+def test_a_worker_is_one_thread_of_every_numeric_library():
+    with DecodePool(workers=1, timeout=120) as pool:
+        pool.submit("t", thread_settings)
+        ((_, result, error),) = list(pool.results())
+    assert error is None, error
+    assert result == {**dict.fromkeys(SINGLE_THREAD_ENV, "1"), "torch": 1}
+
+
+def _threads() -> int:
+    return int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("Threads:")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts threads through /proc")
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_the_decoders_run_on_the_calling_thread_only(tmp_path, monkeypatch, backend):
+    # threads alive while frames are being cropped, i.e. while the decoder is open, against before;
+    # decord decodes on a thread of its own (its ThreadedDecoder) while the caller waits: one, not 1 + cores
+    import emo.decode.video as video
+
+    path = videos.make_video(tmp_path / "b.mp4", 40, size=(320, 240), bframes=True)
+    before, seen = _threads(), []
+    crop = video._views
+
+    def counting(*args):
+        seen.append(_threads())
+        return crop(*args)
+
+    monkeypatch.setattr(video, "_views", counting)
+    item = decode_item(path, SamplingConfig(segments=8), "x", backend=backend)
+    assert item.backend == backend and seen
+    own = {"pyav": 0, "decord": 1}[backend]
+    assert max(seen) - before == own, f"{backend} ran {max(seen) - before} extra thread(s)"
+
+
+def test_default_workers_leave_one_core_to_the_encoder(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_workers() == 15
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_workers() == 1
+
+
+def test_results_of_one_group_leave_the_others_for_later():
+    # the extraction collects shard k's videos while shard k+1's already run in the same pool
+    with DecodePool(workers=2, timeout=60) as pool:
+        for i in range(4):
+            pool.submit(f"a{i}", sleep_then, 0.2, f"a{i}")
+        for i in range(3):
+            pool.submit(f"b{i}", square, i)
+        first = {task_id: result for task_id, result, _ in pool.results(only=["a0", "a1", "a2", "a3"])}
+        assert first == {f"a{i}": f"a{i}" for i in range(4)}
+        assert pool.waiting() == 0
+        second = {task_id: result for task_id, result, _ in pool.results(only=["b0", "b1", "b2"])}
+        assert second == {"b0": 0, "b1": 1, "b2": 4}
+        assert list(pool.results()) == []
+    with DecodePool(workers=0, timeout=60) as pool:  # inline: only the asked tasks run
+        pool.submit("x", square, 3)
+        pool.submit("y", square, 4)
+        assert list(pool.results(only=["y"])) == [("y", 16, None)]
+        assert pool.waiting() == 1 and list(pool.results()) == [("x", 9, None)]

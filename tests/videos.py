@@ -100,6 +100,11 @@ def make_video(
     colour_code: bool = True,
     faststart: bool = False,
     gop: int = 12,
+    rotation: int | None = None,
+    mirror: bool = False,
+    corner: bool = False,
+    open_gop: bool = False,
+    pix_fmt: str | None = None,
 ) -> Path:
     """Write a video of ``n_frames`` frames of ``size = (width, height)`` and return its path.
 
@@ -107,9 +112,12 @@ def make_video(
     codec for it (H.264, VP9 for ``.webm``, MJPEG for ``.avi``). ``bframes`` makes H.264 use a fixed
     ``IBBBP`` pattern (scene-cut detection off, so the per-frame colour changes do not turn every frame
     into an I-frame); without it H.264 uses no B-frames. ``gop`` is the keyframe interval, kept short so
-    that seeking is exercised. ``vfr`` gives frame gaps alternating between 0.5 and 1.5 frame periods.
+    that seeking is exercised; ``open_gop`` (with ``bframes``) lets B-frames after a keyframe in decode
+order be shown before it and reference the previous GOP. ``vfr`` gives frame gaps alternating between 0.5 and 1.5 frame periods.
     ``colour_code=False`` writes random noise frames instead. ``faststart`` moves the mp4 index (moov)
-    in front of the data.
+    in front of the data. ``pix_fmt`` overrides the codec's pixel format (e.g. 10-bit ``yuv420p10le``). ``rotation`` (degrees counter-clockwise) and ``mirror`` write a display matrix
+    (as a phone does; the coded frames stay as they are). ``corner`` paints the top-left quarter of every
+    coded frame white, so that which way a frame was turned shows (``decode_colour`` then no longer applies).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -123,10 +131,12 @@ def make_video(
     with av.open(str(path), "w", options=options) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
-        stream.pix_fmt = _PIX_FMT.get(codec, "yuv420p")
+        stream.pix_fmt = pix_fmt or _PIX_FMT.get(codec, "yuv420p")
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
-        stream.options = _codec_options(codec, bframes, gop)
+        stream.options = _codec_options(codec, bframes, gop, open_gop)
+        if rotation is not None or mirror:
+            stream.set_display_rotation(rotation or 0, hflip=mirror)
         astream = out.add_stream(_AUDIO_CODEC[suffix], rate=48000) if audio else None
 
         for k in range(n_frames):
@@ -135,6 +145,8 @@ def make_video(
                 rgb[...] = colour_of(k)
             else:
                 rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            if corner:
+                rgb[: height // 2, : width // 2] = 255
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = int(times[k] / time_base)
             frame.time_base = time_base
@@ -145,11 +157,12 @@ def make_video(
     return path
 
 
-def _codec_options(codec: str, bframes: bool, gop: int) -> dict[str, str]:
+def _codec_options(codec: str, bframes: bool, gop: int, open_gop: bool = False) -> dict[str, str]:
     if codec == "libx264":
         opts = {"preset": "veryfast", "crf": "12", "g": str(gop)}
         if bframes:  # fixed IBBBP: no adaptive B decisions, no scene cuts
-            opts |= {"bf": "3", "x264-params": "scenecut=0:b-adapt=0:b-pyramid=normal"}
+            params = "scenecut=0:b-adapt=0:b-pyramid=normal" + (":open-gop=1" if open_gop else "")
+            opts |= {"bf": "3", "x264-params": params}
         else:
             opts["bf"] = "0"
         return opts

@@ -4,7 +4,9 @@ For models that look at many frames of a video rather than the M x N sampled one
 that fills a manifest's ``subject_boxes``, ``emo.datasets.subjects``). Frame ``k`` counts decoded frames
 from the start of the file and the span is chosen by the decoded frames' times, exactly as
 ``emo.decode.video`` does (its probe picks the stream). A video is decoded once from the start with
-PyAV; frame folders are read image by image (``FRAME_FOLDER_FPS`` gives their times).
+PyAV, every frame turned upright by the stream's display matrix as ``emo.decode.video`` does, so boxes
+found on them are in the same pixels as the clip set's crops; frame folders are read image by image
+(``FRAME_FOLDER_FPS`` gives their times).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import av
 import numpy as np
 from PIL import Image
 
-from .video import FRAME_FOLDER_FPS, IMAGE_SUFFIXES, DecodeError, probe_video, stream_times
+from .video import (
+    FRAME_FOLDER_FPS,
+    IMAGE_SUFFIXES,
+    DecodeError,
+    one_thread,
+    orientation_of,
+    probe_video,
+    stream_times,
+)
 
 __all__ = ["READ_ERRORS", "strided_frames", "strided_indices", "span_frames", "FrameBatches"]
 
@@ -42,17 +52,20 @@ def strided_indices(times: np.ndarray, start, end, stride: int) -> list[int]:
 
 
 def _video_pass(path: Path, stream_index: int, wanted: set[int], sink: Callable[[int, np.ndarray], None]):
-    """Decode the whole stream once; hand every wanted frame (RGB ``[H, W, 3]``) to ``sink``; return the times."""
+    """Decode the whole stream once; hand every wanted frame (upright RGB ``[H, W, 3]``) to ``sink``; return the times."""
     pts: list[int | None] = []
+    orientation = None
     try:
         with av.open(str(path)) as container:
             stream = container.streams[stream_index]
-            stream.thread_type = "AUTO"
+            one_thread(stream)
             for frame in container.decode(stream):
                 k = len(pts)
                 pts.append(frame.pts)
+                if orientation is None:
+                    orientation = orientation_of(frame)
                 if k in wanted:
-                    sink(k, frame.to_ndarray(format="rgb24"))
+                    sink(k, orientation.apply(frame.to_ndarray(format="rgb24", threads=1)))
             if not pts:
                 raise DecodeError("no frame decodes")
             return stream_times(pts, stream)

@@ -8,10 +8,15 @@ one pipe per worker, pickled with protocol 5.
 
 At most ``_PER_WORKER`` tasks wait on one worker's pipe (the running one and the next), so a worker
 never idles while the parent is busy, and tasks stuck behind a killed one are few; they are handed
-to other workers, not failed. ``workers=0`` runs tasks inline in the calling process, for debugging.
+to other workers, not failed. ``results(only=ids)`` collects one group of tasks while later groups
+run (an extraction submits the next shard's videos before it has written the current shard).
+``workers=0`` runs tasks inline in the calling process, for debugging.
 
 Workers are started with ``spawn`` by default and import only what the tasks' functions need (the
-decoders, numpy, PIL), never torch. Note that ``spawn`` re-imports the parent's ``__main__`` script
+decoders, numpy, PIL), never torch. Each worker is one decoding thread: the decoders are asked for one
+thread (``emo.decode.video``), and OpenMP/BLAS pools (and torch's, if a script imported it) are held
+to one thread before the first task, so ``workers`` processes use ``workers`` cores; a worker pool is
+sized to the cores the process may use, less one for the encoding process (``default_workers``). Note that ``spawn`` re-imports the parent's ``__main__`` script
 in each worker, so an entry point must keep heavy imports inside functions.
 """
 
@@ -21,20 +26,34 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import NamedTuple
 
-__all__ = ["DecodePool"]
+__all__ = ["DecodePool", "SINGLE_THREAD_ENV", "default_workers"]
 
 _PER_WORKER = 2  # tasks in flight on one worker's pipe
 _STARTUP_GRACE = 60.0  # seconds a new process may take to report ready, on top of the task timeout
 _REAP_WAIT = 5.0  # seconds to wait for a process whose pipe closed to finish exiting
 _STOP = b""  # parent -> worker: exit after the current task
 _PICKLE = 5
+# thread pools of the numeric libraries a task might import, held to one thread in every worker
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                     "VECLIB_MAXIMUM_THREADS")
+
+
+def default_workers(sharing: int = 1) -> int:
+    """Decode processes for this machine: the CPUs this process may run on, shared by ``sharing`` encoding
+    processes (dask workers on one host), less one for each encoder; at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, sharing) - 1)
 
 
 class _Task(NamedTuple):
@@ -121,19 +140,35 @@ class DecodePool:
             self._pending.append(_Task(task_id, pickle.dumps((fn, args, kwargs), protocol=_PICKLE)))
             self._dispatch()  # start at once where a worker has room
 
-    def results(self) -> Iterator[tuple[str, object | None, str | None]]:
-        """``(task_id, result, error)`` for every task, as tasks finish, until all submitted are done."""
-        while self._inline:
-            task_id, fn, args, kwargs = self._inline.popleft()
-            yield task_id, *_call(fn, args, kwargs)
-        while True:
-            if self._done:
-                yield self._done.popleft()
+    def results(self, only: Iterable[str] | None = None) -> Iterator[tuple[str, object | None, str | None]]:
+        """``(task_id, result, error)`` for every task, as tasks finish, until all submitted are done.
+
+        With ``only`` (ids of tasks submitted before): just those, until all of them are done; the other
+        tasks keep running and their results wait for a later call (a caller may submit the next group
+        of tasks before it has collected the current one, so that no worker waits between groups).
+        """
+        wanted = None if only is None else set(only)
+        while True:  # workers=0: run the wanted inline tasks now, in submission order
+            entry = next((e for e in self._inline if wanted is None or e[0] in wanted), None)
+            if entry is None:
+                break
+            self._inline.remove(entry)
+            if wanted is not None:
+                wanted.discard(entry[0])
+            yield entry[0], *_call(*entry[1:])
+        while wanted is None or wanted:
+            done = self._take(wanted)
+            if done is not None:
+                yield done
                 continue
             if self._closed or not (self._pending or any(w.queue for w in self._workers)):
                 return
             self._dispatch()
             self._wait()
+
+    def waiting(self) -> int:
+        """Tasks submitted that no worker has started or queued yet."""
+        return len(self._pending) + len(self._inline)
 
     def close(self) -> None:
         """Stop and reap every worker; tasks not yet finished are dropped. Safe to call twice."""
@@ -150,6 +185,16 @@ class DecodePool:
         self._pending.clear()
 
     # --- internals --------------------------------------------------------------------------------
+
+    def _take(self, wanted: set[str] | None) -> tuple[str, object | None, str | None] | None:
+        """The first finished task (of ``wanted``, which loses its id), or None."""
+        for done in self._done:
+            if wanted is None or done[0] in wanted:
+                self._done.remove(done)
+                if wanted is not None:
+                    wanted.discard(done[0])
+                return done
+        return None
 
     def _dispatch(self) -> None:
         """Send pending tasks to the least loaded workers, up to ``_PER_WORKER`` each."""
@@ -257,9 +302,19 @@ def _call(fn: Callable, args: tuple, kwargs: dict) -> tuple[object | None, str |
         return None, _describe(e)
 
 
+def _one_thread() -> None:
+    """Hold this process's numeric thread pools to one thread (before a task imports the libraries)."""
+    for name in SINGLE_THREAD_ENV:
+        os.environ[name] = "1"
+    torch = sys.modules.get("torch")  # only if the parent's __main__, re-imported by spawn, brought it
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def _worker_main(conn: Connection) -> None:
     """Child process loop: receive a pickled task, run it, send back ``("done", result, error)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
+    _one_thread()
     conn.send_bytes(pickle.dumps(("ready", os.getpid()), protocol=_PICKLE))
     while True:
         try:

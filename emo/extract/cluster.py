@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import logging
 import multiprocessing as mp
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,7 +93,7 @@ def _address() -> str:
 
 def _probe() -> dict:
     """What the client must know of a worker before submitting (run on every worker)."""
-    return {"cuda": torch.cuda.device_count(), "daemon": mp.current_process().daemon}
+    return {"cuda": torch.cuda.device_count(), "daemon": mp.current_process().daemon, "host": socket.gethostname()}
 
 
 def _worker_device(device: str) -> str:
@@ -133,9 +134,10 @@ def _class_text_task(fs_path: str, manifest: Manifest, spec, device, precision) 
 
 def _shard_task(
     fs_path: str, k: int, ids: list[str], manifest: Manifest, spec: ClipSpec, sampling: SamplingConfig,
-    options: ExtractOptions, device: str, precision: str,
+    options: ExtractOptions, device: str, precision: str, per_host: dict[str, int] | None = None,
 ) -> dict:
-    """Fill and write shard ``k`` (``ids``; ``manifest`` holds just their items) unless it is done."""
+    """Fill and write shard ``k`` (``ids``; ``manifest`` holds just their items) unless it is done.
+    ``per_host``: dask workers on each host, who share its cores when ``options.workers`` is not given."""
     encoder = _encoder(spec, device, precision)
     fs = FeatureSet(fs_path)
     key = config_key({**clip_config(encoder, sampling, options), "schema": SCHEMA_VERSION})
@@ -145,7 +147,8 @@ def _shard_task(
             f"{fs.key[:12]}… (different library versions on this worker?); it writes nothing"
         )
     progress = Progress(tqdm(disable=True), time.perf_counter())
-    with DecodePool(options.workers, options.timeout) as pool:
+    sharing = (per_host or {}).get(socket.gethostname(), 1)
+    with DecodePool(options.decode_workers(sharing), options.timeout) as pool:
         clip_fill = ClipFill(manifest, encoder, sampling, options, pool)
 
         def fill(k, items, progress):
@@ -182,8 +185,9 @@ def _client(scheduler: str | None, local_cluster: int) -> Iterator:
         yield client
 
 
-def _check_workers(client, device: str, options: ExtractOptions) -> str:
-    """Fail before submitting if a worker cannot run the tasks; return the device (``auto`` resolved)."""
+def _check_workers(client, device: str, options: ExtractOptions) -> tuple[str, dict[str, int]]:
+    """Fail before submitting if a worker cannot run the tasks; return the device (``auto`` resolved) and
+    the number of workers on each host."""
     client.wait_for_workers(1, timeout=_WORKERS_WAIT_S)
     info = client.run(_probe)  # address -> _probe()
     with_gpu = sorted(a for a, i in info.items() if i["cuda"])
@@ -201,13 +205,16 @@ def _check_workers(client, device: str, options: ExtractOptions) -> str:
             "run those workers on GPU machines or pass --device cpu"
         )
     daemonic = sorted(a for a, i in info.items() if i["daemon"])
-    if options.workers and daemonic:
+    if options.workers != 0 and daemonic:
         raise ClusterError(
             f"worker(s) {', '.join(daemonic)} are daemonic processes, which cannot start decode processes: "
             "start them with DASK_DISTRIBUTED__WORKER__DAEMON=False, or pass --workers 0 (decode inside "
             "the task, no per-video timeout)"
         )
-    return device
+    per_host: dict[str, int] = {}
+    for i in info.values():
+        per_host[i["host"]] = per_host.get(i["host"], 0) + 1
+    return device, per_host
 
 
 def extract_clip_distributed(
@@ -235,14 +242,15 @@ def extract_clip_distributed(
     cache_dir = Path(cache_dir)
     manifest, skipped, options = read_clip_inputs(cache_dir, options)
     with _client(scheduler, local_cluster) as client:
-        device = _check_workers(client, device, options)
+        device, per_host = _check_workers(client, device, options)
         config, sampling = client.submit(_configure, spec, sampling, options, device, precision, pure=False).result()
         fs = FeatureSet.create(cache_dir, config)
         plan = fs.extend_plan([it.id for it in manifest.items], options.shard_size, options.retry_failed)
-        return _run_tasks(client, fs, plan, manifest, skipped, spec, sampling, options, device, precision)
+        return _run_tasks(client, fs, plan, manifest, skipped, spec, sampling, options, device, precision, per_host)
 
 
-def _run_tasks(client, fs, plan, manifest, skipped, spec, sampling, options, device, precision) -> ExtractSummary:
+def _run_tasks(client, fs, plan, manifest, skipped, spec, sampling, options, device, precision,
+               per_host: dict[str, int]) -> ExtractSummary:
     from distributed import as_completed
 
     t0 = time.perf_counter()
@@ -261,7 +269,7 @@ def _run_tasks(client, fs, plan, manifest, skipped, spec, sampling, options, dev
         futures.append(
             client.submit(
                 _shard_task, str(fs.path), k, plan[k], shard_manifest, spec, sampling, options, device, precision,
-                key=f"{tag}-shard-{k:05d}",
+                per_host, key=f"{tag}-shard-{k:05d}",
             )
         )
     done_here = frames_here = 0

@@ -9,7 +9,10 @@ rest the same way for all of them:
    wait for shards held elsewhere. A finished shard whose file is missing or has another size than its
    ``.done.json`` records (or whose record is unreadable) is damaged: under its claim, its ``.done.json``
    is removed and the shard extracted again, and the summary names it;
-3. call ``fill(shard, items, progress) -> Filled``;
+3. call ``fill(shard, items, progress) -> Filled``. A fill with a ``next_shard`` attribute (clip) is
+   given a function that claims the next shard then, so it can start that shard's decoding while it
+   finishes this one: the workers never wait at a shard boundary, and a shard is only ever decoded
+   under its claim;
 4. reject items whose float arrays hold NaN or inf (stage ``encode``), remove temporary files a dead
    writer left for the shard, write the shard (a fresh temporary file, then rename), then its
    ``.done.json`` (which records the shard file's size and sha256), and only then append the failures to
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -36,6 +40,7 @@ from tqdm import tqdm
 from emo.cache.featureset import FeatureSet
 from emo.cache.manifest import Item, Manifest
 from emo.cache.shard import write_shard
+from emo.decode.workers import default_workers
 
 __all__ = ["ExtractOptions", "ExtractSummary", "Filled", "Progress", "ShardRunner", "run_extraction", "summarize", "versions"]
 
@@ -45,14 +50,14 @@ _WAIT_S = 1.0  # poll interval while other processes hold the last shards
 @dataclass
 class ExtractOptions:
     shard_size: int = 64  # items per shard
-    workers: int = 4  # decode processes (0 = decode in this process, no timeout)
+    workers: int | None = None  # decode processes (0 = decode in this process, no timeout); None: default_workers()
     timeout: float = 120.0  # seconds per video
     batch_size: int = 256  # frames per encoder batch (text: captions per batch)
     pixels: bool = False  # also store the preprocessed uint8 frames (clip only)
     subject_prompt: bool = False  # EmotionCLIP's subject token from the manifest's subject_boxes (clip only)
     box_tolerance: int = 12  # frames: a sampled frame takes the nearest annotated frame within this (clip only)
     boxes: dict | None = None  # set by the extraction when subject_prompt: the boxes' sha256 and source (keyed)
-    backend: str = "auto"  # video decoder: auto (decord, PyAV fallback) | decord | pyav (clip only)
+    backend: str = "auto"  # video decoder: auto (PyAV seeking, else decord, else PyAV) | decord | pyav (clip only)
     skip_invalid: bool = False
     retry_failed: bool = False
     progress: bool = True
@@ -62,12 +67,17 @@ class ExtractOptions:
         for name in ("shard_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers must be ≥ 0, got {self.workers}")
         if self.timeout <= 0:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"--backend must be auto, decord or pyav, got {self.backend!r}")
+
+    def decode_workers(self, sharing: int = 1) -> int:
+        """``workers``, or when not given one per core of this machine less one per encoding process
+        (``sharing`` of them on this host)."""
+        return self.workers if self.workers is not None else default_workers(sharing)
 
 
 @dataclass
@@ -170,6 +180,9 @@ class ShardRunner:
         self.items = manifest.by_id()
         self.ragged, self.compress, self.dists = frozenset(ragged), frozenset(compress), tuple(dists)
         self.repaired: dict[str, str] = {}  # shard file -> damage, for the shards this runner re-extracted
+        self._queue: deque[int] = deque()  # run(): shards still to try, in order
+        self._held: list[int] = []  # run(): shards another process held when tried
+        self._ahead: tuple[int, object] | None = None  # run(): (shard, claim) claimed by claim_next
 
     def damage(self, k: int) -> str | None:
         """Why finished shard ``k`` cannot be kept, or None: cheap by default (its record and one ``stat``);
@@ -186,18 +199,48 @@ class ShardRunner:
         return [k for k in range(len(plan)) if not self.fs.is_done(k) or self.damage(k)]
 
     def run(self, plan: list[list[str]], progress: Progress) -> None:
+        """Extract every pending shard. A fill with a ``next_shard`` attribute may claim the following
+        shard while it fills the current one (``claim_next``) and start on it early; that shard is then
+        filled next, under the claim taken then."""
         remaining = self.pending(plan)
+        if hasattr(self.fill, "next_shard"):
+            self.fill.next_shard = lambda: self.claim_next(plan)
         while remaining:
-            held_elsewhere = [k for k in remaining if self.try_shard(k, plan[k], progress) is None]
-            remaining = [k for k in held_elsewhere if not self.fs.is_done(k)]
+            self._queue, self._held, self._ahead = deque(remaining), [], None
+            try:
+                while self._queue or self._ahead:
+                    k, claim = self._ahead or (self._queue.popleft(), None)
+                    self._ahead = None
+                    if self.try_shard(k, plan[k], progress, claim=claim) is None:
+                        self._held.append(k)
+            finally:
+                if self._ahead is not None:  # the fill failed after claiming ahead
+                    self._ahead[1].release()
+                    self._ahead = None
+            remaining = [k for k in self._held if not self.fs.is_done(k)]
             if remaining:
                 progress.bar.set_description(f"{self.fs.name} (waiting for {len(remaining)} shards held elsewhere)")
                 time.sleep(_WAIT_S)
 
-    def try_shard(self, k: int, ids: list[str], progress: Progress) -> bool | None:
-        """Claim shard ``k`` and fill and write it unless finished: True if this call wrote it, False if
-        it was already done, None if another live process holds its claim."""
-        claim = self.fs.try_claim(k)
+    def claim_next(self, plan: list[list[str]]) -> tuple[int, list[Item]] | None:
+        """Claim the next shard ``run`` would extract and return its index and items (None: none left).
+        Shards held elsewhere are passed over (``run`` waits for them later), finished ones released."""
+        while self._ahead is None and self._queue:
+            k = self._queue.popleft()
+            claim = self.fs.try_claim(k)
+            if claim is None:
+                self._held.append(k)
+            elif self.fs.is_done(k) and self.damage(k) is None:
+                claim.release()
+            else:
+                self._ahead = (k, claim)
+                return k, [self.items[i] for i in plan[k] if i in self.items]
+        return None
+
+    def try_shard(self, k: int, ids: list[str], progress: Progress, claim=None) -> bool | None:
+        """Claim shard ``k`` (unless ``claim`` holds it already) and fill and write it unless finished: True
+        if this call wrote it, False if it was already done, None if another live process holds its claim."""
+        claim = claim or self.fs.try_claim(k)
         if claim is None:
             return None
         try:

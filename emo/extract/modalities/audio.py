@@ -146,7 +146,7 @@ def extract_audio(
     if spec.layers[-1] > encoder.n_layers:
         raise ValueError(f"layers {list(spec.layers)}: the model has hidden states 0..{encoder.n_layers}")
     fs = FeatureSet.create(cache_dir, audio_config(spec, encoder, str(encoder.dtype).replace("torch.", "")))
-    with DecodePool(options.workers, options.timeout) as pool:
+    with DecodePool(options.decode_workers(), options.timeout) as pool:
         fill = _AudioFill(manifest, spec, encoder, pool)
         return run_extraction(
             fs, manifest, options, fill, skipped=skipped, ragged={layer_name(k) for k in spec.layers},

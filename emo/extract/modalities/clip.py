@@ -25,7 +25,7 @@ from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
 from emo.cache.shard import create_hdf5_temp
 from emo.decode.sampling import SamplingConfig
-from emo.decode.video import DecodedItem, decode_item
+from emo.decode.video import DECODER_VERSION, DecodedItem, decode_item
 from emo.decode.workers import DecodePool
 from emo.encoders.clip import ClipEncoder, ClipSpec, load_clip
 
@@ -70,7 +70,7 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
            if options.subject_prompt else {}),
         "dtype": "float16",
         "compute": {"precision": str(encoder.dtype).replace("torch.", "")},
-        "decoder": {"policy": options.backend, **versions(("decord", "av"))},
+        "decoder": {"policy": options.backend, "version": DECODER_VERSION, **versions(("decord", "av"))},
         "class_templates": list(CLASS_TEMPLATES),
     }
 
@@ -183,7 +183,7 @@ def extract_clip(
     sampling = dataclasses.replace(sampling, image_size=encoder.image_size)  # crops at the encoder's input size
     fs = FeatureSet.create(cache_dir, clip_config(encoder, sampling, options))
     store_class_text(fs, encoder, manifest)
-    with DecodePool(options.workers, options.timeout) as pool:
+    with DecodePool(options.decode_workers(), options.timeout) as pool:
         fill = ClipFill(manifest, encoder, sampling, options, pool)
         return run_extraction(
             fs, manifest, options, fill, skipped=skipped, compress=CLIP_COMPRESS, dists=CLIP_DISTS
@@ -191,15 +191,29 @@ def extract_clip(
 
 
 class ClipFill:
-    """Fills one shard: decode its videos in the pool, encode their frames in shared batches."""
+    """Fills one shard: decode its videos in the pool, encode their frames in shared batches.
+
+    ``next_shard`` (set by ``ShardRunner.run``) claims the next shard to extract and returns its index
+    and items: once the pool has started every video of this shard, the next shard's videos are
+    submitted too, so the decode workers keep working while this shard's last frames are encoded and
+    its file written.
+    """
 
     def __init__(self, manifest: Manifest, encoder: ClipEncoder, sampling: SamplingConfig, options, pool: DecodePool):
         self.manifest, self.encoder, self.sampling, self.options, self.pool = manifest, encoder, sampling, options, pool
+        self.next_shard: Callable[[], tuple[int, list[Item]] | None] | None = None
+        self.submitted: set[str] = set()  # ids in the pool, not yet collected
+
+    def submit(self, items: list[Item]) -> None:
+        for it in items:
+            if it.id not in self.submitted:
+                self.submitted.add(it.id)
+                path = str(self.manifest.resolve(it))
+                self.pool.submit(it.id, decode_item, path, self.sampling, it.id, it.start, it.end, self.options.backend)
 
     def __call__(self, k: int, items: list[Item], progress: Progress) -> Filled:
-        for it in items:
-            path = str(self.manifest.resolve(it))
-            self.pool.submit(it.id, decode_item, path, self.sampling, it.id, it.start, it.end, self.options.backend)
+        self.submit(items)  # those not submitted ahead, while the previous shard was finishing
+        ahead = self.next_shard is None
         decoded: dict[str, DecodedItem] = {}
         features: dict[str, dict[str, np.ndarray]] = {}
         subjects: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> (boxes [M, N, 4], coverage [M, N, V, G*G])
@@ -214,7 +228,13 @@ class ClipFill:
                 features[item_id] = out
                 progress.done(per_item)
 
-        for item_id, result, error in self.pool.results():
+        for item_id, result, error in self.pool.results(only=by_id):
+            self.submitted.discard(item_id)
+            if not ahead and self.pool.waiting() == 0:  # every video of this shard has started
+                ahead = True
+                following = self.next_shard()
+                if following is not None:
+                    self.submit(following[1])
             if error is not None:
                 errors[item_id] = ("decode", error)
                 progress.failed()
@@ -240,7 +260,8 @@ class ClipFill:
         return Filled(
             arrays={i: self._arrays(decoded[i], features[i], subjects.get(i)) for i in features},
             errors=errors,
-            records={"decoder": {i: {"backend": d.backend, "fallback": d.fallback_reason} for i, d in decoded.items()}},
+            records={"decoder": {i: {"backend": d.backend, "fallback": d.fallback_reason, "rotation": d.rotation,
+                                     "mirrored": d.mirrored} for i, d in decoded.items()}},
         )
 
     def _arrays(self, d: DecodedItem, f: dict[str, np.ndarray], subject=None) -> dict[str, np.ndarray]:
@@ -255,7 +276,9 @@ class ClipFill:
         out["clip/frame_time"] = d.timestamps.astype(np.float64)  # [M, N] seconds
         out["clip/crop"] = d.crops.astype(np.float32)  # [V, 4] x0 y0 x1 y1, source pixels
         out["clip/frame_count"] = np.int64(d.n_frames)
-        out["clip/frame_size"] = np.array([d.width, d.height], dtype=np.int32)
+        out["clip/frame_size"] = np.array([d.width, d.height], dtype=np.int32)  # upright
+        out["clip/rotation"] = np.int16(d.rotation)  # degrees counter-clockwise the coded frames were turned
+        out["clip/mirrored"] = np.bool_(d.mirrored)  # and then mirrored left-right
         if subject is not None:
             out["clip/subject_box"] = np.nan_to_num(subject[0], nan=-1.0).astype(np.float32)  # [M, N, 4] px; -1 = none
             out["clip/coverage"] = subject[1].astype(np.float16)  # [M, N, V, G*G] a_p of each view's patches
