@@ -128,3 +128,18 @@ def test_cli_runs_folds_on_a_local_cluster(folds_cache, tmp_path):
     res = CliRunner().invoke(app, ["heads", "train", "linear", str(folds_cache), "--split", "toy:all", "--feature",
                                    "fake/cls", "--out", str(tmp_path / "run"), "--local-cluster", "2"])
     assert res.exit_code == 2 and "holds files already" in res.output
+
+
+def test_a_rerun_task_keeps_the_fold_a_dead_worker_finished_and_leaves_nothing_aside(folds_cache, tmp_path):
+    """What dask does when a worker dies after a task renamed its fold into place but before it reported:
+    the task runs again elsewhere; the finished fold stays as it was and the rerun's copy is dropped."""
+    from emo.heads.distributed import CacheRequest, fold_task
+
+    req = CacheRequest(str(folds_cache), "toy:0", None, ("fake",), (), False)
+    out = tmp_path / "run" / "0"
+    out.parent.mkdir()
+    first = fold_task(req, "linear", dict(LINEAR), "0", str(out), 0.0, 0, None, 1)
+    before = files(tmp_path / "run")
+    again = fold_task(req, "linear", dict(LINEAR), "0", str(out), 0.0, 0, None, 1)
+    assert again["metrics"] == first["metrics"] and files(tmp_path / "run") == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["0"]  # no hidden partial directory left
