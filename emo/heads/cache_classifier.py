@@ -1,4 +1,4 @@
-"""EmoAsst's joint zero-shot + K-shot cache classifier (seed 004, §3.4; SPEC §4.2), Tip-Adapter style.
+"""EmoAsst's joint zero-shot + K-shot cache classifier (EmoAsst paper §3.4; docs/papers.md#emoasst), Tip-Adapter style.
 
 Over the unit features ``f_m`` of the modalities in use (``m`` = video from a VFM run, audio from an
 auditory-adapter run), unit class text weights ``W [C, D]``, cache keys ``K_m [NK, D]`` (the

@@ -1,4 +1,4 @@
-"""PE-CLIP (seed 000; SPEC §4.1): frozen CLIP frame embeddings -> temporal encoder (MH-Mamba) -> a
+"""PE-CLIP (docs/papers.md#pe-clip): frozen CLIP frame embeddings -> temporal encoder (MH-Mamba) -> a
 prototype-evolution decoder made of the top layers of the frozen CLIP text tower with trainable
 cross-attention -> cosine against category-aggregated (CA) prompt embeddings, trained with
 bidirectional supervision.

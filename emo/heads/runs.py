@@ -14,7 +14,7 @@ Layout of a run (always one sub-directory per fold, also for a single fold)::
     out/<fold>/log.jsonl             one record per step / epoch / tuning candidate
     out/<fold>/curves.png            training loss and validation scores per epoch (gradient-trained heads)
 
-Protocol (SPEC §4): the head is fitted on the fold's train items; the validation part is the fold's
+Protocol (README, Stage 2): the head is fitted on the fold's train items; the validation part is the fold's
 official ``val`` items when it has some, else (with ``val_fraction > 0``) a stratified, seeded part
 of train held out; otherwise there is none. Test items are only ever predicted, never used to choose.
 A kind that does not need a test split (retrieval pre-training) is scored on the validation part when
