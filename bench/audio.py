@@ -1,4 +1,4 @@
-"""Audio extraction speed: seconds of audio per second of wall time (SPEC §5, issue: modalities).
+"""Audio extraction speed: seconds of audio per second of wall time (BENCHMARKS.md, issue: modalities).
 
 Generates synthetic videos with 16 kHz audio, builds the wav2vec 2.0 *base* architecture with random
 weights (``Wav2Vec2Config()`` defaults: 12 layers, width 768 — the same compute as

@@ -1,4 +1,4 @@
-"""Cache load time and size per video (SPEC §5): a 2,000-video CLS cache (64×4×1) into memory in ≤ 2 s;
+"""Cache load time and size per video (BENCHMARKS.md): a 2,000-video CLS cache (64×4×1) into memory in ≤ 2 s;
 CLS at 64×1×1 fp16 ≤ 70 KB per video.
 
 Writes synthetic shards with emo's own shard writer (same layout, chunking and dtypes as an

@@ -1,4 +1,4 @@
-"""DuSE training cost from a token cache (SPEC §4.3; issue: seconds per epoch and peak memory on a
+"""DuSE training cost from a token cache (docs/papers.md#duse; issue: seconds per epoch and peak memory on a
 DFEW-sized cache, and memory of a run on a token cache larger than RAM).
 
 ``speed`` (default): for each configuration, a fresh process builds an in-memory cache of ``--steps`` ×

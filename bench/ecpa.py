@@ -1,4 +1,4 @@
-"""ECPA speed from the cache (SPEC §4.5; issue: seconds per epoch on a MAFW-sized cache, captions per second).
+"""ECPA speed from the cache (docs/papers.md#ecpa; issue: seconds per epoch on a MAFW-sized cache, captions per second).
 
 Builds a synthetic MAFW-like caption cache in memory, laid out as ``emo/configs/datasets/mafw.json`` extracts it
 (16 frames; ``clip/cls`` ``[16, 1, 1, 512]``, ``clip/tokens`` ``[16, 1, 1, 50, 768]`` (ViT-B/32 after block 12);

@@ -1,4 +1,4 @@
-"""EmoAsst heads' training speed on a MELD-sized synthetic cache (SPEC §4.2; issue: seconds per epoch).
+"""EmoAsst heads' training speed on a MELD-sized synthetic cache (docs/papers.md#emoasst; issue: seconds per epoch).
 
 Builds the cache in memory (9,989 train / 1,109 val / 2,610 test items like MELD; ``clip/cls``
 ``[24, 1, 1, 512]`` per item like EmoAsst's preset; ``audio/layer09`` ragged ``[T, 768]`` with T drawn
@@ -9,7 +9,7 @@ random weights) and prints one JSON line per measurement:
   (batch 128, AdamW), timed on ``--steps`` optimiser steps of the shared training loop and scaled to the
   9,989-item epoch (``measured_steps`` says how many; the last of ``--epochs`` such epochs), plus
   ``text_seconds_per_1000``: the frozen text tower embedding 1,000 items' prompt targets (done once per run, before the first epoch);
-- ``cache-classifier``: the α/β search of SPEC §4.2's grid (200 β × 20 α_video × 20 α_audio) on
+- ``cache-classifier``: the α/β search of the EmoAsst cache classifier's grid (200 β × 20 α_video × 20 α_audio) on
   the 1,109 val items with 16 shots × 7 classes, and scoring the 2,610 test items.
 
     python bench/emoasst.py --device cpu

@@ -1,4 +1,4 @@
-"""EmotionCLIP pre-training speed from the cache (SPEC §4.4; issue: seconds per epoch).
+"""EmotionCLIP pre-training speed from the cache (docs/papers.md#emotionclip; issue: seconds per epoch).
 
 Builds a synthetic pre-training cache in memory (``clip/cls`` ``[8, 1, 1, 512]`` per clip like the
 preset's 8 frames; one utterance per clip: ``text/clip`` ``[1, 512]`` and ``text/sentiment`` ``[1, 7]``;

@@ -1,9 +1,9 @@
-"""Extraction throughput, measured side by side on the same videos in one run (SPEC §5).
+"""Extraction throughput, measured side by side on the same videos in one run (BENCHMARKS.md).
 
 Prints one JSON line: end-to-end frames/s of ``extract_clip``; decode-only frames/s (the same decode
 workers, no encoder); encoder-only frames/s (the same model on the same device, frames already in
 memory); a naive per-video loop (decode one video with PyAV, preprocess with PIL, encode, save .npy);
-and the two ratios the SPEC sets targets for: end-to-end / min(decode, encode) ≥ 0.8 and
+and the two ratios BENCHMARKS.md sets targets for: end-to-end / min(decode, encode) ≥ 0.8 and
 end-to-end / naive ≥ 5. "Frames" are sampled frames (M × N × V per video), the unit the encoder sees.
 
     python bench/extract.py --videos 48 --model ViT-B-32 --segments 16 --workers 2 --device cpu

@@ -1,4 +1,4 @@
-"""Head training speed from the cache vs with the frozen image encoder in the loop (SPEC §5).
+"""Head training speed from the cache vs with the frozen image encoder in the loop (BENCHMARKS.md).
 
 Builds an Ekman-6-sized synthetic cache in memory (820 train / 817 test videos, 64 segments, ViT-B/32
 width 512, random values; the text tower is ViT-B-32's with random weights) and prints one JSON line:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--encoder-steps", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=1, help="epochs timed (50 = the SPEC's figure, measured)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs timed (50 = the BENCHMARKS.md target, measured)")
     ap.add_argument("--profile", default="", help="write a kernel-time table of eager steps to this file")
     ap.add_argument("--set", action="append", default=[], help="PE-CLIP config override FIELD=VALUE")
     args = ap.parse_args(argv)

@@ -2,7 +2,7 @@
 
 ``FeatureData`` is what ``emo.cache.loader.load_features`` returns and what every head consumes. Arrays
 keep the cache's layout: ``clip/cls`` is ``[n, M, N, V, D]`` (items, segments, frames per segment,
-views, width). ``sample_frames`` turns it into ``[n, M, D]`` the way SPEC §3.2 asks: at train time one
+views, width). ``sample_frames`` turns it into ``[n, M, D]`` the way docs/cache-format.md (sampling) asks: at train time one
 random frame per segment and one random view per video, at eval the centre frame and view 0.
 
 An array is a tensor, a ``RaggedArray`` (variable length per item) or, for the large ones
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def centre_index(n_frames: int) -> int:
-    """Index of the segment centre among the N stored positions (SPEC §3.2: the centre is among them)."""
+    """Index of the segment centre among the N stored positions (docs/cache-format.md (sampling): the centre is among them)."""
     return n_frames // 2
 
 

@@ -22,7 +22,8 @@ Writes in a directory the whole lab can write never follow a link they did not m
 written to a fresh temporary file (``create_temp``: ``O_EXCL | O_NOFOLLOW``) and renamed, appends
 (``failures.jsonl``) and lock files are opened ``O_NOFOLLOW`` and must be regular files, else
 ``UnsafeFileError``. Files are created with mode ``0o666`` less the umask, so the usual umask leaves
-them readable by the lab.
+them readable by the lab. Hand-written on purpose (``flock`` on a vetted descriptor, not filelock, whose
+soft fallback outlives a dead holder): docs/dependencies.md.
 """
 
 from __future__ import annotations

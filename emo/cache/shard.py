@@ -17,7 +17,8 @@ mounts work.
 
 ``create_temp`` is how every other writer of a shared cache starts a file (JSON records, manifests):
 a cache directory is writable by a whole lab, so a name in it may already be taken, or be a symlink
-someone planted to make the next writer overwrite another file.
+someone planted to make the next writer overwrite another file. Not ``tempfile.mkstemp`` (mode 0600, unreadable
+by the lab) nor atomicwrites (unmaintained, the same mkstemp): docs/dependencies.md.
 """
 
 from __future__ import annotations

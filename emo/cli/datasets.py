@@ -44,7 +44,7 @@ def prepare_csv(
     dataset: str = typer.Option(None, help="Dataset name (default: the out folder's name)."),
     skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
 ) -> None:
-    """Any CSV/JSONL item list (SPEC §3.1 columns)."""
+    """Any CSV/JSONL item list (columns: docs/cache-format.md, manifest.jsonl)."""
     from emo.datasets import prepare_csv as run
 
     manifest, skipped = run(
@@ -55,7 +55,7 @@ def prepare_csv(
     typer.echo(f"{out / 'manifest.jsonl'}: {len(manifest.items)} items, {len(manifest.classes)} classes")
 
 
-PAPER_DATASETS = {  # key -> one-line help; each reads the official release layout (DATASETS.md)
+PAPER_DATASETS = {  # key -> one-line help; each reads the official release layout (docs/datasets.md)
     "ve8": "VideoEmotion-8: class folders; 10 seeded 2:1 splits, or VAANet-style list files under root/splits.",
     "ek6": "Ekman-6: class folders + the official 1:1 split lists (root/splits/train.txt, test.txt).",
     "mv6": "MusicVideo-6: class folders; 3 seeded 2:1 splits, or list files under root/splits.",
@@ -96,7 +96,7 @@ def _paper_dataset_command(key: str, help_text: str):
         root: Path = typer.Option(..., help="The dataset's release root."),
         out: Path = typer.Option(..., help="Cache directory to write manifest.jsonl into."),
         dataset: str = typer.Option(None, help="Dataset name (default: the out folder's name)."),
-        set_: list[str] = typer.Option(None, "--set", help="Adapter option OPTION=VALUE (see docs; repeatable)."),
+        set_: list[str] = typer.Option(None, "--set", help="Adapter option OPTION=VALUE (see docs/datasets.md; repeatable)."),
         skip_invalid: bool = typer.Option(False, help="Drop invalid rows (listed) instead of stopping."),
     ) -> None:
         from emo.datasets import ADAPTERS

@@ -1,4 +1,4 @@
-"""Dataset preparation: a dataset's release -> ``<out>/manifest.jsonl`` (SPEC §3.1, DATASETS.md).
+"""Dataset preparation: a dataset's release -> ``<out>/manifest.jsonl`` (docs/cache-format.md (manifest.jsonl), docs/datasets.md).
 
 To add a dataset, write ``prepare_<key>`` in a module here (one per dataset family) and add it to
 ``ADAPTERS`` below. Also here: the SRT/WebVTT parser (``subtitles``), emo's synthetic demo videos
@@ -16,7 +16,7 @@ membership cannot be read is not kept half-assigned) and listed. Classes are in 
 Path options (``splits``, ``videos``, ``split_file``, ``captions``) are used as given (relative =
 to the working directory); their defaults live under ``root``. What each release looks like, what of
 it is confirmed and by which source, and what an adapter does when a file differs, is in each
-adapter's docstring. Where DATASETS.md marks a detail unconfirmed, the adapter checks for it and
+adapter's docstring. Where docs/datasets.md marks a detail unconfirmed, the adapter checks for it and
 fails with a message naming what it expected, never guessing silently.
 
 Split schemes (``scheme: folds``; values ``train|val|test``):

@@ -48,8 +48,8 @@ def prepare_ve8(
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """VideoEmotion-8: ``root/<Class>/<video>`` -> scheme ``ve8``.
 
-    Confirmed: the 8 Plutchik classes (seed 000; Jiang et al. AAAI 2014). Release layout (unconfirmed,
-    DATASETS.md): one folder per class; public loaders (github.com/maysonma/VAANet ``tools/ve8_json.py``,
+    Confirmed: the 8 Plutchik classes (PE-CLIP paper; Jiang et al. AAAI 2014). Release layout (unconfirmed,
+    docs/datasets.md): one folder per class; public loaders (github.com/maysonma/VAANet ``tools/ve8_json.py``,
     NK-JittorCV/nk-affectivecomputing ``docs/en/dataset.md``) use ``Anger/ ... Trust/`` folders of videos
     or frame folders, so class folders are matched to the classes case-insensitively, and any other
     folder is an error naming the expected ones. Ids are ``<ClassFolder>/<file stem>``.
@@ -78,7 +78,7 @@ def prepare_ek6(
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """Ekman-6: ``root/<Class>/<video>`` + the authors' train/test list -> scheme ``ek6``, fold ``official``.
 
-    Confirmed: the 6 classes (seed 000; Xu et al. TAC 2016). Release layout (unconfirmed): class folders
+    Confirmed: the 6 classes (PE-CLIP paper; Xu et al. TAC 2016). Release layout (unconfirmed): class folders
     (``Anger/ ... Surprise/`` in NK-JittorCV's loader), matched case-insensitively. The paper's protocol
     is the official 1:1 split, whose file is not known: ``splits`` (default ``root/splits``) must be a
     folder with exactly one list pair — ``train.txt`` + ``test.txt`` or ``trainlistNN.txt`` +
@@ -105,7 +105,7 @@ def prepare_mv6(
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """MusicVideo-6: ``root/<Class>/<clip>`` -> scheme ``mv6``.
 
-    Confirmed (seed 000): classes exciting, fear, neutral, relaxation, sad, tension; 3 random 2:1
+    Confirmed (PE-CLIP paper): classes exciting, fear, neutral, relaxation, sad, tension; 3 random 2:1
     splits. Release layout (unconfirmed): class folders of ~30 s clips, matched case-insensitively.
     Splits as for ``prepare_ve8``: list pairs from ``splits`` when given (or ``root/splits`` exists),
     else ``folds`` seeded stratified splits ``"0".."folds-1"`` with ``test_ratio``.
@@ -156,7 +156,7 @@ def _prepare_class_folders(
                                         single="official" if lists_required else None)
     elif lists_required:
         raise ManifestError(
-            f"{key}: the official train/test list is required (the paper's protocol; DATASETS.md: not "
+            f"{key}: the official train/test list is required (the paper's protocol; docs/datasets.md: not "
             f"shipped in a known file) and none was given: expected a folder {split_dir} (or splits=FOLDER) "
             "holding train.txt + test.txt (or trainlist01.txt + testlist01.txt), one "
             "'<ClassFolder>/<video stem>' per line"

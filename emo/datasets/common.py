@@ -18,7 +18,7 @@ __all__ = [
     "option_path", "relative_path", "read_text_lines", "read_csv_rows", "sha256_file", "write_to", "is_hidden",
 ]
 
-# The papers' class orders (DATASETS.md). PE-CLIP loses 0.5 points when the order is reversed.
+# The papers' class orders (docs/datasets.md). PE-CLIP loses 0.5 points when the order is reversed.
 VE8_CLASSES = ["anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust"]
 EK6_CLASSES = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
 MV6_CLASSES = ["exciting", "fear", "neutral", "relaxation", "sad", "tension"]

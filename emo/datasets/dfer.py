@@ -48,7 +48,7 @@ def prepare_dfew(
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """DFEW -> the 11,697 single-labelled clips, scheme ``dfew`` folds ``1..5``.
 
-    Release (DATASETS.md, medium; confirmed against public loaders, e.g. MAE-DFER ``preprocess/dfew.py``,
+    Release (docs/datasets.md, medium; confirmed against public loaders, e.g. MAE-DFER ``preprocess/dfew.py``,
     DFER-CLIP ``main.py``): ``EmoLabel_DataSplit/train(single-labeled)/set_{1..5}.csv`` and
     ``test(single-labeled)/set_{1..5}.csv`` with columns ``video_name,label``, labels 1..7 = happy, sad,
     neutral, angry, surprise, disgust, fear (0 = no single label: an error in these files). All ten files
@@ -137,7 +137,7 @@ def prepare_ferv39k(
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """FERV39k -> scheme ``ferv39k`` fold ``official`` (train / test).
 
-    Release (DATASETS.md: unconfirmed; layout from public loaders, e.g. DFER-CLIP ``main.py`` and its
+    Release (docs/datasets.md: unconfirmed; layout from public loaders, e.g. DFER-CLIP ``main.py`` and its
     ``FERV39KDataset``): lists ``4_setups/All_scenes/train_All.csv`` and ``test_All.csv`` (``splits``
     replaces the folder), one ``<Scene>/<Emotion>/<clip> <Emotion>`` per line (an optional header line
     is skipped), and face-frame folders ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/`` (``videos``
@@ -211,15 +211,15 @@ def prepare_mafw(
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """MAFW -> the 9,172 single-label clips (11 classes), schemes ``mafw`` and ``mafw_caption``, folds ``1..5``.
 
-    Release (DATASETS.md: unconfirmed; layout from public loaders, e.g. MAE-DFER ``preprocess/mafw.py``,
+    Release (docs/datasets.md: unconfirmed; layout from public loaders, e.g. MAE-DFER ``preprocess/mafw.py``,
     and a file-by-file inventory of the release): clips ``data/clips/00025.mp4`` (``videos`` replaces the
     folder) and ``Train & Test Set/`` (``splits`` replaces it) with
     ``single/no_caption/set_{1..5}/{train,test}.txt`` — lines ``00025.mp4 anger`` — and
     ``single/with_caption/set_{1..5}/{train,test}.txt`` — tab-separated ``clip, label, Chinese caption,
     English caption``, not UTF-8 throughout (each field is decoded as UTF-8, else GB18030). The
     ``with_caption`` set_1 lists hold 6,423 / 1,611 clips: ECPA's "6,423 training / 1,611 validation
-    videos" (seed 002), i.e. fold ``1`` of ``mafw_caption``. The paper reports on those 1,611, so they
-    are ``test`` here; ``caption_eval_as="val"`` names them ``val`` instead (SPEC §4.5 calls them val).
+    videos" (ECPA paper), i.e. fold ``1`` of ``mafw_caption``. The paper reports on those 1,611, so they
+    are ``test`` here; ``caption_eval_as="val"`` names them ``val`` instead (the ECPA paper calls them validation videos).
     Neutral clips have no caption and are in no ``mafw_caption`` fold.
 
     ``text`` is the list of the clip's captions in ``caption_language`` (``en`` or ``zh``; all distinct

@@ -39,14 +39,14 @@ def prepare_emvidcap(
     videos: str | Path | None = None,
     skip_invalid: bool = False,
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
-    """EmVidCap -> the clear-faced videos of ECPA (seed 002) with all their captions, scheme ``emvidcap``
+    """EmVidCap -> the clear-faced videos of the ECPA paper with all their captions, scheme ``emvidcap``
     fold ``ecpa``; no classes (``label_type="none"``).
 
-    Release (DATASETS.md: unconfirmed; from the dataset's loaders, github.com/Tongji-MIC-Lab/EmVidCap
+    Release (docs/datasets.md: unconfirmed; from the dataset's loaders, github.com/Tongji-MIC-Lab/EmVidCap
     and songpipi/EPAN ``loader``): caption tables ``EmVideo_trainval_captions.csv`` and
     ``EmVideo_test_captions.csv`` with columns ``VideoID`` and ``EmCaptions`` (tab- or comma-separated;
     several rows per video), looked for in ``root`` (``captions`` names the files instead). The 526
-    clear-faced videos and their 362 / 164 split are not published with seed 002, so ``split_file``
+    clear-faced videos and their 362 / 164 split are not published with the ECPA paper, so ``split_file``
     (default ``root/ecpa_split.txt``) is required: one ``<VideoID> train|test`` per line (whitespace or
     comma; a first line ``id,split`` / ``VideoID split`` is a header). Without it the adapter stops and says so. Videos are
     ``<VideoID>.<video extension>`` in ``videos`` (default ``root/videos`` when it exists, else ``root``).

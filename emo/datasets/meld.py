@@ -36,7 +36,7 @@ def prepare_meld(
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
     """MELD (``MELD.Raw``) -> one item per utterance clip, scheme ``meld`` fold ``official``.
 
-    Release (DATASETS.md, medium; the MELD.Raw.tar.gz of github.com/declare-lab/MELD, whose README gives
+    Release (docs/datasets.md, medium; the MELD.Raw.tar.gz of github.com/declare-lab/MELD, whose README gives
     9,989 / 1,109 / 2,610 utterances; folder names as public loaders read them): ``root`` (or ``root/MELD.Raw``)
     holds ``train_sent_emo.csv``, ``dev_sent_emo.csv``, ``test_sent_emo.csv`` (columns ``Sr No.,
     Utterance, Speaker, Emotion, Sentiment, Dialogue_ID, Utterance_ID, Season, Episode, StartTime,

@@ -2,7 +2,8 @@
 
 Hand-written and small: SRT and WebVTT cue blocks, ``,``/``.`` milliseconds, hours left out, cue
 settings, multi-line cues, ``<i>``/``{\\an8}`` markup removed, ``<v Name>`` voices, ``NOTE``/``STYLE``
-blocks, BOM and CRLF. Used by the ``subtitles`` dataset adapter.
+blocks, BOM and CRLF. Used by the ``subtitles`` dataset adapter. Not pysubs2/srt/webvtt-py: none reports
+malformed cues by line or keeps WebVTT voices across both formats (docs/dependencies.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which frames of a video are stored, and which crops of them (SPEC §3.2).
+"""Which frames of a video are stored, and which crops of them (docs/cache-format.md (sampling)).
 
 Temporal: a stream of ``T`` frames is cut into ``M`` uniform segments and ``N`` positions are taken
 from each, evenly spread with the segment centre among them (``frame_positions``). Spatial: ``V``

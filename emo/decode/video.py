@@ -1,4 +1,4 @@
-"""Decode one video (or frame folder) into the sampled, cropped frames of SPEC §3.2.
+"""Decode one video (or frame folder) into the sampled, cropped frames of docs/cache-format.md (sampling).
 
 ``decode_item`` is the one entry point: it finds the frames ``frame_positions`` asks for, crops each
 with the boxes of ``crop_boxes`` and resizes them to ``S x S`` (PIL bicubic, crop and resize in one

@@ -1,4 +1,4 @@
-"""A pool of decoder processes with a per-task wall-clock timeout (SPEC §3.5).
+"""A pool of decoder processes with a per-task wall-clock timeout (README, Stage 1).
 
 Decoders are C libraries fed with files from the wild: a bad file can make them hang or crash the
 process. ``DecodePool`` runs every task in a child process; a task that runs past ``timeout`` has its

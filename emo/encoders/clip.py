@@ -1,10 +1,10 @@
 """Frozen CLIP encoders through open_clip: the only module of ``emo`` that imports ``open_clip``.
 
 ``load_clip(ClipSpec(...))`` builds an open_clip ViT, loads its weights by the weights policy
-(SPEC §3.3) and wraps it in a ``ClipEncoder`` that turns uint8 frames into projected image
+(README, Stage 1) and wraps it in a ``ClipEncoder`` that turns uint8 frames into projected image
 embeddings (and optionally all tokens after block ``k``) and prompts into text embeddings. Given the
 patches' subject coverage (``emo.extract.modalities.boxes``), ``encode_images`` adds EmotionCLIP's subject-aware
-prompt (SPEC §4.4; see ``ClipEncoder.encode_images``).
+prompt (docs/papers.md#emotionclip; see ``ClipEncoder.encode_images``).
 
 Weights policy, strict:
 - ``weights="pretrained"`` with ``pretrained=TAG`` downloads through open_clip as usual;

@@ -1,10 +1,10 @@
 """EmotionCLIP's release checkpoint as an open_clip weights file (``emo extract convert-emotionclip``).
 
-EmotionCLIP (seed 001) fine-tunes an open_clip ViT-B/32 (GELU). Its training code saves
+EmotionCLIP fine-tunes an open_clip ViT-B/32 (GELU). Its training code saves
 ``{"args", "epoch", "model": EmotionCLIP.state_dict(), "optimizer", ...}``; in ``model`` the CLIP
 backbone sits under ``backbone.`` with open_clip's own names (``backbone.visual.*`` the image tower,
 ``backbone.transformer.*`` etc. the text tower), the temporal video head under ``visual_head.``, and
-``logit_scale`` once more at the top level. EmoAsst (seed 004) takes its frame features from that image
+``logit_scale`` once more at the top level. EmoAsst takes its frame features from that image
 tower.
 
 :func:`convert_emotionclip` keeps the backbone under open_clip's names, drops the video head (emo's heads
@@ -14,7 +14,7 @@ file's sha256 and the preprocessing EmotionCLIP was trained with: shorter side r
 (bicubic), centre crop 224, ImageNet mean/std. :func:`checkpoint_preprocess` reads that metadata back:
 ``load_clip`` normalises with those mean/std, and the crop is the sampling option
 ``--center-crop 0.875`` (224 / 256). EmotionCLIP's subject token has no weights of its own: it is
-built from the positional embedding (``--subject-prompt``, SPEC §4.4).
+built from the positional embedding (``--subject-prompt``, docs/papers.md#emotionclip).
 
 The source is read with ``torch.load(weights_only=True)``: a file that also pickles Python objects is
 refused unless ``trust_pickle`` (unpickling runs code from the file; only for a file from a source you

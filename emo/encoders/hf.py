@@ -1,6 +1,6 @@
 """Frozen transformers models: the only module of ``emo`` that imports ``transformers`` (lazily, at use).
 
-Two models, one weights policy (SPEC §3.3, ``weights.py``, the same as ``clip.py``):
+Two models, one weights policy (README, Stage 1, ``weights.py``, the same as ``clip.py``):
 
 - ``load_wav2vec2``: ``Wav2Vec2Model`` for the ``audio`` feature set (default ``facebook/wav2vec2-base``);
 - ``load_sentiment``: an ``AutoModelForSequenceClassification`` and its tokenizer for the ``text`` set

@@ -1,6 +1,6 @@
 """SEGUE's release (EmoAsst's audio encoder) as a wav2vec2 checkpoint directory (``emo extract convert-segue``).
 
-SEGUE (Tan et al. 2023) distils a sentence embedder into wav2vec 2.0; EmoAsst (seed 004) takes layer 9
+SEGUE (Tan et al. 2023) distils a sentence embedder into wav2vec 2.0; EmoAsst takes layer 9
 of that speech encoder. The release (``declare-lab/segue-w2v2-base``) is a ``SegueModel``: a
 ``config.json`` with ``model_type: segue`` and the speech encoder's name, and one weights file holding
 ``speech_encoder.*`` (a ``Wav2Vec2Model``) and ``text_encoder.*`` (the sentence embedder). transformers

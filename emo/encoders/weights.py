@@ -1,4 +1,4 @@
-"""emo's weights policy, shared by every encoder adapter (SPEC §3.3): the error that stops a run, the
+"""emo's weights policy, shared by every encoder adapter (README, Stage 1): the error that stops a run, the
 hashes that name a weights file in a cache key, the device and precision choices.
 
 The policy: real weights are the default (a library tag downloaded as usual, or ``--checkpoint PATH``

@@ -1,4 +1,4 @@
-"""CLIP extraction with shards as dask tasks (SPEC §3.5 scale-out: ``--scheduler`` / ``--local-cluster``).
+"""CLIP extraction with shards as dask tasks (README, Stage 1 scale-out: ``--scheduler`` / ``--local-cluster``).
 
 The client process reads and validates the manifest, asks one worker for the feature set's config
 (so the key is the one the workers' encoder, decoders and versions give), creates the feature set and

@@ -1,4 +1,4 @@
-"""EmoAsst's auditory adapter (seed 004, §3.3; SPEC §4.2), trained from cached wav2vec 2.0 hidden states.
+"""EmoAsst's auditory adapter (EmoAsst paper §3.3; docs/papers.md#emoasst), trained from cached wav2vec 2.0 hidden states.
 
 ::
 

@@ -1,4 +1,4 @@
-"""EmoAsst's joint zero-shot + K-shot cache classifier (seed 004, §3.4; SPEC §4.2), Tip-Adapter style.
+"""EmoAsst's joint zero-shot + K-shot cache classifier (EmoAsst paper §3.4; docs/papers.md#emoasst), Tip-Adapter style.
 
 Over the unit features ``f_m`` of the modalities in use (``m`` = video from a VFM run, audio from an
 auditory-adapter run), unit class text weights ``W [C, D]``, cache keys ``K_m [NK, D]`` (the
@@ -11,7 +11,7 @@ features of K training items per class) and their one-hot labels ``L [NK, C]``::
 Keys: every shot item's feature is computed ``views`` times with training-time sampling (a random
 frame per segment and a random stored view), averaged as the feature head outputs it (not normalised),
 then normalised: Tip-Adapter's augmented cache (its ``build_cache_model`` averages the encoder's
-features over the augmentation epochs, then divides by the norm; SPEC §4.2). EmoAsst itself is silent. Shots: ``shots`` items per class drawn from the train part with ``shot_seed`` (all of
+features over the augmentation epochs, then divides by the norm). EmoAsst itself is silent. Shots: ``shots`` items per class drawn from the train part with ``shot_seed`` (all of
 a class when it has fewer; ``shots = 0`` takes every train item). ``α_m`` and ``β`` are searched on the
 validation part (the official dev split, or ``--val-fraction``; never test) over the grids
 ``0.1 + i (scale - 0.1) / steps``, ``i = 0..steps-1``, by accuracy (ties: the first in β, α_video,

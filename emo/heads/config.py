@@ -1,7 +1,8 @@
 """Head configs from strings: strict keys and type coercion, so command-line options and JSON presets
 fill a config dataclass and a typo fails loudly, with a "did you mean" (STYLE: configuration is
 dataclasses). :func:`field_help` documents every field from the config's own source: its type, default,
-choices and the comment written beside it (no second copy of the text to fall out of date)."""
+choices and the comment written beside it (no second copy of the text to fall out of date). Not pydantic: command-line strings need these rules
+anyway, and the help comes from the comments (docs/dependencies.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DuSE (seed 003; SPEC §4.3): dynamic facial-expression recognition with prompts inside the frozen CLIP
+"""DuSE (docs/papers.md#duse): dynamic facial-expression recognition with prompts inside the frozen CLIP
 towers (HTPC) and a text-guided temporal aggregator (LSEA). Metrics UAR and WAR.
 
 For a clip of ``T`` frames and classes ``c = 1..C`` with texts ``"<name>: <facial changes>"``::

@@ -1,4 +1,4 @@
-"""ECPA: emotional video captioning from the cache (seed 002, IEEE TMM; SPEC §4.5): visual and textual
+"""ECPA: emotional video captioning from the cache (docs/papers.md#ecpa): visual and textual
 emotion prompts, their cross-modal alignment, and a masked-language-model caption generator.
 
 ::

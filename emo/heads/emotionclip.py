@@ -1,4 +1,4 @@
-"""EmotionCLIP's pre-training from the cache (seed 001, CVPR 2023; SPEC §4.4): a temporal encoder over
+"""EmotionCLIP's pre-training from the cache (EmotionCLIP, CVPR 2023; docs/papers.md#emotionclip): a temporal encoder over
 frozen frame embeddings, trained against the utterance's text embedding with the sentiment-guided
 contrastive loss, judged by retrieval, then probed on other datasets.
 

@@ -1,4 +1,4 @@
-"""Linear probe on mean-pooled features — the baseline every head is compared with (SPEC §4.6).
+"""Linear probe on mean-pooled features — the baseline every head is compared with (docs/papers.md#shared-baselines).
 
 Each frame's feature is L2-normalised, frames are mean-pooled over segments (eval sampling: the
 centre frame of each segment, view 0), the pooled vectors are standardised, and a multinomial
@@ -163,5 +163,5 @@ register_head(
     "linear",
     LinearConfig,
     LinearHead,
-    "Linear probe: L2-normalised, mean-pooled frames, standardised, logistic regression (SPEC §4.6)",
+    "Linear probe: L2-normalised, mean-pooled frames, standardised, logistic regression (docs/papers.md#shared-baselines)",
 )

@@ -1,4 +1,4 @@
-"""PE-CLIP (seed 000; SPEC §4.1): frozen CLIP frame embeddings -> temporal encoder (MH-Mamba) -> a
+"""PE-CLIP (docs/papers.md#pe-clip): frozen CLIP frame embeddings -> temporal encoder (MH-Mamba) -> a
 prototype-evolution decoder made of the top layers of the frozen CLIP text tower with trainable
 cross-attention -> cosine against category-aggregated (CA) prompt embeddings, trained with
 bidirectional supervision.
@@ -20,7 +20,7 @@ The frozen text tower is the one that made the features: rebuilt in ``prepare`` 
 set's provenance (its random seed, pretrained tag, or checkpoint file with the same sha256), so
 checkpoints hold only the learned parameters.
 
-The paper's protocol (seed 000 §4.2) needs features it can be run on: CLIP ViT-B/32 OpenAI frame
+The paper's protocol (PE-CLIP §4.2, docs/papers.md#pe-clip) needs features it can be run on: CLIP ViT-B/32 OpenAI frame
 embeddings (:data:`PAPER_FEATURES`, named in every report), 64 segments with a random frame per segment
 in training, and one random resized crop per video (scale [0.64, 1], ratio [3/4, 4/3]) drawn afresh in
 training — emo draws one of the cache's stored views per video and epoch (``emo.cache.data.sample_frames``),

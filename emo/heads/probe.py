@@ -1,4 +1,4 @@
-"""Linear probe on the features of a trained run (seed 004, Table 2: "linear-probe evaluation").
+"""Linear probe on the features of a trained run (EmoAsst paper, Table 2: "linear-probe evaluation").
 
 ``emo heads probe CACHE --features RUN``: the run's head (a VFM, an auditory adapter, PE-CLIP…) is
 reloaded for the fold, its :meth:`embed` features (unit length, evaluation sampling) are computed for

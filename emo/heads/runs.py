@@ -14,12 +14,12 @@ Layout of a run (always one sub-directory per fold, also for a single fold)::
     out/<fold>/log.jsonl             one record per step / epoch / tuning candidate
     out/<fold>/curves.png            training loss and validation scores per epoch (gradient-trained heads)
 
-Several seeds (``seeds = [0, 1, 2]``, ``--seeds 0,1,2``; SPEC §4.1: EK-6 has one split and the paper
+Several seeds (``seeds = [0, 1, 2]``, ``--seeds 0,1,2``; EK-6 has one split and PE-CLIP's paper
 averages over runs): ``out/seed<k>/`` is the complete run of seed ``k`` (the layout above), and
 ``out/summary.json`` holds the mean ± std over every (seed, fold) pair, its ``folds`` naming them as
 ``seed<k>/<fold>`` directories and ``seeds`` the seeds. One seed writes the layout above, unchanged.
 
-Protocol (SPEC §4): the head is fitted on the fold's train items; the validation part is the fold's
+Protocol (README, Stage 2): the head is fitted on the fold's train items; the validation part is the fold's
 official ``val`` items when it has some, else (with ``val_fraction > 0``) a stratified, seeded part
 of train held out; otherwise there is none. Test items are only ever predicted, never used to choose.
 A kind that does not need a test split (retrieval pre-training) is scored on the validation part when

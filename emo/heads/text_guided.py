@@ -1,4 +1,4 @@
-"""What EmoAsst's two text-guided heads share (seed 004; SPEC §4.2): a trainable encoder that maps an
+"""What EmoAsst's two text-guided heads share (docs/papers.md#emoasst): a trainable encoder that maps an
 item's cached features to one ``D``-wide feature, trained against CLIP text features of the item.
 
 Text targets (``text`` in the config):

@@ -1,4 +1,4 @@
-"""The training entry point every gradient-trained head shares (SPEC §4 "Common to all heads").
+"""The training entry point every gradient-trained head shares (README, Stage 2).
 
 A head subclasses :class:`TorchHead`, builds its ``nn.Module`` in ``build_module`` and says how a batch
 becomes a loss and scores; ``TorchHead.fit`` does the rest: Adam/AdamW, a per-step schedule (constant,
@@ -8,7 +8,7 @@ seeded generator for shuffling and frame/view sampling (CPU runs are bit-reprodu
 record per epoch. On CUDA, heads whose batches have static shapes replay the step as one CUDA graph
 (``cuda_graph``, :mod:`emo.heads.cuda_graph`); the loop reads losses back once per epoch, not per step.
 
-Protocol (SPEC §4): by default a fixed schedule on the whole train part and the LAST epoch is kept
+Protocol (README, Stage 2): by default a fixed schedule on the whole train part and the LAST epoch is kept
 (the papers' protocol). With a validation part, each epoch is scored on it (``validate``: top-1 and
 cross-entropy for classifiers, what the head reports for other kinds, logged as ``val_<name>``); with
 ``patience > 0`` training stops when ``val_metric`` (default: the task's, top-1 for classifiers) has

@@ -1,4 +1,4 @@
-"""EmoAsst's visual fusion module (seed 004, §3.2; SPEC §4.2), trained from cached CLIP frame embeddings.
+"""EmoAsst's visual fusion module (EmoAsst paper §3.2; docs/papers.md#emoasst), trained from cached CLIP frame embeddings.
 
 ::
 
@@ -16,7 +16,7 @@ and 7 classes the module has 11,564,032 trainable parameters (the paper: 11.56 M
 emo's choices where the paper is silent (recorded): PyTorch's post-norm transformer layers with ReLU and
 dropout 0.1; the trainable query embedding starts at N(0, 0.02²), so training starts from the prompts;
 the decoder's C outputs are averaged into ``f_v``; frames are fed as cached (no positional encoding:
-the fusion module extracts consistent expressions, not temporal order, seed 004 §3.2.1.1).
+the fusion module extracts consistent expressions, not temporal order, the EmoAsst paper's §3.2.1.1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Zero-shot CLIP classifier from class prompts — the second shared baseline (SPEC §4.6).
+"""Zero-shot CLIP classifier from class prompts — the second shared baseline (docs/papers.md#shared-baselines).
 
 Class weights: for each class, the T prompt-template text embeddings (``FeatureData.class_text[text]``,
 ``[C, T, D]``) are L2-normalised, averaged, and renormalised. The video is the mean over segments of
@@ -86,5 +86,5 @@ register_head(
     "zero-shot",
     ZeroShotConfig,
     ZeroShotHead,
-    "Zero-shot CLIP: cosine of mean-pooled frames with averaged class-prompt embeddings (SPEC §4.6)",
+    "Zero-shot CLIP: cosine of mean-pooled frames with averaged class-prompt embeddings (docs/papers.md#shared-baselines)",
 )

@@ -1,4 +1,4 @@
-"""Facial action units: OpenFace 2.x CSVs imported into an ``au`` feature set (SPEC §3.3); the py-feat
+"""Facial action units: OpenFace 2.x CSVs imported into an ``au`` feature set (README, Stage 1); the py-feat
 backend is ``emo.extract.modalities.au_pyfeat`` (it writes ``pyfeat/*`` arrays with the same alignment to a clip set).
 
 An ``au`` feature set stores, per item, the AUs **at the sampled frames of one clip feature set** (the one

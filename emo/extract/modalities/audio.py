@@ -1,6 +1,6 @@
 """The ``audio`` feature set: 16 kHz mono audio -> frozen wav2vec 2.0 hidden states, one item per pass.
 
-Per item (SPEC §3.3)::
+Per item (README, Stage 1)::
 
     /audio/layer09   ragged [T_a, H] float16   hidden state 9 (output of block 9), one row per 20 ms
     /audio/layer12   ragged [T_a, H] float16   (one array per chosen layer, ``layer{k:02d}``)

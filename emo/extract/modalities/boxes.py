@@ -1,4 +1,4 @@
-"""Subject boxes and the share of each ViT patch they cover (SPEC §3.3 ``boxes``, §4.4 SAP).
+"""Subject boxes and the share of each ViT patch they cover (README, Stage 1, ``--subject-prompt``; docs/papers.md#emotionclip).
 
 EmotionCLIP's subject-aware prompt is ``h = Σ_p a_p · pos[1+p]``, where ``a_p ∈ [0, 1]`` is the
 fraction of patch ``p`` that the subject covers. This module turns a manifest's ``subject_boxes``

@@ -97,7 +97,7 @@ def resolve_clip_spec(cache_dir: str | os.PathLike, spec: TextSpec) -> ClipSpec:
 
 
 def _combined_weights(clip_w: dict, sent_w: dict) -> dict:
-    """The set's ``weights``: random if either model is, so the cache is marked random (SPEC §3.3)."""
+    """The set's ``weights``: random if either model is, so the cache is marked random (README, Stage 1)."""
     kinds = {clip_w["kind"], sent_w["kind"]}
     kind = "random" if "random" in kinds else "checkpoint" if "checkpoint" in kinds else "pretrained"
     out: dict = {"kind": kind, "clip": clip_w, "sentiment": sent_w}

@@ -1,4 +1,4 @@
-"""Contrastive objectives of EmoAsst (seed 004; SPEC §4.2): CLIP's symmetric loss and SupCon.
+"""Contrastive objectives of EmoAsst (docs/papers.md#emoasst): CLIP's symmetric loss and SupCon.
 
 ``clip_contrastive_loss`` (the visual fusion module): for a batch of video features ``v_b`` and the
 text feature ``t_b`` of each item, with unit vectors and ``s`` = CLIP's logit scale (100)::

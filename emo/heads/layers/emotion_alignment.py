@@ -1,4 +1,4 @@
-"""ECPA's emotion prompts and alignment losses (seed 002 §III-C–F): AU selection, the AU-aware alignment
+"""ECPA's emotion prompts and alignment losses (ECPA §III-C–F, docs/papers.md#ecpa): AU selection, the AU-aware alignment
 loss with Hungarian matching, the ER-sentence alignment losses, and dynamic weight averaging.
 
 **AU selection** (``au_summary`` / ``top_k_aus``): over the valid frames of a clip, each AU gets a

@@ -1,4 +1,4 @@
-"""DuSE's Hierarchical Temporal Prompt Cluster, HTPC (seed 003, Sec. III-B, eqs. 2-8; SPEC §4.3).
+"""DuSE's Hierarchical Temporal Prompt Cluster, HTPC (DuSE paper Sec. III-B, eqs. 2-8; docs/papers.md#duse).
 
 Text side (eqs. 2-3): ``n`` learnable tokens ``P_i^T [n, W_t]`` at each of the text tower's first ``M``
 layers. Layer 1 reads ``[SOS] P_1^T words... [EOS]`` (the prompt slots take positions ``1..n``, as

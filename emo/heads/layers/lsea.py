@@ -1,4 +1,4 @@
-"""DuSE's Latent Semantic Emotion Aggregator, LSEA (seed 003, Sec. III-C, eqs. 9-13; SPEC §4.3).
+"""DuSE's Latent Semantic Emotion Aggregator, LSEA (DuSE paper Sec. III-C, eqs. 9-13; docs/papers.md#duse).
 
 Over frame features ``x [B, T, D]`` (optional ``mask [B, T]``, True = a real frame) and the class text
 features ``F_T [C, D]``::
@@ -33,13 +33,13 @@ emo's choices where the paper is silent:
   adds the fixed sinusoidal encoding of :func:`~emo.heads.layers.temporal.sinusoidal_positions` to
   ``x`` before the attention (needs an even ``D``); a frame keeps the position of its index.
 - Score: one ``Linear(D, 1)`` without bias (a bias cancels in the softmax) on the rows of ``V_m``.
-- Similarity: cosine (the paper's text and SPEC; eq. 12's "·" read as the cosine) with no temperature
+- Similarity: cosine (the paper's text; eq. 12's "·" read as the cosine) with no temperature
   (``temperature=1.0``): eq. 12 has none. Cosines lie in ``[-1, 1]``, so the class weights stay soft,
   which matches the paper's "all-category soft bootstrapping"; a smaller ``temperature`` sharpens them.
 - Head projections: ``P_v`` and ``P_t`` are each one ``Linear(D, N·D)`` with bias, whose rows
   ``i·D .. (i+1)·D`` are head ``i``'s own ``D -> D`` projection.
 - Logits: ``logit_scale = 100`` times the cosine with the *raw* ``F_T`` (eq. 1 aligns ``V_g`` with
-  ``F_T``; the paper's plain dot product becomes CLIP's scaled cosine, as SPEC says).
+  ``F_T``; the paper's plain dot product becomes CLIP's scaled cosine, as the text says).
 - ``F_T`` is an argument, used as given (not renormalised), and LSEA holds no copy: frozen text
   features get no gradient, prompted (trainable) ones get theirs.
 - ``mask``: padded frames are keys no query attends to, get zero pooling weight and are left out of

@@ -1,4 +1,4 @@
-"""MH-Mamba, PE-CLIP's temporal module (SPEC §4.1; seed 000 §3.1): a Mamba block whose selective SSM
+"""MH-Mamba, PE-CLIP's temporal module (docs/papers.md#pe-clip; the PE-CLIP paper's §3.1): a Mamba block whose selective SSM
 is split into heads, each with its own A and its own input-dependent Δ, B, C computed from its own
 slice of the channels.
 
@@ -12,7 +12,7 @@ One block, for ``h [B, T, d_model]`` (T frames)::
         y_k = scan(u_k, Δ, A[k] = -exp(A_log[k]), B, C, D[k])
     out  = LayerNorm(h + W_O(concat_k(y_k) * silu(z)))
 
-Design choices (the paper leaves them open; SPEC §4.1 asks for them to be recorded):
+Design choices (the paper leaves them open, so they are recorded here):
 
 - **Gate before W_O, z of width d_inner** (as in Mamba). The gate is element-wise, so "heads
   concatenated, gated by silu(z), projected by W_O" is Mamba's own wiring; the paper calls MH-Mamba

@@ -1,5 +1,5 @@
 """A multimodal transformer that writes captions by filling ``[MASK]`` tokens (SwinBERT-style, as ECPA's
-generator, seed 002 eq. 13–14), with greedy and beam decoding.
+generator, ECPA eqs. 13–14), with greedy and beam decoding.
 
 ::
 

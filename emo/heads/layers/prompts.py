@@ -1,6 +1,6 @@
 """Prompt builders: PE-CLIP's category-aggregated (CA) prompts, the emotional prompt, CoOp placeholders.
 
-CA prompts (seed 000, §3.4): for classes ``e_1..e_n`` the prompt of class ``i`` tags every class,
+CA prompts (PE-CLIP paper, §3.4): for classes ``e_1..e_n`` the prompt of class ``i`` tags every class,
 ``"with"`` for ``e_i`` and ``"without"`` for the others, joined by ``"; "``::
 
     p_i = "without e_1; ...; with e_i; ...; without e_n"
@@ -15,7 +15,7 @@ punctuated (the paper's prompts have no trailing period).
 Prompts are never silently truncated: :func:`check_fits` raises naming the prompt that does not fit
 the text tower's context.
 
-Described classes (DuSE, SPEC §4.3): :func:`described_classes` gives each class its name followed by a
+Described classes (DuSE, docs/papers.md#duse): :func:`described_classes` gives each class its name followed by a
 short description of its facial changes, from a data file in ``emo/configs/classes/`` that says it is
 emo's own wording (the paper does not print its texts); ``names_only`` gives the bare names.
 """

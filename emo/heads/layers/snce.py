@@ -1,4 +1,4 @@
-"""EmotionCLIP's sentiment-guided contrastive loss, SNCE (seed 001, the paper's eq. 5–7; SPEC §4.4).
+"""EmotionCLIP's sentiment-guided contrastive loss, SNCE (the EmotionCLIP paper's eqs. 5–7; docs/papers.md#emotionclip).
 
 For a batch of ``B`` video features ``v_i``, the text feature ``t_i`` of each item and the frozen
 sentiment model's logits ``s_i ∈ R^K`` (K = 7 in the paper) of each text::

@@ -1,4 +1,4 @@
-"""Temporal modules for PE-CLIP's ablation (SPEC §4.1, the paper's Table 5): one factory, one contract.
+"""Temporal modules for PE-CLIP's ablation (docs/papers.md#pe-clip, the paper's Table 5): one factory, one contract.
 
 Every module maps frame features ``[B, T, D] -> [B, T, D]`` (batch first, T frames):
 
@@ -29,7 +29,7 @@ from .mamba import MHMamba, MHMambaBlock
 __all__ = ["TEMPORAL_KINDS", "build_temporal", "sinusoidal_positions"]
 
 TEMPORAL_KINDS = ("identity", "lstm", "gru", "transformer", "mamba")
-_ALIASES = {"mh-mamba": "mamba"}  # the spelling of SPEC §1's sweep grid
+_ALIASES = {"mh-mamba": "mamba"}  # the paper's name, MH-Mamba
 _MAMBA_KEYS = frozenset(inspect.signature(MHMambaBlock).parameters) - {"d_model", "heads"}
 
 

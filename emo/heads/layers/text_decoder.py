@@ -1,4 +1,4 @@
-"""Text decoders built from the frozen CLIP text tower (SPEC §4.1, seed 000): PE-CLIP's prototype decoder.
+"""Text decoders built from the frozen CLIP text tower (docs/papers.md#pe-clip): PE-CLIP's prototype decoder.
 
 - :class:`PrototypeDecoder`: layers ``0..d-1`` of the tower unchanged; layers ``d..L-1`` get a trainable
   :class:`CrossAttention` (prototype tokens attend to the temporal features) between the frozen

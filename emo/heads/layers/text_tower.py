@@ -1,4 +1,4 @@
-"""The CLIP text tower as frozen layers (SPEC §4.1, seed 000), and the text-side classifiers built on it.
+"""The CLIP text tower as frozen layers (docs/papers.md#pe-clip), and the text-side classifiers built on it.
 
 Works on the attributes of an open_clip ``CLIP`` module (``token_embedding``, ``positional_embedding``,
 ``transformer.resblocks``, ``attn_mask``, ``ln_final``, ``text_projection``; argmax pooling) without

@@ -1,4 +1,4 @@
-"""EmoAsst's six prompt formats (seed 004, Fig. 3; SPEC §4.2) and the per-class query prompt.
+"""EmoAsst's six prompt formats (EmoAsst paper Fig. 3; docs/papers.md#emoasst) and the per-class query prompt.
 
 Each training item gets one of six sentences naming its emotion, drawn at random per step among the
 formats whose fields the item has::
@@ -10,7 +10,7 @@ formats whose fields the item has::
     5  {speaker} is {emotion} in this video.
     6  The utterance {utterance} shows the speaker's {emotion}.
 
-The paper's "man/woman" and "He/She" become "person" and "The speaker": MELD gives no gender (SPEC).
+The paper's "man/woman" and "He/She" become "person" and "The speaker": MELD gives no gender (docs/papers.md#emoasst).
 ``{emotion}`` is the class name with underscores as spaces; ``{utterance}`` is the item's first caption
 and ``{speaker}`` its manifest speaker, both stripped and inserted verbatim (no quotes are added: the
 paper shows none). A format needing a field the item lacks (no text, no speaker) is never drawn for it.

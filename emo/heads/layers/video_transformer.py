@@ -1,4 +1,4 @@
-"""EmotionCLIP's temporal encoder (seed 001, Sec. 3.2 and Table 3; SPEC §4.4): frames -> one video vector.
+"""EmotionCLIP's temporal encoder (EmotionCLIP paper Sec. 3.2 and Table 3; docs/papers.md#emotionclip): frames -> one video vector.
 
 Over per-frame embeddings ``x [B, T, D]`` (T <= ``frames``)::
 
