@@ -39,9 +39,22 @@ def test_random_clip_builds_offline(no_network):
     assert enc.encode_images is not None and no_network == []
 
 
-def test_random_sentiment_of_the_default_model_names_the_missing_vocabulary_offline(no_network, monkeypatch,
-                                                                                      tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
-    with pytest.raises(WeightsError, match="tokenizer .* is not shipped .* --sentiment DIR"):
-        load_sentiment(DEFAULT_SENTIMENT, weights="random", device="cpu", precision="fp32")
+def test_random_sentiment_of_the_default_model_runs_offline_on_byte_tokens_and_says_so(no_network, monkeypatch,
+                                                                                         tmp_path, capfd):
+    import torch
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache: no vocabulary anywhere
+    model = load_sentiment(DEFAULT_SENTIMENT, weights="random", seed=2, device="cpu", precision="fp32")
     assert no_network == []
+    assert model.architecture["tokenizer"] == "emo-bytes-v1" and model.weights == {"kind": "random", "seed": 2}
+    assert "RANDOM-weight model reads emo's byte-level tokens" in capfd.readouterr().err
+    logits = model.logits(["I am so happy today!", "x" * 3000])  # long texts truncated to the positions
+    assert logits.shape == (2, 7) and torch.isfinite(logits).all()
+    ids = model.tokenizer(["ab"])["input_ids"][0]
+    assert ids == [0, ids[1], ids[2], 2] and ids[1] != ids[2]  # <s>, one token per byte, </s>
+
+
+def test_real_weights_never_fall_back_to_byte_tokens(no_network, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(WeightsError):  # pretrained: nothing to download offline, and no stand-in
+        load_sentiment(DEFAULT_SENTIMENT, weights="pretrained", device="cpu", precision="fp32")

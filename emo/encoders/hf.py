@@ -13,7 +13,8 @@ Weights, strictly:
   random init under a fixed seed, and only then. The default models' architectures ship with emo
   (``emo/configs/models/<org>--<name>/``), so random weights need no network; any other model is read from
   a local directory (``--model DIR``) or the hub. The sentiment tokenizer is the model's own vocabulary
-  and is not shipped: offline it comes from the Hugging Face cache or a directory holding it.
+  and is not shipped: offline it comes from the Hugging Face cache or a directory holding it, and when
+  neither has it a random-weight model reads :func:`byte_tokenizer`'s tokens (said, and keyed).
 A load failure, or a checkpoint that leaves any parameter of the model uninitialised (missing or
 mismatched keys), raises ``WeightsError`` naming both options; random weights never stand in.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,8 @@ __all__ = [
     "load_sentiment",
     "dir_provenance",
     "wav2vec2_architecture",
+    "byte_tokenizer",
+    "BYTE_TOKENIZER",
 ]
 
 DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base"
@@ -342,20 +346,45 @@ def load_sentiment(
     dtype = resolve_dtype(precision, dev)
     hint = _hint("sentiment", "--sentiment", "--sentiment-checkpoint", DEFAULT_SENTIMENT)
     loaded = _load("AutoModelForSequenceClassification", model, checkpoint, weights, seed, "sentiment model", hint)
+    shipped = bool(loaded.asked) and loaded.source == str(shipped_config(loaded.asked))
+    byte_level = False
     try:
-        if loaded.asked and loaded.source == str(shipped_config(loaded.asked)):
-            # a shipped architecture holds no vocabulary: the model's own tokenizer, from the local cache only
+        if shipped:  # a shipped architecture holds no vocabulary: the model's own tokenizer, from the local cache only
             tokenizer = transformers.AutoTokenizer.from_pretrained(_cached_snapshot(loaded.asked))
         else:
             tokenizer = transformers.AutoTokenizer.from_pretrained(loaded.source)
     except Exception as e:  # no tokenizer, no sentiment: stop here
-        if loaded.asked and loaded.source == str(shipped_config(loaded.asked)):
-            raise WeightsError(
-                f"random weights for {loaded.asked} use its architecture shipped with emo, but its tokenizer (the "
-                "model's vocabulary) is not shipped and is not in the Hugging Face cache: run once with the network, "
-                "or give --sentiment DIR with its config.json and tokenizer files (save_pretrained)") from e
-        raise WeightsError(f"could not load the tokenizer of {loaded.source}: {e}. {hint}") from e
-    return SentimentModel(loaded, tokenizer, dev, dtype)
+        if not shipped:
+            raise WeightsError(f"could not load the tokenizer of {loaded.source}: {e}. {hint}") from e
+        # random weights, offline, vocabulary unavailable: the logits are noise whatever the tokens, so emo's
+        # byte-level tokenizer stands in, said here and recorded in the feature set's key (never for real weights)
+        tokenizer, byte_level = byte_tokenizer(int(loaded.model.config.max_position_embeddings) - 2), True
+        print(f"emo: {loaded.asked}'s vocabulary is not available offline; its RANDOM-weight model reads emo's "
+              f"byte-level tokens ({BYTE_TOKENIZER}), recorded in the feature set", file=sys.stderr)
+    out = SentimentModel(loaded, tokenizer, dev, dtype)
+    if byte_level:
+        out.architecture["tokenizer"] = BYTE_TOKENIZER
+    return out
+
+
+BYTE_TOKENIZER = "emo-bytes-v1"  # <s> <pad> </s> <unk>, then one token per byte (ids 4..259)
+
+
+def byte_tokenizer(max_length: int = 512):
+    """A tokenizer with one token per UTF-8 byte after RoBERTa's specials (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2,
+    ``<unk>`` 3), texts wrapped as ``<s> ... </s>``: for random-weight RoBERTa-style models whose vocabulary
+    cannot be had offline (their ids 0..259 exist in any such model)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins of the bytes
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{c: 4 + i for i, c in enumerate(sorted(alphabet))}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=max_length)
 
 
 def wav2vec2_architecture(base_config: str | None = None):
