@@ -268,3 +268,14 @@ def test_a_shard_damaged_after_loading_is_named_when_a_batch_reads_it(cache):
     shard.write_bytes(bytes(data[: len(data) // 3]))  # truncated under the running head
     with pytest.raises(FeatureSetError, match=rf"{shard.name}: cannot read 'clip/tokens' rows"):
         tokens.read([0])
+
+
+def test_shards_held_open_for_row_reads_keep_no_chunk_cache(cache):
+    """Rows are read once per epoch in random order: HDF5's per-array chunk cache would only hold memory
+    (with every shard of a large token cache open, about as much as had been read)."""
+    fd = load(cache)
+    tokens = fd.arrays["clip/tokens"]
+    tokens.read(np.arange(len(fd)))
+    for k in tokens.source.open_shards:
+        ds = tokens.source.dataset(k)
+        assert ds.id.get_access_plist().get_chunk_cache()[1] == 0

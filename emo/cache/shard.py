@@ -158,9 +158,10 @@ def _write_ragged(f: h5py.File, name: str, items: list[np.ndarray], gzip: dict) 
     return {"shape": list(values.shape), "dtype": str(values.dtype), "ragged": True}
 
 
-def open_shard(path: str | os.PathLike) -> h5py.File:
-    """Open a finished shard read-only, HDF5 file locking off (read-only and NFS mounts)."""
-    return h5py.File(path, "r", locking=False)
+def open_shard(path: str | os.PathLike, chunk_cache: int | None = None) -> h5py.File:
+    """Open a finished shard read-only, HDF5 file locking off (read-only and NFS mounts). ``chunk_cache``:
+    bytes of HDF5's chunk cache per array (None: HDF5's default); shards held open for row reads pass 0."""
+    return h5py.File(path, "r", locking=False, **({"rdcc_nbytes": chunk_cache} if chunk_cache is not None else {}))
 
 
 def array_names(f: h5py.File) -> list[str]:

@@ -45,6 +45,7 @@ from .layers.htpc import HTPC, PromptedTextTower, prompted_image_features, visua
 from .layers.image_tower import FrozenImageTower
 from .layers.lsea import LSEA
 from .layers.prompts import check_fits, described_classes
+from .layers.similarity import cosine_logits
 from .registry import register_head
 from .train import TorchHead, TrainConfig
 
@@ -107,10 +108,10 @@ class DuSEConfig(TrainConfig):
 
 
 def fp32_cosine_logits(v: torch.Tensor, w: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale · cos(v, w_c)`` in fp32 whatever autocast is on: at a scale of 100 bf16 would round the
-    logits to steps of 0.5, enough to tie or swap close classes. ``v [B, D]``, ``w [C, D]`` -> ``[B, C]``."""
-    with torch.autocast(device_type=v.device.type, enabled=False):
-        return scale * F.normalize(v.float(), dim=-1) @ F.normalize(w.float(), dim=-1).T
+    """``scale · cos(v, w_c)`` in fp32 whatever autocast is on (:func:`~emo.heads.layers.similarity.cosine_logits`):
+    at a scale of 100 bf16 would round the logits to steps of 0.5, enough to tie or swap close classes.
+    ``v [B, D]``, ``w [C, D]`` -> ``[B, C]``."""
+    return cosine_logits(v, w, scale)
 
 
 class DuSEModel(nn.Module):
