@@ -143,3 +143,14 @@ def test_a_rerun_task_keeps_the_fold_a_dead_worker_finished_and_leaves_nothing_a
     again = fold_task(req, "linear", dict(LINEAR), "0", str(out), 0.0, 0, None, 1)
     assert again["metrics"] == first["metrics"] and files(tmp_path / "run") == before
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["0"]  # no hidden partial directory left
+
+
+def test_progress_counts_cells_done_of_total(client, folds_cache, tmp_path, monkeypatch):
+    import io
+
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stderr", out)
+    run_cells(client, "linear", folds_cache, [Cell({**LINEAR, "C": c}, tmp_path / f"c{c}") for c in ("0.1", "1")],
+              split="toy:all", seeds=[0], progress=True)
+    text = out.getvalue()
+    assert "cells 2/2" in text and "4/4" in text  # 2 cells × 2 folds

@@ -19,6 +19,7 @@ one-process path does, the tasks do, in the same order of operations:
   ``(i // per_gpu) % n_gpus``: ``--per-gpu K`` puts K heads on a GPU when asked, and a cluster with
   more workers than ``n_gpus × per_gpu`` is refused, so heads never share a GPU by accident.
 - Threads: a local cluster's workers get one process each and ``cores // workers`` torch threads.
+- Progress: on a terminal, a bar over the fold runs with cells done of total and the ETA.
 
 This is the only module of ``emo.heads`` that imports dask (lazily).
 """
@@ -219,12 +220,21 @@ def run_cells(client, name: str, cache: str | os.PathLike, cells: list[Cell], *,
     from distributed import as_completed
 
     t0 = time.perf_counter()
+    left = {}  # cell -> fold runs still to come
+    for k, _, _ in futures.values():
+        left[k] = left.get(k, 0) + 1
+    cells_done, cells_todo = len(results), len(cells)
     with tqdm(total=len(futures), unit="fold", desc=f"{name} ({len(client.scheduler_info()['workers'])} workers)",
               disable=None if progress is None else not progress, dynamic_ncols=True) as bar:
+        bar.set_postfix_str(f"cells {cells_done}/{cells_todo}")
         try:
             for future in as_completed(list(futures)):
-                done[futures[future]] = future.result()["metrics"]  # re-raises the task's error
-                bar.update(1)
+                k, seed, fold = futures[future]
+                done[(k, seed, fold)] = future.result()["metrics"]  # re-raises the task's error
+                left[k] -= 1
+                cells_done += left[k] == 0
+                bar.set_postfix_str(f"cells {cells_done}/{cells_todo}", refresh=False)
+                bar.update(1)  # tqdm's ETA over the fold runs
         except BaseException:
             client.cancel(list(futures))
             raise
