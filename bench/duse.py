@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_info
 
 CONFIGS = {  # name -> (tokens stored after block k, overrides)
     "last-deep": (4, {"prompt_variant": "last", "prompt_depth": 8}),
@@ -46,14 +45,6 @@ CONFIGS = {  # name -> (tokens stored after block k, overrides)
 }
 CLASSES = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]  # DFEW's
 FRAMES = 16
-
-
-def machine(device: str) -> dict:
-    out = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-           "threads": torch.get_num_threads(), "platform": platform.platform()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    return out
 
 
 def peak_rss_mb() -> float:
@@ -183,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.mode == "speed":
         for name in args.configs.split(","):
             record = {**run_child(["--one", name, "--steps", str(args.steps), "--items", str(args.items),
-                                   "--device", args.device]), "machine": machine(args.device)}
+                                   "--device", args.device]), "machine": machine_info(args.device)}
             print(json.dumps(record), flush=True)
             out.append(record)
         return out
@@ -191,7 +182,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with tempfile.TemporaryDirectory(prefix="emo-duse-bench-") as tmp:
             n, size = write_token_cache(Path(tmp), gb)
             record = {"bench": "duse-memory", "cache_gb": round(size / 2**30, 3), "clips": n,
-                      **run_child(["--on-disk", tmp, "--device", args.device]), "machine": machine(args.device)}
+                      **run_child(["--on-disk", tmp, "--device", args.device]), "machine": machine_info(args.device)}
         print(json.dumps(record), flush=True)
         out.append(record)
     return out

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import numpy as np
 import torch
+from machine import machine_info
 
 from emo.cache.data import FeatureData
 from emo.heads.registry import get_head, head_preset
@@ -113,10 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--configs", default="full,baseline,full-cls")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-               "threads": torch.get_num_threads(), "platform": platform.platform()}
-    if torch.cuda.is_available() and args.device.startswith("cuda"):
-        machine["gpu"] = torch.cuda.get_device_name(0)
+    machine = machine_info(args.device)
     configs = {"full": {}, "baseline": head_preset("ecpa", "table4-baseline"), "full-cls": {"visual": "cls"}}
     out = []
     for name in args.configs.split(","):

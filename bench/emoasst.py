@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import time
 
 import numpy as np
 import torch
+from machine import machine_info
 
 from emo.cache.data import FeatureData
 from emo.cache.loader import RaggedArray
@@ -132,10 +131,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--heads", default="vfm,audio-adapter,cache-classifier")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-               "threads": torch.get_num_threads(), "platform": platform.platform()}
-    if torch.cuda.is_available() and args.device.startswith("cuda"):
-        machine["gpu"] = torch.cuda.get_device_name(0)
+    machine = machine_info(args.device)
     out = []
     heads = [h for h in args.heads.split(",") if h]
     if {"vfm", "audio-adapter"} & set(heads):

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import numpy as np
 import torch
+from machine import machine_info
 
 from emo.cache.data import FeatureData
 from emo.cache.ragged import RaggedArray
@@ -82,10 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--caches", default="meld=9989,100k=100000")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-               "threads": torch.get_num_threads(), "platform": platform.platform()}
-    if torch.cuda.is_available() and args.device.startswith("cuda"):
-        machine["gpu"] = torch.cuda.get_device_name(0)
+    machine = machine_info(args.device)
     out = []
     for spec in args.caches.split(","):
         name, _, items = spec.partition("=")

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from machine import machine_info
 
 from emo.heads.distributed import cluster_client
 from emo.heads.sweep import sweep_from_cache
@@ -42,8 +40,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--cells", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=5)
     args = ap.parse_args(argv)
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-               "platform": platform.platform()}
+    machine = machine_info()
     lams = [f"{(k + 1) / (args.cells + 1):.4f}" for k in range(args.cells)]
     over = {"epochs": str(args.epochs), "batch_size": "4", "mamba_inner": "32", "heads": "4", "mamba_dt_rank": "4",
             "d": "1"}

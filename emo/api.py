@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 from emo.cache.data import FeatureData, take_items
-from emo.cache.featureset import list_feature_sets
 from emo.cache.loader import load_features
 from emo.heads.from_run import fold_dir, run_summary
 from emo.heads.registry import Head, get_head, load_checkpoint
-from emo.heads.runs import needed_large_arrays, needed_modalities
+from emo.heads.runs import needed_large_arrays, needed_modalities, recorded_feature_sets
 
 __all__ = ["FeatureData", "FeatureDataset", "Predictions", "load_features", "load_head", "predict", "to_dataframe"]
 
@@ -93,14 +92,12 @@ def to_dataframe(data: FeatureData, arrays: list[str] | None = None):
 
 
 def _run_sets(run: Path, cache: Path) -> list[str]:
-    """The feature sets of ``cache`` with the cache keys ``run`` was trained on, or an error naming the gap."""
-    want = run_summary(run).get("cache_keys") or {}
-    by_key = {fs.key: fs.name for fs in list_feature_sets(cache)}
-    missing = [f"{name} ({key[:12]}…)" for name, key in want.items() if key not in by_key]
-    if missing:
-        raise ValueError(f"{cache} has no feature set with the keys run {run} was trained on: {', '.join(missing)}; "
-                         "extract the new videos with the same preset and weights")
-    return [by_key[key] for key in want.values()]
+    """The feature sets of ``cache`` with the cache keys ``run`` was trained on, or an error naming the run."""
+    found = recorded_feature_sets(cache, run_summary(run).get("cache_keys") or {})
+    if found is None:
+        raise ValueError(f"{cache} has no feature set with the keys run {run} was trained on; extract the new "
+                         "videos with the same preset and weights")
+    return found
 
 
 def load_head(run: str | os.PathLike, cache: str | os.PathLike | None = None, fold: str | None = None,
