@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from emo.decode.frames import pil_views as _views
 from emo.decode.sampling import SamplingConfig, crop_boxes
-from emo.decode.video import _views
 from emo.extract.modalities.boxes import (
     DEFAULT_TOLERANCE,
     BoxFormatError,

@@ -142,7 +142,7 @@ def test_decord_and_pyav_store_identical_items(video_dir):
 
 def test_decord_misreads_mpegts_with_bframes_which_is_why_auto_avoids_it(video_dir):
     # decord 0.6.0 seeks one GOP off in MPEG-TS (and worse in MPEG-PS and AVI with B-frames). If this
-    # starts failing, decord got fixed there and _DECORD_FORMATS in video.py may grow.
+    # starts failing, decord got fixed there and _DECORD_FORMATS in decord_backend.py may grow.
     path, _, _ = _good(video_dir, "bframes_mpegts")
     item = decode_item(path, CFG, "item", backend="decord")
     got = [videos.decode_colour(item.pixels[i, j, 0]) for i in range(8) for j in range(3)]

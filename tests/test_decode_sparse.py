@@ -9,7 +9,8 @@ import av
 import numpy as np
 import pytest
 
-import emo.decode.video as video
+import emo.decode.probe as probe
+import emo.decode.pyav_backend as pyav_backend
 from emo.decode.sampling import SamplingConfig
 from emo.decode.video import decode_item, probe_video
 from tests import videos
@@ -49,7 +50,7 @@ def _video(video_dir: Path, name: str) -> Path:
 
 def _whole_stream(path, cfg, start, end, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(video, "_sparse_plan", lambda *args: None)  # today's path: decode every frame
+        m.setattr(probe, "_sparse_plan", lambda *args: None)  # today's path: decode every frame
         return decode_item(path, cfg, "item", start, end, backend="pyav")
 
 
@@ -62,7 +63,7 @@ def test_sparse_decoding_stores_the_arrays_of_a_whole_stream_decode(video_dir, m
 
     assert probe_video(path).seekable is not None
     with monkeypatch.context() as m:  # the sparse path must answer by itself, not fall back
-        m.setattr(video, "_pyav_pass", lambda *args: pytest.fail("fell back to the whole-stream pass"))
+        m.setattr(pyav_backend, "sequential_views", lambda *args: pytest.fail("fell back to the whole-stream pass"))
         item = decode_item(path, cfg, "item", start, end, backend="pyav")
     for field in ("pixels", "frame_index", "timestamps", "crops"):
         np.testing.assert_array_equal(getattr(item, field), getattr(reference, field), err_msg=field)

@@ -37,11 +37,11 @@ ADAPTERS = {
     "transformers": {"emo/encoders/hf.py"},
     "torchvision": {"emo/encoders/detector.py"},
     "feat": {"emo/encoders/pyfeat.py"},
-    "decord": {"emo/decode/video.py"},
+    "decord": {"emo/decode/decord_backend.py"},
     "mamba_ssm": {"emo/heads/layers/scan.py"},
     "distributed": {"emo/extract/cluster.py", "emo/heads/distributed.py"},
     "dask": {"emo/extract/cluster.py", "emo/heads/distributed.py"},
-    "av": {"emo/decode/video.py", "emo/decode/audio.py", "emo/decode/strided.py", "emo/datasets/synthetic.py"},
+    "av": {"emo/decode/probe.py", "emo/decode/pyav_backend.py", "emo/decode/gpu.py", "emo/decode/audio.py", "emo/decode/strided.py", "emo/datasets/synthetic.py"},
 }
 
 

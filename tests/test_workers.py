@@ -234,17 +234,17 @@ def _threads() -> int:
 def test_the_decoders_run_on_the_calling_thread_only(tmp_path, monkeypatch, backend):
     # threads alive while frames are being cropped, i.e. while the decoder is open, against before;
     # decord decodes on a thread of its own (its ThreadedDecoder) while the caller waits: one, not 1 + cores
-    import emo.decode.video as video
+    import emo.decode.frames as video
 
     path = videos.make_video(tmp_path / "b.mp4", 40, size=(320, 240), bframes=True)
     before, seen = _threads(), []
-    crop = video._views
+    crop = video.pil_views
 
     def counting(*args):
         seen.append(_threads())
         return crop(*args)
 
-    monkeypatch.setattr(video, "_views", counting)
+    monkeypatch.setattr(video, "pil_views", counting)
     item = decode_item(path, SamplingConfig(segments=8), "x", backend=backend)
     assert item.backend == backend and seen
     own = {"pyav": 0, "decord": 1}[backend]

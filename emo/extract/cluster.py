@@ -58,6 +58,7 @@ from .modalities.clip import (
     CLIP_DISTS,
     ClipFill,
     clip_config,
+    decoding_options,
     read_clip_inputs,
     store_class_text,
 )
@@ -125,7 +126,7 @@ def _configure(spec, sampling, options, device, precision) -> tuple[dict, Sampli
     """The feature set's config as this worker computes it, and the sampling at the encoder's input size."""
     encoder = _encoder(spec, device, precision)
     sampling = dataclasses.replace(sampling, image_size=encoder.image_size)
-    return clip_config(encoder, sampling, options), sampling
+    return clip_config(encoder, sampling, decoding_options(options, encoder)), sampling
 
 
 def _class_text_task(fs_path: str, manifest: Manifest, spec, device, precision) -> None:
@@ -139,6 +140,7 @@ def _shard_task(
     """Fill and write shard ``k`` (``ids``; ``manifest`` holds just their items) unless it is done.
     ``per_host``: dask workers on each host, who share its cores when ``options.workers`` is not given."""
     encoder = _encoder(spec, device, precision)
+    options = decoding_options(options, encoder)  # this worker's GPU, when it decodes there
     fs = FeatureSet(fs_path)
     key = config_key({**clip_config(encoder, sampling, options), "schema": SCHEMA_VERSION})
     if key != fs.key:

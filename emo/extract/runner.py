@@ -58,6 +58,7 @@ class ExtractOptions:
     box_tolerance: int = 12  # frames: a sampled frame takes the nearest annotated frame within this (clip only)
     boxes: dict | None = None  # set by the extraction when subject_prompt: the boxes' sha256 and source (keyed)
     backend: str = "auto"  # video decoder: auto (PyAV seeking, else decord, else PyAV) | decord | pyav (clip only)
+    decode_device: str = "auto"  # where videos decode (clip only): cpu | cuda (NVDEC) | auto (NVDEC when the encoder runs on CUDA and FFmpeg opens NVDEC there)
     skip_invalid: bool = False
     retry_failed: bool = False
     progress: bool = True
@@ -73,6 +74,10 @@ class ExtractOptions:
             raise ValueError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"--backend must be auto, decord or pyav, got {self.backend!r}")
+        if self.decode_device not in ("auto", "cpu", "cuda") and not self.decode_device.startswith("cuda:"):
+            raise ValueError(f"--decode-device must be auto, cpu or cuda, got {self.decode_device!r}")
+        if self.decode_device.startswith("cuda") and self.backend == "decord":
+            raise ValueError("--decode-device cuda decodes with PyAV on NVDEC; it cannot use --backend decord")
 
     def decode_workers(self, sharing: int = 1) -> int:
         """``workers``, or when not given one per core of this machine less one per encoding process

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from emo.cache.featureset import FeatureSet
 from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
 from emo.cache.shard import create_hdf5_temp
+from emo.decode.gpu import GPU_CONVERT_VERSION, nvdec_problem
 from emo.decode.sampling import SamplingConfig
 from emo.decode.video import DECODER_VERSION, DecodedItem, decode_item
 from emo.decode.workers import DecodePool
@@ -70,9 +72,39 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
            if options.subject_prompt else {}),
         "dtype": "float16",
         "compute": {"precision": str(encoder.dtype).replace("torch.", "")},
-        "decoder": {"policy": options.backend, "version": DECODER_VERSION, **versions(("decord", "av"))},
+        "decoder": decoder_key(options),
         "class_templates": list(CLASS_TEMPLATES),
     }
+
+
+def decoder_key(options: ExtractOptions) -> dict:
+    """The decoder part of a clip key. Decoding on the GPU (``options.decode_device`` resolved to a CUDA
+    device by ``decoding_options``) adds its conversion and torch's version; CPU keys are as before."""
+    key = {"policy": options.backend, "version": DECODER_VERSION, **versions(("decord", "av"))}
+    if options.decode_device.startswith("cuda"):  # which GPU does not change the pixels
+        key.update({"device": "cuda", "convert": GPU_CONVERT_VERSION, **versions(("torch",))})
+    elif options.decode_device != "cpu":
+        raise ValueError(f"decode device {options.decode_device!r} is not resolved (decoding_options)")
+    return key
+
+
+def decoding_options(options: ExtractOptions, encoder: ClipEncoder) -> ExtractOptions:
+    """``options`` with ``decode_device`` resolved for this encoder: ``cpu``, or the encoder's CUDA device
+    when NVDEC is asked for (``cuda``: or fail, naming why) or usable there (``auto``: else the CPU, with
+    a note when the encoder is on a GPU)."""
+    asked = options.decode_device
+    if asked == "cpu" or (asked == "auto" and encoder.device.type != "cuda"):
+        return dataclasses.replace(options, decode_device="cpu")
+    device = str(encoder.device) if asked == "auto" else asked
+    if device == "cuda":
+        device = str(encoder.device) if encoder.device.type == "cuda" else "cuda:0"
+    problem = nvdec_problem(device)
+    if problem is not None and asked != "auto":
+        raise RuntimeError(f"--decode-device {asked}: NVDEC cannot decode here: {problem} (use --decode-device cpu)")
+    if problem is not None:
+        print(f"decoding videos on the CPU: {problem}", file=sys.stderr)
+        return dataclasses.replace(options, decode_device="cpu")
+    return dataclasses.replace(options, decode_device=device)
 
 
 class FrameBatcher:
@@ -181,6 +213,7 @@ def extract_clip(
     manifest, skipped, options = read_clip_inputs(cache_dir, options)
     encoder = load_clip(spec, device=device, precision=precision)
     sampling = dataclasses.replace(sampling, image_size=encoder.image_size)  # crops at the encoder's input size
+    options = decoding_options(options, encoder)
     fs = FeatureSet.create(cache_dir, clip_config(encoder, sampling, options))
     store_class_text(fs, encoder, manifest)
     with DecodePool(options.decode_workers(), options.timeout) as pool:
@@ -209,7 +242,8 @@ class ClipFill:
             if it.id not in self.submitted:
                 self.submitted.add(it.id)
                 path = str(self.manifest.resolve(it))
-                self.pool.submit(it.id, decode_item, path, self.sampling, it.id, it.start, it.end, self.options.backend)
+                self.pool.submit(it.id, decode_item, path, self.sampling, it.id, it.start, it.end, self.options.backend,
+                                 self.options.decode_device)
 
     def __call__(self, k: int, items: list[Item], progress: Progress) -> Filled:
         self.submit(items)  # those not submitted ahead, while the previous shard was finishing
