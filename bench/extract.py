@@ -16,6 +16,9 @@ every sampled frame through PIL) and now (``decode_item``, auto), on the same vi
 interleaved, for each ``--compare-segments`` value; and whether the two stored the same pixels.
 
     python bench/extract.py --long 2 --long-seconds 30 --segments 16 --workers 2 --device cpu
+
+``--decode-device cuda`` decodes on the GPU's NVDEC (decode-only and end to end; the before/now
+comparison stays on the CPU and is skipped with ``--compare-repeats 0``).
 """
 
 from __future__ import annotations
@@ -60,21 +63,22 @@ def _pixels_of_before(path: str, sampling: SamplingConfig) -> int:
     return int(np.prod(decode_before(path, sampling).shape[:3]))
 
 
-def decode_only(videos: list[Path], sampling: SamplingConfig, workers: int, timeout: float, before: bool = False) -> float:
+def decode_only(videos: list[Path], sampling: SamplingConfig, workers: int, timeout: float, before: bool = False,
+                device: str = "cpu") -> float:
     """Sampled frames/s of ``workers`` decode processes (started before the clock: startup is not decoding);
-    ``before``: with emo's decoding before issue 17 (``decode_before``)."""
+    ``before``: with emo's decoding before issue 17 (``decode_before``); ``device``: ``decode_item``'s."""
     n = 0
     with DecodePool(workers, timeout) as pool:
         for k in range(workers):  # start every worker and import the decoders
             pool.submit(f"warm{k}", _pixels_of_before if before else decode_item, str(videos[0]),
-                        SamplingConfig(segments=1, image_size=8), *(() if before else ("warm", None, None, "auto")))
+                        SamplingConfig(segments=1, image_size=8), *(() if before else ("warm", None, None, "auto", device)))
         list(pool.results())
         t0 = time.perf_counter()
         for v in videos:
             if before:
                 pool.submit(str(v), _pixels_of_before, str(v), sampling)
             else:
-                pool.submit(str(v), decode_item, str(v), sampling, str(v), None, None, "auto")
+                pool.submit(str(v), decode_item, str(v), sampling, str(v), None, None, "auto", device)
         for _, res, err in pool.results():
             if err is None:
                 n += res if before else _stored(res)
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--long-seconds", type=float, default=30.0)
     ap.add_argument("--long-size", default="1280x720")
     ap.add_argument("--compare-segments", default="16,64", help="--long: segments of the before/now comparison")
-    ap.add_argument("--compare-repeats", type=int, default=2)
+    ap.add_argument("--compare-repeats", type=int, default=2, help="--long: 0 skips the before/now comparison")
+    ap.add_argument("--decode-device", default="cpu", help="cpu | cuda: where extraction and decode-only decode")
     args = ap.parse_args(argv)
     from emo.encoders.clip import ClipSpec, load_clip
     from emo.extract.modalities.clip import ExtractOptions, extract_clip
@@ -298,13 +303,15 @@ def main(argv: list[str] | None = None) -> dict:
     total = len(videos) * args.segments * args.frames_per_segment
 
     decoders = None
-    if args.long:
+    if args.long and args.compare_repeats:
         segments = [int(v) for v in args.compare_segments.split(",")]
         decoders = compare_decoders(videos, segments, args.compare_repeats)
-    dec = decode_only(videos, sampling, args.workers, 120.0)
-    dec_before = decode_only(videos, sampling, args.workers, 120.0, before=True) if args.long else None
+    gpu_decoding = args.decode_device != "cpu"
+    dec = decode_only(videos, sampling, args.workers, 120.0, device=str(encoder.device) if gpu_decoding else "cpu")
+    dec_before = decode_only(videos, sampling, args.workers, 120.0, before=True) if args.long and not gpu_decoding else None
     enc = encode_only(encoder, total, args.batch_size)
-    opts = ExtractOptions(workers=args.workers, batch_size=args.batch_size, shard_size=16, progress=False)
+    opts = ExtractOptions(workers=args.workers, batch_size=args.batch_size, shard_size=16, progress=False,
+                          decode_device=args.decode_device)
     summary = extract_clip(work / "cache", spec, sampling, opts, device=args.device)
     e2e = summary.frames_here / summary.seconds
     (work / "naive").mkdir(exist_ok=True)
@@ -319,6 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
         "video_seconds": args.long_seconds if args.long else None,
         "sampled_frames": total,
         "workers": args.workers,
+        "decode_device": args.decode_device,
         "naive_videos": args.naive_videos or len(videos),
         "batch_size": args.batch_size,
         "end_to_end_fps": round(e2e, 1),

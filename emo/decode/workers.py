@@ -13,7 +13,7 @@ run (an extraction submits the next shard's videos before it has written the cur
 ``workers=0`` runs tasks inline in the calling process, for debugging.
 
 Workers are started with ``spawn`` by default and import only what the tasks' functions need (the
-decoders, numpy, PIL), never torch. Each worker is one decoding thread: the decoders are asked for one
+decoders, numpy, PIL); torch only when a task decodes on the GPU (``emo.decode.gpu``). Each worker is one decoding thread: the decoders are asked for one
 thread (``emo.decode.video``), and OpenMP/BLAS pools (and torch's, if a script imported it) are held
 to one thread before the first task, so ``workers`` processes use ``workers`` cores; a worker pool is
 sized to the cores the process may use, less one for the encoding process (``default_workers``). Note that ``spawn`` re-imports the parent's ``__main__`` script
