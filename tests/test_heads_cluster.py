@@ -3,7 +3,10 @@ as one process (seeded CPU runs bit for bit), resumable, and a device the worker
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -154,3 +157,43 @@ def test_progress_counts_cells_done_of_total(client, folds_cache, tmp_path, monk
               split="toy:all", seeds=[0], progress=True)
     text = out.getvalue()
     assert "cells 2/2" in text and "4/4" in text  # 2 cells × 2 folds
+
+
+def _die_once(marker: Path, aside: Path, final: Path) -> None:
+    """On the first fold written anywhere: SIGKILL this worker with the fold still aside (before the rename)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # one worker, once
+    except FileExistsError:
+        return
+    os.write(fd, f"{os.getpid()} {aside}".encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _set_after_fold(hook) -> None:
+    import emo.heads.distributed as distributed
+
+    distributed._after_fold = hook
+
+
+def test_a_worker_killed_mid_sweep_costs_its_fold_a_rerun_and_changes_nothing(folds_cache, tmp_path, monkeypatch):
+    from emo.heads.distributed import _probe
+
+    kw = {"split": "toy:all", "grid": ["C=0.1,1"], "overrides": {"feature": "fake/cls"}, "val_fraction": 0.0,
+          "seeds": [0, 1]}
+    alone = sweep_from_cache("linear", folds_cache, out=tmp_path / "alone", **kw)
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # 2 torch threads a worker: not what a fresh process has
+    with cluster_client(local_cluster=2) as c:
+        before = {i["threads"] for i in c.run(_probe).values()}
+        assert before == {2}
+        c.run(_set_after_fold, functools.partial(_die_once, marker))
+        spread = sweep_from_cache("linear", folds_cache, out=tmp_path / "spread", client=c, **kw)
+        after = c.run(_probe)
+    pid, aside = marker.read_text().split()
+    assert int(pid) not in {i.get("pid") for i in after.values()}  # that worker is gone; a new one took over
+    assert {i["threads"] for i in after.values()} == before  # the restarted worker got the same torch threads
+    assert [r.summary for r in spread] == [r.summary for r in alone]
+    assert files(tmp_path / "spread") == files(tmp_path / "alone")  # 2 cells × 2 seeds × 2 folds, byte for byte
+    assert not Path(aside).exists()  # the dead attempt's fold, written aside, is swept away
+    assert not list((tmp_path / "spread").rglob(".*partial*"))

@@ -110,12 +110,29 @@ def _loader(req: CacheRequest) -> Loader:
 
 
 def _probe() -> dict:
-    return {"cuda": torch.cuda.device_count(), "threads": torch.get_num_threads()}
+    return {"cuda": torch.cuda.device_count(), "threads": torch.get_num_threads(), "pid": os.getpid()}
+
+
+_after_fold: Callable[[Path, Path], None] | None = None  # tests: (aside, final) once a fold is written aside
 
 
 def _set_threads(n: int) -> None:
     if n > 0:
         torch.set_num_threads(n)
+
+
+def _torch_threads(n: int):
+    """A worker plugin holding torch to ``n`` threads on every worker, those a nanny restarts after a
+    death included (a restarted worker with other thread counts would sum floats in another order)."""
+    from distributed import WorkerPlugin
+
+    class TorchThreads(WorkerPlugin):
+        name = "emo-torch-threads"
+
+        def setup(self, worker) -> None:
+            _set_threads(n)
+
+    return TorchThreads()
 
 
 def fold_task(req: CacheRequest, name: str, overrides: dict, fold: str, out: str, val_fraction: float, seed: int,
@@ -134,6 +151,8 @@ def fold_task(req: CacheRequest, name: str, overrides: dict, fold: str, out: str
     aside = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         metrics = run_fold(name, config, _loader(req)(fold), fold, aside, val_fraction, seed, command)
+        if _after_fold is not None:
+            _after_fold(aside, final)
         if final.exists():  # an earlier attempt of this very task finished before its worker died
             shutil.rmtree(aside)
         else:
@@ -166,7 +185,7 @@ def cluster_client(scheduler: str | None = None, local_cluster: int = 0, per_gpu
                      silence_logs=logging.ERROR) as cluster,
         Client(cluster) as client,
     ):
-        client.run(_set_threads, max(1, (os.cpu_count() or 1) // local_cluster))
+        client.register_plugin(_torch_threads(max(1, (os.cpu_count() or 1) // local_cluster)))
         yield client
 
 
@@ -202,6 +221,7 @@ def run_cells(client, name: str, cache: str | os.PathLike, cells: list[Cell], *,
     _check_workers(client, configs)
     results: dict[int, RunResult] = {}
     futures = {}
+    written: list[Path] = []  # the directories the tasks write their folds into
     for k, cell in enumerate(cells):
         if (cell.out / SUMMARY_FILE).exists():
             echo(f"[{k + 1}/{len(cells)}] {cell.label or name}: done earlier, kept")
@@ -212,6 +232,7 @@ def run_cells(client, name: str, cache: str | os.PathLike, cells: list[Cell], *,
         for seed in seeds:
             where = cell.out if len(seeds) == 1 else cell.out / f"seed{seed}"
             where.mkdir(parents=True, exist_ok=True)
+            written.append(where)
             for fold in folds:
                 f = client.submit(fold_task, req, name, cell.overrides, fold, str(where / fold), val_fraction, seed,
                                   command, per_gpu, key=_key(where, seed, fold), pure=False)
@@ -238,6 +259,9 @@ def run_cells(client, name: str, cache: str | os.PathLike, cells: list[Cell], *,
         except BaseException:
             client.cancel(list(futures))
             raise
+    for where in written:  # every task has ended: what is still aside was left by a worker that died
+        for litter in where.glob(".*.partial-*"):
+            shutil.rmtree(litter, ignore_errors=True)
     for k, (cell, config) in enumerate(zip(cells, configs, strict=True)):
         if k in results:
             continue
