@@ -246,3 +246,48 @@ def test_gpu_decoding_has_a_key_of_its_own_and_cpu_keys_are_unchanged():
     assert on[0] != cpu and on[0]["device"] == "cuda" and on[0]["convert"] == gpu.GPU_CONVERT_VERSION
     with pytest.raises(ValueError, match="not resolved"):
         decoder_key(ExtractOptions())  # auto must be resolved against the encoder first
+
+
+# --- the extraction's wiring, the device redirected to the CPU ------------------------------------
+
+
+def test_extract_clip_with_decode_device_cuda_keys_decodes_and_records_the_gpu_route(tmp_path, monkeypatch):
+    """``--decode-device cuda`` from the command line to the stored records: the option is resolved, the
+    key says cuda, each video goes through ``decode_on_gpu`` (run on the CPU here, where NVDEC cannot
+    open, so each records the fallback), and a CPU-decoded set of the same videos is another set."""
+    from typer.testing import CliRunner
+
+    import emo.extract.modalities.clip as clip_module
+    from emo.cache.featureset import list_feature_sets
+    from emo.cache.manifest import Item, Manifest, write_manifest
+    from emo.cli import app
+    from emo.encoders.clip import TINY_MODEL
+
+    items = []
+    for i in range(3):
+        videos.make_video(tmp_path / f"v{i}.mp4", 20 + i, bframes=True)
+        items.append(Item(id=f"v{i}", path=f"v{i}.mp4", label="x"))
+    write_manifest(Manifest(dataset="t", classes=["x"], items=items, root=str(tmp_path)), tmp_path / "manifest.jsonl")
+    seen = []
+    on_cpu = gpu.decode_on_gpu
+
+    def redirected(path, cfg, item_id, start, end, device, hardware=True):
+        seen.append(device)
+        return on_cpu(path, cfg, item_id, start, end, "cpu", hardware=True)
+
+    monkeypatch.setattr(clip_module, "nvdec_problem", lambda device: None)  # as on a GPU box
+    monkeypatch.setattr(gpu, "decode_on_gpu", redirected)
+    base = ["extract", "clip", str(tmp_path), "--model", TINY_MODEL, "--weights", "random", "--segments", "2",
+            "--workers", "0", "--device", "cpu", "--no-progress"]
+    res = CliRunner().invoke(app, [*base, "--decode-device", "cuda"])
+    assert res.exit_code == 0, res.output
+    assert seen == ["cuda:0"] * 3
+    (fs,) = list_feature_sets(tmp_path)
+    assert fs.meta["decoder"]["device"] == "cuda" and fs.meta["decoder"]["convert"] == gpu.GPU_CONVERT_VERSION
+    records = fs.done_record(0)["decoder"]
+    assert {r["backend"] for r in records.values()} == {"pyav"}
+    assert all(r["fallback"].startswith("NVDEC failed") for r in records.values())
+
+    res = CliRunner().invoke(app, [*base, "--decode-device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert len(list_feature_sets(tmp_path)) == 2 and seen == ["cuda:0"] * 3

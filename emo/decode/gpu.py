@@ -57,7 +57,7 @@ _PLANAR = {  # pixel format -> bits per sample, for the planar Y'CbCr formats re
     "yuv444p12le": 12,
 }
 _SEMIPLANAR = {"nv12": (8, 0), "p010le": (10, 6), "p016le": (16, 0)}  # -> (bits, low bits of padding)
-_WEIGHT_CACHE = 256  # crop weight matrices kept per device (random crops differ per item)
+_WEIGHT_CACHE = 64  # crop weight matrices kept per device (random crops differ per item; about 1 MB each at 720p)
 
 
 class NotOnDevice(Exception):
