@@ -583,3 +583,25 @@ def test_a_damaged_clip_shard_stops_the_au_import_naming_it(cache, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-100])  # its frame times can no longer be trusted
     with pytest.raises(FeatureSetError, match=rf"{shard.name}: .*re-run `emo extract clip`"):
         import_openface(data, cache["of"], align_to=clip.name, progress=False)
+
+
+def test_pyfeat_is_not_run_on_a_video_its_display_matrix_turns(tmp_path, monkeypatch):
+    """emo's clip frames are upright; py-feat decodes with its own reader, which may not turn them: such an
+    item fails with the reason, and py-feat never sees it; an upright video beside it is imported."""
+    from emo.extract.modalities.au_pyfeat import import_pyfeat
+
+    data = tmp_path / "data"
+    data.mkdir()
+    videos.make_video(data / "up.mp4", 40, fps=FPS)
+    videos.make_video(data / "phone.mp4", 40, fps=FPS, rotation=90)
+    items = [Item(id=p, path=p, label="x") for p in ("up.mp4", "phone.mp4")]
+    write_manifest(Manifest(dataset="au", classes=["x"], items=items, root=str(data)), data / "manifest.jsonl")
+    extract_clip(data, ClipSpec(model="emo-tiny-ViT", weights="random"), SamplingConfig(segments=M, frames_per_segment=N),
+                 ExtractOptions(workers=0, progress=False), device="cpu")
+    calls: dict = {}
+    monkeypatch.setitem(sys.modules, "feat", make_fake_feat(calls))
+    summary = import_pyfeat(data, progress=False)
+    assert (summary.ok, summary.failed) == (1, 1)
+    assert [name for name, *_ in calls["detect"]] == ["up.mp4"]
+    (fail,) = open_feature_set(summary.path).failures()
+    assert fail["id"] == "phone.mp4" and "display matrix turns its frames (90°)" in fail["error"]

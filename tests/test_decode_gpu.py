@@ -232,7 +232,8 @@ def test_decode_device_options_are_checked_by_name():
 
 def test_auto_decodes_on_the_cpu_beside_a_cpu_encoder_and_cuda_without_one_fails_naming_why():
     encoder = SimpleNamespace(device=torch.device("cpu"))
-    assert decoding_options(ExtractOptions(), encoder).decode_device == "cpu"
+    assert ExtractOptions().decode_device == "cpu"  # the default until NVDEC is checked on a GPU
+    assert decoding_options(ExtractOptions(decode_device="auto"), encoder).decode_device == "cpu"
     if gpu.nvdec_problem("cuda:0") is not None:
         with pytest.raises(RuntimeError, match=r"--decode-device cuda: NVDEC cannot decode here: .*--decode-device cpu"):
             decoding_options(ExtractOptions(decode_device="cuda"), encoder)
@@ -245,7 +246,7 @@ def test_gpu_decoding_has_a_key_of_its_own_and_cpu_keys_are_unchanged():
     assert on[0] == on[1]  # which GPU decoded does not change the pixels
     assert on[0] != cpu and on[0]["device"] == "cuda" and on[0]["convert"] == gpu.GPU_CONVERT_VERSION
     with pytest.raises(ValueError, match="not resolved"):
-        decoder_key(ExtractOptions())  # auto must be resolved against the encoder first
+        decoder_key(ExtractOptions(decode_device="auto"))  # auto must be resolved against the encoder first
 
 
 # --- the extraction's wiring, the device redirected to the CPU ------------------------------------

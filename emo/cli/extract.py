@@ -34,7 +34,7 @@ def extract_clip_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     precision: str = typer.Option("auto", help="auto (fp16 on CUDA, fp32 on CPU) | fp16 | bf16 | fp32."),
     backend: str = typer.Option("auto", help="Decoder: auto (PyAV seeking where exact, else decord, else PyAV whole-stream) | decord | pyav."),
-    decode_device: str = typer.Option("auto", help="Where videos decode: cpu | cuda (the GPU's NVDEC; the CPU takes what it cannot) | auto (NVDEC when the encoder runs on CUDA and FFmpeg opens NVDEC there)."),
+    decode_device: str = typer.Option("cpu", help="Where videos decode: cpu | cuda (the GPU's NVDEC; the CPU takes what it cannot) | auto (NVDEC when the encoder runs on CUDA and FFmpeg opens NVDEC there). cpu until NVDEC is checked on a GPU (docs/decoding.md)."),
     skip_invalid: bool = typer.Option(False, help="Skip invalid manifest rows (listed) instead of stopping."),
     retry_failed: bool = typer.Option(False, help="Try items that failed in earlier runs again."),
     verify_deep: bool = typer.Option(False, help="Also read every finished shard's sha256 and re-extract one whose bits changed."),

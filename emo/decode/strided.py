@@ -16,11 +16,10 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
 
+from .frame_folder import frame_files, read_upright
 from .video import (
     FRAME_FOLDER_FPS,
-    IMAGE_SUFFIXES,
     DecodeError,
     one_thread,
     orientation_of,
@@ -78,18 +77,12 @@ def strided_frames(
 ) -> dict:
     """``{frame index: box or None}`` for every ``stride``-th frame of the span; ``detect`` maps frames to boxes."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise DecodeError(f"frame folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        files = frame_files(path)  # in frame order, each upright: the clip set's frames
         times = np.arange(len(files), dtype=np.float64) / FRAME_FOLDER_FPS
         out = {}
         with FrameBatches(detect, out, batch_size) as batch:
             for k in strided_indices(times, start, end, stride):
-                try:
-                    with Image.open(files[k]) as image:
-                        batch(k, np.asarray(image.convert("RGB")))
-                except OSError as e:
-                    raise DecodeError(f"unreadable frame {files[k].name}: {e}") from None
+                batch(k, np.asarray(read_upright(files[k])[0]))
         return out
     if not path.exists():
         raise DecodeError(f"file not found: {path}")

@@ -49,10 +49,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from . import frames
 from .decord_backend import DecordMismatch, decode_decord, decord_unfit, decord_wrong
+from .frame_folder import IMAGE_SUFFIXES, frame_files, read_upright
 from .frames import DecodedItem
 from .probe import (
     FRAME_FOLDER_FPS,
@@ -73,7 +73,6 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "decord", "pyav")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # pixel formats whose RGB conversion PyAV and decord do identically (tests/test_decode_sparse.py): on
 # these ``auto`` decodes sparsely with PyAV rather than with decord; 10-bit video converts differently
 _SAME_RGB_AS_DECORD = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p")
@@ -96,12 +95,13 @@ def decode_item(
     """Decode the frames of one item that ``cfg`` samples, cropped and resized to ``S x S``.
 
     ``path`` is a video file or a frame folder (a directory of ``.jpg/.jpeg/.png/.bmp`` images in
-    name order, stamped ``k / 25`` s). ``start``/``end`` (seconds from the stream start) restrict
-    sampling to the frames whose presentation time ``t`` has ``start <= t < end``; ``frame_index``
-    still counts from the start of the file. ``item_id`` seeds the random crops (with ``cfg.seed``).
-    ``backend``: ``auto`` (PyAV seeking, decord or PyAV: see the module docstring), ``decord`` (decord or fail) or
-    ``pyav``. Raises ``DecodeError`` for a file that is missing, not a video, has no video stream or
-    frames, is truncated, or fails to decode, and for an empty ``[start, end)`` span.
+    frame-number order, upright by EXIF (``emo.decode.frame_folder``), stamped ``k / 25`` s).
+    ``start``/``end`` (seconds from the stream start) restrict sampling to the frames whose presentation
+    time ``t`` has ``start <= t < end``; ``frame_index`` still counts from the start of the file.
+    ``item_id`` seeds the random crops (with ``cfg.seed``). ``backend``: ``auto`` (PyAV seeking, decord
+    or PyAV: see the module docstring), ``decord`` (decord or fail) or ``pyav``. Raises ``DecodeError``
+    for a file that is missing, not a video, has no video stream or frames, is truncated, or fails to
+    decode, and for an empty ``[start, end)`` span.
 
     ``device``: ``cpu``, or a CUDA device (``cuda``, ``cuda:1``) to decode videos on its NVDEC and
     convert and crop on it (``emo.decode.gpu``; PyAV only, so ``backend`` must not be ``decord``; the
@@ -155,24 +155,19 @@ def decode_item(
 
 
 def _decode_folder(path: Path, cfg: SamplingConfig, item_id: str, start, end) -> DecodedItem:
-    """A directory of images in name order; frame ``k`` is stamped ``k / FRAME_FOLDER_FPS`` seconds."""
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DecodeError(f"frame folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    """A directory of images in frame-number order (``emo.decode.frame_folder``), each turned upright by
+    its EXIF orientation; frame ``k`` is stamped ``k / FRAME_FOLDER_FPS`` seconds."""
+    files = frame_files(path)
     times = np.arange(len(files), dtype=np.float64) / FRAME_FOLDER_FPS  # [T] seconds
     index, n_span = frames.select_frames(times, cfg, start, end)
     views: dict[int, np.ndarray] = {}
-    size, boxes = None, None
+    size, boxes, first = None, None, None
     for k in np.unique(index).tolist():
-        try:
-            with Image.open(files[k]) as image:
-                image = image.convert("RGB")
-        except OSError as e:
-            raise DecodeError(f"unreadable frame {files[k].name}: {e}") from None
+        image, orientation = read_upright(files[k])
         if size is None:
-            size = image.size
+            size, first = image.size, orientation
             boxes = crop_boxes(image.height, image.width, cfg, item_id)
         elif image.size != size:
             raise DecodeError(f"frame {files[k].name} is {image.size}, earlier frames {size}")
         views[k] = frames.pil_views(image, boxes, cfg.image_size)
-    return frames.item_of(index, views, times, n_span, size, boxes, "frames")
+    return frames.item_of(index, views, times, n_span, size, boxes, "frames", orientation=first)

@@ -58,7 +58,8 @@ class ExtractOptions:
     box_tolerance: int = 12  # frames: a sampled frame takes the nearest annotated frame within this (clip only)
     boxes: dict | None = None  # set by the extraction when subject_prompt: the boxes' sha256 and source (keyed)
     backend: str = "auto"  # video decoder: auto (PyAV seeking, else decord, else PyAV) | decord | pyav (clip only)
-    decode_device: str = "auto"  # where videos decode (clip only): cpu | cuda (NVDEC) | auto (NVDEC when the encoder runs on CUDA and FFmpeg opens NVDEC there)
+    frame_folders: bool = False  # set by the extraction when the manifest has frame folders (clip only; keyed)
+    decode_device: str = "cpu"  # where videos decode (clip only): cpu | cuda (NVDEC) | auto (NVDEC when the encoder runs on CUDA and FFmpeg opens NVDEC there)
     skip_invalid: bool = False
     retry_failed: bool = False
     progress: bool = True

@@ -16,6 +16,7 @@ import numpy as np
 
 from emo.cache.featureset import FeatureSet
 from emo.cache.manifest import Item, read_manifest
+from emo.decode.video import DecodeError, probe_video
 from emo.encoders.openface import OpenFaceFormatError
 from emo.encoders.pyfeat import (
     DEFAULT_FACE_THRESHOLD,
@@ -155,6 +156,23 @@ def import_pyfeat(
     return dataclasses.replace(summary, total=total, skipped_rows=skipped + not_yet)
 
 
+def _turned(path: Path) -> str | None:
+    """Why py-feat's frames of ``path`` cannot be trusted to be the clip set's: its display matrix turns
+    them (a phone video). emo's frames are upright; py-feat decodes with its own reader, which turns
+    them or not depending on its version (torchcodec applies rotations only from 0.11, never mirrors),
+    so its faces could be sideways. None for a file that needs no turn, or that emo cannot probe
+    (py-feat then reports its own failure)."""
+    try:
+        orientation = probe_video(path).orientation
+    except DecodeError:
+        return None
+    if orientation is None or orientation.identity:
+        return None
+    turn = f"{orientation.rotation}°" + (", mirrored" if orientation.mirrored else "")
+    return (f"{path.name}'s display matrix turns its frames ({turn}); py-feat reads them with its own decoder, "
+            "which may not, so its faces could be sideways: not run (import OpenFace CSVs of upright frames instead)")
+
+
 class _PyFeat:
     """The py-feat set's fill function: one shard's items -> py-feat AUs at their sampled frames."""
 
@@ -182,6 +200,11 @@ class _PyFeat:
             skip = int(np.gcd.reduce(index.reshape(-1))) if index.size else 0
             skip = skip if skip > 1 else None
             path = self.manifest.resolve(it)
+            turned = _turned(path)
+            if turned is not None:
+                filled.errors[i] = (STAGE, turned)
+                progress.failed()
+                continue
             try:
                 if (path, skip) not in tables:
                     tables[(path, skip)] = self._detect(path, skip)

@@ -25,6 +25,7 @@ from emo.cache.featureset import FeatureSet
 from emo.cache.loader import CLASS_TEXT_FILE
 from emo.cache.manifest import Item, Manifest, read_manifest
 from emo.cache.shard import create_hdf5_temp
+from emo.decode.frame_folder import FRAME_FOLDER_VERSION
 from emo.decode.gpu import GPU_CONVERT_VERSION, nvdec_problem
 from emo.decode.sampling import SamplingConfig
 from emo.decode.video import DECODER_VERSION, DecodedItem, decode_item
@@ -78,9 +79,12 @@ def clip_config(encoder: ClipEncoder, sampling: SamplingConfig, options: Extract
 
 
 def decoder_key(options: ExtractOptions) -> dict:
-    """The decoder part of a clip key. Decoding on the GPU (``options.decode_device`` resolved to a CUDA
+    """The decoder part of a clip key. A manifest with frame folders adds how they are read
+    (``emo.decode.frame_folder``). Decoding on the GPU (``options.decode_device`` resolved to a CUDA
     device by ``decoding_options``) adds its conversion and torch's version; CPU keys are as before."""
     key = {"policy": options.backend, "version": DECODER_VERSION, **versions(("decord", "av"))}
+    if options.frame_folders:  # how they are ordered and turned: sets of video files keep their keys
+        key["frame_folders"] = FRAME_FOLDER_VERSION
     if options.decode_device.startswith("cuda"):  # which GPU does not change the pixels
         key.update({"device": "cuda", "convert": GPU_CONVERT_VERSION, **versions(("torch",))})
     elif options.decode_device != "cpu":
@@ -193,6 +197,8 @@ def read_clip_inputs(cache_dir: Path, options: ExtractOptions | None):
     skipped = manifest.validate(check_files=True, skip_invalid=options.skip_invalid)
     if options.subject_prompt:
         options = dataclasses.replace(options, boxes=subject_boxes_info(manifest))
+    if any(manifest.resolve(it).is_dir() for it in manifest.items):
+        options = dataclasses.replace(options, frame_folders=True)
     return manifest, skipped, options
 
 
