@@ -293,13 +293,13 @@ def test_fix_mojibake():
 # --- dfew ----------------------------------------------------------------------------------------
 
 
-def _dfew(root: Path, labels: dict[int, int], media: str = "frames") -> Path:
+def _dfew(root: Path, labels: dict[int, int], media: str = "frames", spelling: str = "{}(single-labeled)") -> Path:
     split = root / "EmoLabel_DataSplit"
     clips = sorted(labels)
     for k in range(1, 6):
         test = [c for i, c in enumerate(clips) if i % 5 == k - 1]
         for part, members in (("train", [c for c in clips if c not in test]), ("test", test)):
-            _write(split / f"{part}(single-labeled)" / f"set_{k}.csv",
+            _write(split / spelling.format(part) / f"set_{k}.csv",
                    "video_name,label\n" + "".join(f"{c},{labels[c]}\n" for c in members))
     for c in clips:
         if media == "frames":
@@ -324,6 +324,18 @@ def test_dfew_five_official_folds(tmp_path):
         assert test == {f"{c:05d}" for i, c in enumerate(range(1, 11)) if i % 5 == k - 1}
     assert all(len(it.splits["dfew"]) == 5 for it in m.items)
     assert len(m.source["split_sha256"]) == 10
+
+
+@pytest.mark.parametrize("spelling", ["{}(single_labeled)", "{}"])
+def test_dfew_split_folders_as_the_readme_or_plainly_spelt(tmp_path, spelling):
+    labels = {c: (c % 7) + 1 for c in range(1, 11)}
+    root = _dfew(tmp_path / "DFEW", labels, spelling=spelling)
+    m, _ = prepare_dfew(root, tmp_path / "cache")
+    want, _ = prepare_dfew(_dfew(tmp_path / "DFEW2", labels), tmp_path / "cache2")
+    assert [(it.id, it.label, it.splits) for it in m.items] == [(it.id, it.label, it.splits) for it in want.items]
+    (root / "EmoLabel_DataSplit" / "train(single-labeled)").mkdir()
+    with pytest.raises(ManifestError, match=r"dfew: both train\(single-labeled\) and .* are under"):
+        prepare_dfew(root, tmp_path / "cache")
 
 
 def test_dfew_media_and_errors(tmp_path):

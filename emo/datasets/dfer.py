@@ -50,7 +50,8 @@ def prepare_dfew(
 
     Release (docs/datasets.md, medium; confirmed against public loaders, e.g. MAE-DFER ``preprocess/dfew.py``,
     DFER-CLIP ``main.py``): ``EmoLabel_DataSplit/train(single-labeled)/set_{1..5}.csv`` and
-    ``test(single-labeled)/set_{1..5}.csv`` with columns ``video_name,label``, labels 1..7 = happy, sad,
+    ``test(single-labeled)/set_{1..5}.csv`` (or ``(single_labeled)`` as the release README spells
+    it, or plain ``train``/``test``) with columns ``video_name,label``, labels 1..7 = happy, sad,
     neutral, angry, surprise, disgust, fear (0 = no single label: an error in these files). All ten files
     must exist (a missing one is named). Clips: ``media`` picks one of ``DFEW_MEDIA`` — the face frames
     ``Clip/clip_224x224/00001/`` (default, what CLIP-based DFER work samples), ``clip_224x224_16f``,
@@ -68,12 +69,13 @@ def prepare_dfew(
         raise ManifestError(f"dfew: clip folder {media_dir} not found (media={media!r} expects "
                             f"root/{folder}; choose media= from {sorted(DFEW_MEDIA)} or pass videos=FOLDER)")
     split_dir = option_path(splits, root / _DFEW_SPLITS)
+    part_dirs = {part: _dfew_part_dir(split_dir, part) for part in ("train", "test")}
     files = {}
     for k in range(1, 6):
         for part in ("train", "test"):
-            f = split_dir / f"{part}(single-labeled)" / f"set_{k}.csv"
+            f = part_dirs[part] / f"set_{k}.csv"
             if not f.is_file():
-                raise ManifestError(f"dfew: split file {f} not found (expected {part}(single-labeled)/set_1.csv "
+                raise ManifestError(f"dfew: split file {f} not found (expected {part_dirs[part].name}/set_1.csv "
                                     f"... set_5.csv under {split_dir}; splits=FOLDER replaces it)")
             files[(str(k), part)] = f
     labels: dict[int, tuple[str, str]] = {}  # clip -> (class, where first seen)
@@ -121,6 +123,20 @@ def prepare_dfew(
                 "split_sha256": {relative_path(f, split_dir): sha256_file(f) for f in files.values()}},
     )
     return finish_manifest(manifest, origins, problems, out, skip_invalid)
+
+
+def _dfew_part_dir(split_dir: Path, part: str) -> Path:
+    """The folder of ``part``'s set files: the release README spells it ``train(single_labeled)``, public
+    loaders ``train(single-labeled)``, some copies plain ``train``. Exactly one must exist."""
+    spellings = [f"{part}(single-labeled)", f"{part}(single_labeled)", part]
+    found = [split_dir / name for name in spellings if (split_dir / name).is_dir()]
+    if len(found) > 1:
+        raise ManifestError(f"dfew: both {found[0].name} and {found[1].name} are under {split_dir}; keep one "
+                            "(or pass splits=FOLDER)")
+    if not found:
+        raise ManifestError(f"dfew: no {part} split folder under {split_dir} (expected one of "
+                            f"{', '.join(spellings)}; splits=FOLDER replaces {split_dir.name})")
+    return found[0]
 
 
 # --- ferv39k -------------------------------------------------------------------------------------
