@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -210,6 +211,47 @@ def test_mv6_three_splits_and_case_insensitive_folders(tmp_path):
     assert {it.label for it in m.items if it.id.startswith("EXCITING/")} == {"exciting"}
     for fold in ("0", "1", "2"):
         assert Counter(_fold(m, "mv6", fold).values()) == {"train": 12, "test": 6}
+
+
+def _mv6_release(root: Path, per_class: dict[str, int]) -> Path:
+    """The authors' tree: Train/, Validation/, test/ with class folders holding video/, audio/ and hdf5/;
+    the same stems in every class and part, with spaces and parentheses."""
+    for part, n in per_class.items():
+        for cls in ("Excited", "Fear", "Neutral", "Relaxation", "Sad", "Tension"):
+            for k in range(n):
+                stem = f"DEAP_DB_HR({k})" if k % 2 else f"{k} clip"
+                _touch(root / part / cls / "video" / f"{stem}.mp4")
+                _touch(root / part / cls / "audio" / f"{stem}.wav", b"wav")
+            _touch(root / part / cls / "hdf5" / "features.h5", b"h5")
+    return root
+
+
+def test_mv6_release_tree_pools_the_parts_and_keeps_the_release_partition(tmp_path):
+    root = _mv6_release(tmp_path / "mv6", {"Train": 4, "Validation": 1, "test": 2})
+    m, skipped = prepare_mv6(root, tmp_path / "cache", seed=3)
+    assert skipped == [] and len(m.items) == 6 * 7 and len({it.id for it in m.items}) == 6 * 7
+    assert m.split_schemes == {"mv6": ["0", "1", "2"], "mv6_release": ["release"]}
+    item = m.by_id()["Train/Excited/DEAP_DB_HR(1)"]
+    assert item.label == "exciting" and item.path == "Train/Excited/video/DEAP_DB_HR(1).mp4"
+    assert Counter(_fold(m, "mv6_release", "release").values()) == {"train": 24, "val": 6, "test": 12}
+    assert _fold(m, "mv6_release", "release")["test/Sad/0 clip"] == "test"
+    for fold in ("0", "1", "2"):  # the three parts pooled, 2:1 per class
+        assert Counter(_fold(m, "mv6", fold).values()) == {"train": 30, "test": 12}
+    assert m.source["fold_seeds"] == [3, 4, 5] and m.source["parts"] == {"train": "Train", "val": "Validation",
+                                                                          "test": "test"}
+
+
+def test_mv6_release_tree_takes_lists_of_its_ids_and_names_a_missing_class(tmp_path):
+    root = _mv6_release(tmp_path / "mv6", {"Train": 2, "test": 1})
+    ids = sorted(it.id for it in prepare_mv6(root, tmp_path / "c0")[0].items)
+    _write(root / "splits" / "trainlist01.txt", "".join(f"{i}\n" for i in ids if i.startswith("Train/")))
+    _write(root / "splits" / "testlist01.txt", "".join(f"{i}\n" for i in ids if i.startswith("test/")))
+    m, _ = prepare_mv6(root, tmp_path / "c1")
+    assert m.split_schemes["mv6"] == ["1"]
+    assert Counter(_fold(m, "mv6", "1").values()) == {"train": 12, "test": 6}
+    shutil.rmtree(root / "test" / "Tension")
+    with pytest.raises(ManifestError, match=r"mv6: no folder for class\(es\) \['tension'\] under .*test"):
+        prepare_mv6(root, tmp_path / "c2")
 
 
 # --- meld ----------------------------------------------------------------------------------------

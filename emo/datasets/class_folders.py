@@ -103,17 +103,79 @@ def prepare_mv6(
     extensions: Iterable[str] = VIDEO_EXTENSIONS,
     skip_invalid: bool = False,
 ) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
-    """MusicVideo-6: ``root/<Class>/<clip>`` -> scheme ``mv6``.
+    """MusicVideo-6: ``root/<Class>/<clip>``, or the authors' ``root/<Part>/<Class>/video/<clip>`` -> scheme ``mv6``.
 
     Confirmed (PE-CLIP paper): classes exciting, fear, neutral, relaxation, sad, tension; 3 random 2:1
-    splits. Release layout (unconfirmed): class folders of ~30 s clips, matched case-insensitively.
-    Splits as for ``prepare_ve8``: list pairs from ``splits`` when given (or ``root/splits`` exists),
-    else ``folds`` seeded stratified splits ``"0".."folds-1"`` with ``test_ratio``.
+    splits. Two layouts. Class folders of ~30 s clips, matched case-insensitively. Or the tree of the
+    authors' repository (confirmed from its sample): ``Train/``, ``Validation/``, ``test/``, each with
+    class folders (``Excited`` for exciting) holding ``video/*.mp4``; then ids are
+    ``<Part>/<ClassFolder>/<stem>``, the parts are pooled for ``mv6``, and the release partition is kept
+    as scheme ``mv6_release`` (fold ``release``: train, val, test). Splits as for ``prepare_ve8``: list
+    pairs from ``splits`` when given (or ``root/splits`` exists), else ``folds`` seeded stratified splits
+    ``"0".."folds-1"`` with ``test_ratio``.
     """
+    parts = _mv6_release_parts(dataset_root(root, "mv6"))
+    if parts is not None:
+        return _prepare_mv6_release(root, parts, out, dataset=dataset, splits=splits, folds=folds,
+                                    test_ratio=test_ratio, seed=seed, extensions=extensions, skip_invalid=skip_invalid)
     return _prepare_class_folders(
         "mv6", MV6_CLASSES, root, out, dataset=dataset, splits=splits, folds=folds, test_ratio=test_ratio,
         seed=seed, extensions=extensions, skip_invalid=skip_invalid, lists_required=False,
     )
+
+
+_MV6_PARTS = {"train": "train", "validation": "val", "test": "test"}  # release folder (casefolded) -> part
+_MV6_ALIASES = {"excited": "exciting"}  # the release's folder for the papers' class
+
+
+def _mv6_release_parts(root: Path) -> dict[str, Path] | None:
+    """``{part: folder}`` when ``root`` holds the authors' ``Train/``, ``Validation/``, ``test/`` tree (at
+    least Train and test), else None (class folders at the top)."""
+    if not root.is_dir():
+        return None
+    folders = {p.name.casefold(): p for p in root.iterdir() if p.is_dir()}
+    found = {part: folders[name] for name, part in _MV6_PARTS.items() if name in folders}
+    return found if {"train", "test"} <= set(found) else None
+
+
+def _prepare_mv6_release(
+    root: str | Path, parts: dict[str, Path], out: str | Path, *, dataset: str | None, splits: str | Path | None,
+    folds: int, test_ratio: float, seed: int, extensions: Iterable[str], skip_invalid: bool,
+) -> tuple[Manifest, list[tuple[int, str | None, str]]]:
+    """The authors' tree ``<Part>/<Class>/video/<clip>``: ids ``<Part>/<ClassFolder>/<stem>`` (stems repeat
+    across classes and parts), the three parts pooled for scheme ``mv6`` (seeded stratified splits, or
+    lists naming those ids), and the release partition kept as scheme ``mv6_release``, fold ``release``."""
+    root = dataset_root(root, "mv6")
+    exts = tuple(sorted({(e if e.startswith(".") else "." + e).lower() for e in extensions}))
+    items, origins, ignored, class_folders_of = [], [], 0, {}
+    for part, part_dir in parts.items():
+        folder_class = _match_class_folders("mv6", part_dir, MV6_CLASSES, exts, aliases=_MV6_ALIASES)
+        class_folders_of[part_dir.name] = folder_class
+        for cls in MV6_CLASSES:
+            class_dir = part_dir / folder_class[cls]
+            video_dir = class_dir / "video" if (class_dir / "video").is_dir() else class_dir
+            videos, n_ignored = videos_in(video_dir, exts)
+            ignored += n_ignored
+            if not videos:
+                raise ManifestError(f"mv6: {video_dir} holds no videos ({', '.join(exts)})")
+            for entry in videos:
+                stem = entry.name if entry.is_dir() else entry.stem
+                path = relative_path(entry, root)
+                items.append(Item(id=f"{part_dir.name}/{folder_class[cls]}/{stem}", path=path, label=cls,
+                                  splits={"mv6_release": {"release": part}}))
+                origins.append((path, None))
+    source = {"adapter": "mv6", "layout": "release (Train/Validation/test)", "root": str(root),
+              "parts": {part: d.name for part, d in parts.items()}, "class_folders": class_folders_of,
+              "extensions": list(exts), "ignored_files": ignored}
+    problems: list[Problem] = []
+    split_dir = option_path(splits, root / "splits")
+    fold_names = _assign_folds("mv6", items, root, split_dir, splits is not None, folds, test_ratio, seed, False,
+                               problems, source)
+    manifest = Manifest(
+        dataset=dataset or Path(out).resolve().name, classes=list(MV6_CLASSES), items=items, root=str(root),
+        label_type="single", split_schemes={"mv6": fold_names, "mv6_release": ["release"]}, source=source,
+    )
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)
 
 
 def _prepare_class_folders(
@@ -151,7 +213,22 @@ def _prepare_class_folders(
     source = {"adapter": key, "root": str(root), "class_folders": {c: folder_class[c] for c in classes},
               "extensions": list(exts), "ignored_files": ignored}
     problems: list[Problem] = []
-    if splits is not None or split_dir.is_dir():
+    fold_names = _assign_folds(key, items, root, split_dir, splits is not None, folds, test_ratio, seed,
+                               lists_required, problems, source)
+    manifest = Manifest(
+        dataset=dataset or Path(out).resolve().name, classes=list(classes), items=items, root=str(root),
+        label_type="single", split_schemes={key: fold_names}, source=source,
+    )
+    return finish_manifest(manifest, origins, problems, out, skip_invalid)
+
+
+def _assign_folds(
+    key: str, items: list[Item], root: Path, split_dir: Path, lists_given: bool, folds: int, test_ratio: float,
+    seed: int, lists_required: bool, problems: list[Problem], source: dict,
+) -> list[str]:
+    """Scheme ``key``'s folds of ``items``: from the list pairs in ``split_dir`` when given or present, else
+    ``folds`` seeded stratified splits (unless lists are required); returns the fold names."""
+    if lists_given or split_dir.is_dir():
         fold_names = _apply_split_lists(key, split_dir, root, items, problems, source,
                                         single="official" if lists_required else None)
     elif lists_required:
@@ -171,25 +248,23 @@ def _prepare_class_folders(
                 item.splits.setdefault(key, {})[fold] = part
         source |= {"folds_from": "seeded stratified split", "test_ratio": test_ratio, "seed": seed,
                    "fold_seeds": [seed + k for k in range(folds)]}
-    manifest = Manifest(
-        dataset=dataset or Path(out).resolve().name, classes=list(classes), items=items, root=str(root),
-        label_type="single", split_schemes={key: fold_names}, source=source,
-    )
-    return finish_manifest(manifest, origins, problems, out, skip_invalid)
+    return fold_names
 
 
 def _match_class_folders(
-    key: str, root: Path, classes: list[str], exts: tuple[str, ...], skip: Path
+    key: str, root: Path, classes: list[str], exts: tuple[str, ...], skip: Path | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """class -> folder name, matching folder names to the classes case-insensitively; ``skip`` (the split
-    list folder when it lies in ``root``) is not a class folder."""
+    """class -> folder name, matching folder names to the classes case-insensitively (``aliases``: other
+    folder names, casefolded, of a class); ``skip`` (the split list folder when it lies in ``root``) is not
+    a class folder."""
     try:
         folders = {n: p for n, p in class_folders(root, exts).items() if p.resolve() != skip}
         if not folders:
             raise ManifestError(f"dataset root {root} has no class folders")
     except ManifestError as e:
         raise ManifestError(f"{key}: {e} (one folder per class: {', '.join(classes)})") from None
-    by_fold = {c.casefold(): c for c in classes}
+    by_fold = {c.casefold(): c for c in classes} | dict(aliases or {})
     out: dict[str, str] = {}
     for name in sorted(folders):
         cls = by_fold.get(name.casefold())
