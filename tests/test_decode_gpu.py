@@ -292,3 +292,25 @@ def test_extract_clip_with_decode_device_cuda_keys_decodes_and_records_the_gpu_r
     res = CliRunner().invoke(app, [*base, "--decode-device", "cpu"])
     assert res.exit_code == 0, res.output
     assert len(list_feature_sets(tmp_path)) == 2 and seen == ["cuda:0"] * 3
+
+
+def test_planes_are_taken_as_pyav_hands_cuda_planes_out_with_no_stream_asked():
+    """PyAV's CUDA planes raise when ``__dlpack__`` gets a stream (torch.from_dlpack passes one for CUDA,
+    and max_version besides): the plane must be asked with no arguments at all."""
+
+    class Plane:  # a plane as PyAV exports it, strict about arguments for every device
+        def __init__(self, array):
+            self.array, self.asked = array, []
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+        def __dlpack__(self, **kwargs):
+            self.asked.append(kwargs)
+            if kwargs:
+                raise NotImplementedError("CUDA stream synchronization is not supported")
+            return self.array.__dlpack__()
+
+    plane = Plane(np.arange(12, dtype=np.uint16).reshape(3, 4))
+    t = gpu._plane(plane, CPU)
+    assert plane.asked == [{}] and t.dtype == torch.int32 and t.tolist() == np.arange(12).reshape(3, 4).tolist()

@@ -237,8 +237,15 @@ def frame_rgb(frame, device: torch.device) -> torch.Tensor:
 
 def _plane(plane, device: torch.device) -> torch.Tensor:
     """One plane as a tensor on ``device`` (DLPack: NVDEC's stays where it is); 16-bit samples as int32,
-    which every op takes."""
-    t = torch.from_dlpack(plane).to(device)
+    which every op takes.
+
+    ``torch.from_dlpack(plane)`` would ask a CUDA plane for a capsule on torch's current stream, which
+    PyAV refuses (it cannot order FFmpeg's stream after torch's). So the capsule is made without a
+    stream, after the device has finished all queued work, NVDEC's copy of this frame included (FFmpeg
+    shares the device's primary context with torch)."""
+    if plane.__dlpack_device__()[0] != 1:  # kDLCPU = 1; NVDEC's planes are kDLCUDA
+        torch.cuda.synchronize(device)
+    t = torch.from_dlpack(plane.__dlpack__()).to(device)
     return t.to(torch.int32) if t.dtype == torch.uint16 else t
 
 
