@@ -197,3 +197,34 @@ def test_a_worker_killed_mid_sweep_costs_its_fold_a_rerun_and_changes_nothing(fo
     assert files(tmp_path / "spread") == files(tmp_path / "alone")  # 2 cells × 2 seeds × 2 folds, byte for byte
     assert not Path(aside).exists()  # the dead attempt's fold, written aside, is swept away
     assert not list((tmp_path / "spread").rglob(".*partial*"))
+
+
+@pytest.mark.parametrize("per_gpu, want", [(1, [0, 1, 0, 1]), (2, [0, 0, 1, 1])])
+def test_cluster_workers_take_the_gpus_per_gpu_at_a_time(folds_cache, tmp_path, monkeypatch, per_gpu, want):
+    """Worker i of a box with 2 GPUs trains on GPU (i // per_gpu) % 2 (run without a GPU: the device
+    calls are recorded, the fold's training is stubbed)."""
+    import emo.heads.distributed as distributed
+    from emo.heads.distributed import CacheRequest, fold_task
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+
+    def trained(name, config, data, fold, out, *rest):
+        Path(out).mkdir(parents=True)
+        return {"accuracy": 1.0}
+
+    monkeypatch.setattr(distributed, "run_fold", trained)
+    req = CacheRequest(str(folds_cache), "toy:0", None, ("fake",), (), False)
+    for index in range(4):
+        monkeypatch.setattr(distributed, "_worker", lambda index=index: (f"tcp://w{index}", index))
+        fold_task(req, "pe-clip", {"feature": "fake/cls", "device": "cuda"}, "0", str(tmp_path / f"r{index}" / "0"),
+                  0.0, 0, None, per_gpu)
+    assert chosen == want
+
+
+def test_more_local_workers_than_gpus_times_per_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(HeadsClusterError, match=r"5 workers on 2 GPU\(s\) .* pass --per-gpu 3"):
+        with cluster_client(local_cluster=5, per_gpu=2):
+            pass
