@@ -324,6 +324,23 @@ def test_meld_release_errors(tmp_path):
         prepare_meld(root, tmp_path / "cache")
 
 
+def test_release_csvs_that_are_not_utf8_stop_with_the_file_named(tmp_path):
+    root = _meld(tmp_path / "meld", {"train": [("Hi", "Ross", "joy", 0, 0)]})
+    _touch(root / "dev_sent_emo.csv", MELD_HEADER.encode() + b'1,"caf\xe9",Joey,joy,neutral,0,0,1,1,"0:0:1,0","0:0:2,0"\n')
+    with pytest.raises(ManifestError, match=r"dev_sent_emo.csv: not UTF-8 text"):
+        prepare_meld(root, tmp_path / "cache")
+    root = _dfew(tmp_path / "DFEW", {c: 1 for c in range(1, 6)})
+    _touch(root / "EmoLabel_DataSplit" / "test(single-labeled)" / "set_4.csv", b"video_name,label\n\xff\xfe4,1\n")
+    with pytest.raises(ManifestError, match=r"set_4.csv: not UTF-8 text"):
+        prepare_dfew(root, tmp_path / "cache")
+    root = tmp_path / "EmVidCap"
+    _touch(root / "EmVideo_trainval_captions.csv", b"VideoID\tEmCaptions\nvid1\ta caf\xe9 scene\n")
+    _write(root / "EmVideo_test_captions.csv", "VideoID\tEmCaptions\n")
+    _write(root / "ecpa_split.txt", "vid1 train\n")
+    with pytest.raises(ManifestError, match=r"EmVideo_trainval_captions.csv: not UTF-8 text"):
+        prepare_emvidcap(root, tmp_path / "cache")
+
+
 def test_fix_mojibake():
     assert fix_mojibake("itâ€™s") == ("it’s", True)
     assert fix_mojibake("caf\u00c3\u00a9") == ("café", True)
