@@ -260,8 +260,10 @@ def test_mv6_release_tree_takes_lists_of_its_ids_and_names_a_missing_class(tmp_p
 MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
 
 
-def _meld(root: Path, rows: dict[str, list[tuple]], missing: tuple[str, ...] = ()) -> Path:
+def _meld(root: Path, rows: dict[str, list[tuple]], missing: tuple[str, ...] = (), nested: bool = False) -> Path:
     folders = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+    if nested:  # each part's archive unpacked into a folder of its own: train/train_splits/...
+        folders = {part: f"{part}/{folder}" for part, folder in folders.items()}
     for part, folder in folders.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
         lines = [MELD_HEADER]
@@ -293,6 +295,27 @@ def test_meld_official_parts_text_speaker_and_mojibake(tmp_path):
     assert m.split_schemes == {"meld": ["official"]} and m.source["texts_fixed"] == 2
     m2, _ = prepare_meld(root, tmp_path / "cache2", fix_text=False)
     assert m2.items[0].text.endswith("companyâ€™s transition") and m2.source["texts_fixed"] == 0
+
+
+def test_meld_finds_clip_folders_unpacked_one_level_deeper_and_ignores_unlisted_clips(tmp_path):
+    rows = {"train": [("Hi", "Ross", "joy", 0, 0)], "dev": [("Hey", "Joey", "anger", 49, 3)],
+            "test": [("Yo", "Monica", "fear", 101, 1)]}
+    root = _meld(tmp_path / "MELD.Raw", rows, nested=True)
+    _touch(root / "dev" / "dev_splits_complete" / "dia49_utt4.mp4")  # a clip without a CSV row
+    _touch(root / "test" / "output_repeated_splits_test" / "final_videos_testdia101_utt0.mp4")
+    m, skipped = prepare_meld(root, tmp_path / "cache")
+    assert skipped == [] and [it.id for it in m.items] == ["train/dia0_utt0", "dev/dia49_utt3", "test/dia101_utt1"]
+    assert [it.path for it in m.items] == ["train/train_splits/dia0_utt0.mp4", "dev/dev_splits_complete/dia49_utt3.mp4",
+                                           "test/output_repeated_splits_test/dia101_utt1.mp4"]
+    assert m.source["clip_folders"]["dev_splits_complete"] == "dev/dev_splits_complete"
+    (root / "dev_splits_complete").mkdir()
+    with pytest.raises(ManifestError, match=r"meld: two clip folders dev_splits_complete/ under .*: "
+                                            r"dev_splits_complete and dev/dev_splits_complete"):
+        prepare_meld(root, tmp_path / "cache")
+    (root / "dev_splits_complete").rmdir()
+    shutil.rmtree(root / "test")
+    with pytest.raises(ManifestError, match=r"no clip folder output_repeated_splits_test/ in .* up to 2 levels below"):
+        prepare_meld(root, tmp_path / "cache")
 
 
 def test_meld_rows_without_clip_are_errors_or_listed(tmp_path):

@@ -11,7 +11,9 @@ from .common import (
     Problem,
     dataset_root,
     finish_manifest,
+    is_hidden,
     read_csv_rows,
+    relative_path,
     sha256_file,
 )
 
@@ -23,6 +25,7 @@ _MELD_PARTS = (  # (release name, label file, video folder, split value)
     ("dev", "dev_sent_emo.csv", "dev_splits_complete", "val"),
     ("test", "test_sent_emo.csv", "output_repeated_splits_test", "test"),
 )
+_CLIP_FOLDERS = {p[2] for p in _MELD_PARTS}
 _MELD_COLUMNS = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 
 
@@ -41,8 +44,10 @@ def prepare_meld(
     holds ``train_sent_emo.csv``, ``dev_sent_emo.csv``, ``test_sent_emo.csv`` (columns ``Sr No.,
     Utterance, Speaker, Emotion, Sentiment, Dialogue_ID, Utterance_ID, Season, Episode, StartTime,
     EndTime``) and the clips ``dia{Dialogue_ID}_utt{Utterance_ID}.mp4`` under ``train_splits/``,
-    ``dev_splits_complete/``, ``output_repeated_splits_test/``. A missing CSV, folder or column is an
-    error naming it. Ids are ``train|dev|test/dia{D}_utt{U}`` (dialogue ids repeat across parts); dev is
+    ``dev_splits_complete/``, ``output_repeated_splits_test/``, each found in that folder or up to two
+    levels below it (``train/train_splits/``: how deep depends on how the nested archives were unpacked;
+    the places are recorded in ``source["clip_folders"]``). A missing CSV, folder or column, or a clip
+    folder found twice, is an error naming it. Clips without a CSV row are ignored. Ids are ``train|dev|test/dia{D}_utt{U}`` (dialogue ids repeat across parts); dev is
     ``val``. ``text`` is the utterance, ``speaker`` the speaker. The mp4 is already the utterance clip,
     so ``start``/``end`` stay empty (``StartTime``/``EndTime`` are times in the episode, not in the clip).
 
@@ -54,16 +59,15 @@ def prepare_meld(
     base = root
     if not (root / _MELD_PARTS[0][1]).is_file() and (root / "MELD.Raw" / _MELD_PARTS[0][1]).is_file():
         base = root / "MELD.Raw"
-    for _, label_file, video_dir, _ in _MELD_PARTS:
+    for _, label_file, _, _ in _MELD_PARTS:
         if not (base / label_file).is_file():
             raise ManifestError(f"meld: no {label_file} in {base} (expected the MELD.Raw release: "
                                 f"{', '.join(p[1] for p in _MELD_PARTS)} and the clip folders "
                                 f"{', '.join(p[2] for p in _MELD_PARTS)})")
-        if not (base / video_dir).is_dir():
-            raise ManifestError(f"meld: no clip folder {video_dir}/ in {base} (extract the release's "
-                                f"{_part_archive(video_dir)} there)")
+    clip_dirs = {video_dir: _find_clip_folder(base, video_dir) for _, _, video_dir, _ in _MELD_PARTS}
     items, origins, problems, fixed = [], [], [], 0
     for part, label_file, video_dir, split in _MELD_PARTS:
+        clip_dir = relative_path(clip_dirs[video_dir], base)
         file = base / label_file
         _, rows = read_csv_rows(file, _MELD_COLUMNS)
         for n, row in rows:
@@ -78,7 +82,7 @@ def prepare_meld(
                 text, changed = fix_mojibake(text)
                 fixed += changed
             items.append(Item(
-                id=f"{part}/dia{dia}_utt{utt}", path=f"{video_dir}/dia{dia}_utt{utt}.mp4",
+                id=f"{part}/dia{dia}_utt{utt}", path=f"{clip_dir}/dia{dia}_utt{utt}.mp4",
                 label=(row.get("Emotion") or "").strip().lower(), text=text.strip() or None,
                 speaker=(row.get("Speaker") or "").strip() or None, splits={"meld": {"official": split}},
             ))
@@ -88,9 +92,27 @@ def prepare_meld(
         label_type="single", split_schemes={"meld": ["official"]},
         source={"adapter": "meld", "root": str(base), "fix_text": fix_text, "texts_fixed": fixed,
                 "label_files": {p[1]: sha256_file(base / p[1]) for p in _MELD_PARTS},
-                "parts": {p[0]: p[3] for p in _MELD_PARTS}},
+                "parts": {p[0]: p[3] for p in _MELD_PARTS},
+                "clip_folders": {name: relative_path(d, base) for name, d in clip_dirs.items()}},
     )
     return finish_manifest(manifest, origins, problems, out, skip_invalid)
+
+
+def _find_clip_folder(base: Path, name: str, depth: int = 2) -> Path:
+    """The one folder called ``name`` in ``base`` or up to ``depth`` levels below it: how deep the clip folders
+    sit depends on how the nested archives were unpacked (``train/train_splits/`` or ``train_splits/``)."""
+    found, level = [], [base]
+    for _ in range(depth + 1):
+        found += [d / name for d in level if (d / name).is_dir()]
+        level = [c for d in level for c in sorted(d.iterdir()) if c.is_dir() and not is_hidden(c)
+                 and c.name not in _CLIP_FOLDERS]  # never into a clip folder: thousands of files
+    if not found:
+        raise ManifestError(f"meld: no clip folder {name}/ in {base} or up to {depth} levels below it (extract "
+                            f"the release's {_part_archive(name)} there)")
+    if len(found) > 1:
+        raise ManifestError(f"meld: two clip folders {name}/ under {base}: {relative_path(found[0], base)} and "
+                            f"{relative_path(found[1], base)}; keep one")
+    return found[0]
 
 
 def _part_archive(video_dir: str) -> str:
