@@ -293,6 +293,10 @@ def test_meld_official_parts_text_speaker_and_mojibake(tmp_path):
     assert [it.splits for it in m.items] == [{"meld": {"official": p}} for p in ("train", "train", "val", "test")]
     assert (a.start, a.end) == (None, None)  # the mp4 is already the utterance
     assert m.split_schemes == {"meld": ["official"]} and m.source["texts_fixed"] == 2
+    old_copy = _meld(tmp_path / "old", {  # a copy from before the release's fix: C1 characters, no-break spaces
+        "train": [("Wait\x85 I\x92m \x93fine\x94 \x91ok\x92 \x96 no\x97yes\xa0now", "Ross", "joy", 0, 0)]})
+    m_old, _ = prepare_meld(old_copy, tmp_path / "cache_old")
+    assert m_old.items[0].text == "Wait… I’m “fine” ‘ok’ – no—yes now" and m_old.source["texts_fixed"] == 1
     m2, _ = prepare_meld(root, tmp_path / "cache2", fix_text=False)
     assert m2.items[0].text.endswith("companyâ€™s transition") and m2.source["texts_fixed"] == 0
 

@@ -51,8 +51,11 @@ def prepare_meld(
     ``val``. ``text`` is the utterance, ``speaker`` the speaker. The mp4 is already the utterance clip,
     so ``start``/``end`` stay empty (``StartTime``/``EndTime`` are times in the episode, not in the clip).
 
-    With ``fix_text`` the cp1252-read-as-UTF-8 mojibake of the release (``â€™`` for ``’``) is repaired
-    (``fix_mojibake``); the count is recorded in ``source["texts_fixed"]``. A row whose clip is missing
+    With ``fix_text`` the texts are repaired as the release's own fix (declare-lab/MELD PR #28) did: the cp1252
+    punctuation that copies before it hold as C1 control characters (U+0085, U+0091..U+0094, U+0096,
+    U+0097) becomes ``…‘’“”–—`` and U+00A0 a plain space; cp1252-read-as-UTF-8 mojibake (``â€™`` for
+    ``’``) is undone too (``fix_mojibake``). Whichever copy is read, the count of changed texts is recorded
+    in ``source["texts_fixed"]``. A row whose clip is missing
     (a few in the release) is a "file not found" row: an error, or listed with ``skip_invalid``.
     """
     root = dataset_root(root, "meld")
@@ -80,6 +83,8 @@ def prepare_meld(
             text = row.get("Utterance") or ""
             if fix_text:
                 text, changed = fix_mojibake(text)
+                if "\xa0" in text:  # the release's own fix made its no-break spaces plain spaces
+                    text, changed = text.replace("\xa0", " "), True
                 fixed += changed
             items.append(Item(
                 id=f"{part}/dia{dia}_utt{utt}", path=f"{clip_dir}/dia{dia}_utt{utt}.mp4",
