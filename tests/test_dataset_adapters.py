@@ -267,8 +267,9 @@ def _meld(root: Path, rows: dict[str, list[tuple]], missing: tuple[str, ...] = (
     for part, folder in folders.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
         lines = [MELD_HEADER]
-        for k, (text, speaker, emotion, dia, utt) in enumerate(rows.get(part, []), start=1):
-            lines.append(f'{k},"{text}",{speaker},{emotion},neutral,{dia},{utt},1,1,"00:00:01,000","00:00:02,500"\n')
+        for k, (text, speaker, emotion, dia, utt, *span) in enumerate(rows.get(part, []), start=1):
+            start, end = span or ("00:00:01,000", "00:00:02,500")
+            lines.append(f'{k},"{text}",{speaker},{emotion},neutral,{dia},{utt},1,1,"{start}","{end}"\n')
             if f"{part}/dia{dia}_utt{utt}" not in missing:
                 _touch(root / folder / f"dia{dia}_utt{utt}.mp4")
         _write(root / f"{part}_sent_emo.csv", "".join(lines))
@@ -320,6 +321,23 @@ def test_meld_finds_clip_folders_unpacked_one_level_deeper_and_ignores_unlisted_
     shutil.rmtree(root / "test")
     with pytest.raises(ManifestError, match=r"no clip folder output_repeated_splits_test/ in .* up to 2 levels below"):
         prepare_meld(root, tmp_path / "cache")
+
+
+def test_meld_flags_mis_cut_and_empty_spans_and_stops_on_a_bad_time(tmp_path):
+    rows = {"train": [("Hi", "Ross", "joy", 309, 0, "0:13:01,100", "0:13:42,100"),  # 41 s, one-digit hour
+                      ("Ok", "Ross", "joy", 309, 1, "00:13:42,477", "00:13:44,000")],
+            "dev": [("Hey", "Joey", "anger", 0, 0, "0:01:00,000", "0:01:29,999")],  # under 30 s
+            "test": [("Yo", "Monica", "fear", 38, 4, "1:00:00,000", "1:05:04,900"),
+                     ("So", "Monica", "fear", 155, 3, "0:20:00,500", "0:20:00,500")]}  # StartTime = EndTime
+    m, skipped = prepare_meld(_meld(tmp_path / "meld", rows), tmp_path / "cache")
+    assert skipped == [] and len(m.items) == 5  # flagged, not dropped
+    assert m.source["flagged_spans"] == {"threshold_s": 30.0, "longer": ["train/dia309_utt0", "test/dia38_utt4"],
+                                         "empty": ["test/dia155_utt3"]}
+    assert all(it.start is None and it.end is None for it in m.items)
+    rows["dev"][0] = ("Hey", "Joey", "anger", 0, 0, "0:01:00", "0:01:29,999")
+    with pytest.raises(ManifestError, match=r"dev_sent_emo.csv row 1 \(id 'dev/dia0_utt0'\): StartTime / EndTime "
+                                            r"must be 'h:mm:ss,mmm', got '0:01:00'"):
+        prepare_meld(_meld(tmp_path / "meld2", rows), tmp_path / "cache")
 
 
 def test_meld_rows_without_clip_are_errors_or_listed(tmp_path):
