@@ -480,6 +480,8 @@ def test_ferv39k_official_lists_over_frame_folders(tmp_path):
             _frames(root / "2_ClipsforFaceCrop" / p)
     m, _ = prepare_ferv39k(root, tmp_path / "cache")
     assert m.classes == FERV39K_CLASSES and m.split_schemes == {"ferv39k": ["official"]}
+    assert m.source["header_lines"] == {"4_setups/All_scenes/train_All.csv": "path label",
+                                        "4_setups/All_scenes/test_All.csv": "path label"}
     assert [it.id for it in m.items] == entries["train"] + entries["test"]
     assert [it.label for it in m.items] == ["angry", "happy", "sad", "surprise", "neutral"]
     assert m.items[0].path == "2_ClipsforFaceCrop/Action/Angry/0001"
@@ -490,6 +492,33 @@ def test_ferv39k_official_lists_over_frame_folders(tmp_path):
         prepare_ferv39k(root, tmp_path / "cache")
     (root / "4_setups" / "All_scenes" / "train_All.csv").unlink()
     with pytest.raises(ManifestError, match=r"ferv39k: split list .*train_All.csv not found"):
+        prepare_ferv39k(root, tmp_path / "cache")
+
+
+def test_ferv39k_frames_unzipped_one_level_deeper_and_ids_are_whole_paths(tmp_path):
+    root = tmp_path / "FERV39k"
+    train = ["Action/Happy/0267", "Crime/Happy/0267", "Speech/Fear/0001"]  # the clip number repeats
+    _write(root / "4_setups" / "All_scenes" / "train_All.csv", "".join(f"{p} {p.split('/')[1]}\n" for p in train))
+    _write(root / "4_setups" / "All_scenes" / "test_All.csv", "Talkshow/Sad/0002 Sad\n")
+    for p in [*train, "Talkshow/Sad/0002"]:
+        _frames(root / "2_ClipsforFaceCrop-002" / "2_ClipsforFaceCrop" / p)
+    m, skipped = prepare_ferv39k(root, tmp_path / "cache")
+    assert skipped == [] and [it.id for it in m.items] == [*train, "Talkshow/Sad/0002"]
+    assert m.items[0].path == "2_ClipsforFaceCrop-002/2_ClipsforFaceCrop/Action/Happy/0267"
+    assert m.source["header_lines"] == {}  # no header: the first lines are entries
+    assert m.source["frames"].endswith("2_ClipsforFaceCrop-002/2_ClipsforFaceCrop")
+    _frames(root / "copy" / "2_ClipsforFaceCrop" / "Action/Happy/0267")
+    with pytest.raises(ManifestError, match=r"2_ClipsforFaceCrop/ is in two folders under .*: "
+                                            r"2_ClipsforFaceCrop-002/2_ClipsforFaceCrop and copy/2_ClipsforFaceCrop"):
+        prepare_ferv39k(root, tmp_path / "cache")
+    shutil.rmtree(root / "copy")
+    _write(root / "4_setups" / "All_scenes" / "test_All.csv", "Scene/Emotion/Clip Label\nTalkshow/Sad/0002 Sad\n")
+    m, _ = prepare_ferv39k(root, tmp_path / "cache")
+    assert m.source["header_lines"] == {"4_setups/All_scenes/test_All.csv": "Scene/Emotion/Clip Label"}
+    assert len(m.items) == 4
+    _write(root / "4_setups" / "All_scenes" / "test_All.csv", "0002 Sad\n")  # a clip number alone
+    with pytest.raises(ManifestError, match=r"test_All.csv row 1 \(id '0002'\): expected '<Scene>/<Emotion>/<clip> "
+                                            r"<Emotion>'.*repeats across scenes"):
         prepare_ferv39k(root, tmp_path / "cache")
 
 
