@@ -625,7 +625,7 @@ SRT = (
     "\ufeff1\r\n00:00:01,000 --> 00:00:04,500\r\n<i>Hello there,</i>\r\n{\\an8}General <b>Kenobi</b>!\r\n\r\n"
     "2\r\n00:00:04,000 --> 00:00:06,250  X1:100 X2:200\r\n<font color=\"#ff0000\">Overlapping</font> line\r\n\r\n"
     "3\r\n00:00:07,000 --> 00:00:08,000\r\n<i></i>\r\n\r\n"
-    "4\r\n01:02:03.004 --> 01:02:05,000\r\nlast\r\n"
+    "4\r\n01:02:03.004 --> 01:02:05,000\r\nlast &amp; least\r\n"
 )
 
 VTT = """WEBVTT - a title
@@ -651,10 +651,10 @@ def test_parse_srt_multiline_tags_bom_crlf():
     cues, problems = parse_subtitles(SRT)
     assert problems == []
     assert [c.index for c in cues] == [1, 2, 3, 4]
-    assert cues[0] == Cue(index=1, start=1.0, end=4.5, text="Hello there,\nGeneral Kenobi!", speaker=None, line=2)
+    assert cues[0] == Cue(index=1, start=1.0, end=4.5, text="Hello there, General Kenobi!", speaker=None, line=2)
     assert (cues[1].start, cues[1].end, cues[1].text) == (4.0, 6.25, "Overlapping line")  # overlap kept
     assert cues[2].text == ""  # empty after markup removal
-    assert (cues[3].start, cues[3].end) == (3723.004, 3725.0)
+    assert (cues[3].start, cues[3].end, cues[3].text) == (3723.004, 3725.0, "last & least")  # entities in SRT too
 
 
 def test_parse_vtt_header_notes_styles_voice_and_short_times():
@@ -663,7 +663,7 @@ def test_parse_vtt_header_notes_styles_voice_and_short_times():
     assert len(cues) == 2
     first, second = cues
     assert (first.start, first.end, first.speaker, first.line) == (1.0, 3.5, "Mary Ann", 11)
-    assert first.text == "I & you\nagain now"
+    assert first.text == "I & you again now"  # lines joined with a space
     assert (second.start, second.end, second.text, second.speaker) == (4.0, 5.0, "<b> stays text", None)
 
 
@@ -682,10 +682,16 @@ def test_parse_subtitles_problems_name_the_line(text, line, message):
     assert len(problems) == 1 and problems[0][0] == line + 4 and message in problems[0][1]
 
 
-def test_read_subtitles_reports_non_utf8_line(tmp_path):
-    f = _touch(tmp_path / "a.srt", b"1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03,000 --> 00:00:04,000\ncaf\xe9\n")
+def test_read_subtitles_falls_back_to_cp1252_then_latin1_and_refuses_utf16(tmp_path):
+    f = _touch(tmp_path / "a.srt", b"1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03,000 --> 00:00:04,000\n"
+                                   b"caf\xe9 \x93ol\xe9\x94\n")
     cues, problems = read_subtitles(f)
-    assert cues == [] and problems[0][0] == 7 and "not UTF-8" in problems[0][1]
+    assert problems == [] and [c.text for c in cues] == ["hi", "café “olé”"]  # cp1252
+    _touch(f, b"1\n00:00:01,000 --> 00:00:02,000\n\x81caf\xe9\n")  # 0x81 has no cp1252 character
+    assert [c.text for c in read_subtitles(f)[0]] == ["\x81café"]
+    _touch(f, "1\n00:00:01,000 --> 00:00:02,000\nhi\n".encode("utf-16"))
+    cues, problems = read_subtitles(f)
+    assert cues == [] and problems == [(1, "not a text file in UTF-8, cp1252 or latin-1 (it holds NUL bytes: UTF-16?)")]
 
 
 def test_subtitles_adapter_one_item_per_cue(tmp_path):
@@ -699,10 +705,11 @@ def test_subtitles_adapter_one_item_per_cue(tmp_path):
     assert skipped == [] and m.label_type == "none" and m.classes == []
     assert [it.id for it in m.items] == ["s01/e01-1", "s01/e01-2", "s01/e01-4", "s01/e02-1", "s01/e02-2"]
     a = m.items[0]
-    assert (a.path, a.start, a.end, a.text) == ("s01/e01.mp4", 1.0, 4.5, "Hello there,\nGeneral Kenobi!")
+    assert (a.path, a.start, a.end, a.text) == ("s01/e01.mp4", 1.0, 4.5, "Hello there, General Kenobi!")
     assert m.items[3].path == "s01/e02.mkv" and m.items[3].speaker == "Mary Ann"
     assert m.split_schemes == {"subtitles": ["all"]} and all(it.splits == {"subtitles": {"all": "train"}} for it in m.items)
     assert m.source["empty_cues"] == 1 and m.source["videos_without_subtitles"] == 1
+    assert m.source["subtitle_encodings"] == {}  # every file UTF-8
     assert m.source["videos_without_subtitles_first"] == ["s01/e03.mp4"]
     m2, _ = prepare_subtitles(root, tmp_path / "cache2", min_duration=2.0, max_duration=3.0)
     assert [it.id for it in m2.items] == ["s01/e01-2", "s01/e02-1"] and m2.source["cues_out_of_duration"] == 3
@@ -727,6 +734,13 @@ def test_subtitles_adapter_errors(tmp_path):
     with pytest.raises(ManifestError, match=r"orphan.srt \(id None\): no video for this subtitle file"):
         prepare_subtitles(root, tmp_path / "cache")
     (root / "orphan.srt").unlink()
+    _touch(root / "e01.srt", b"1\n00:00:01,000 --> 00:00:02,000\nun caf\xe9\n")
+    m, _ = prepare_subtitles(root, tmp_path / "cache")
+    assert m.items[0].text == "un café" and m.source["subtitle_encodings"] == {"e01.srt": "cp1252"}
+    _touch(root / "e01.srt", "1\n00:00:01,000 --> 00:00:02,000\nhi\n".encode("utf-16"))
+    with pytest.raises(ManifestError, match=r"e01.srt row 1 \(id None\): not a text file .*UTF-16"):
+        prepare_subtitles(root, tmp_path / "cache")
+    _write(root / "e01.srt", "1\n00:00:01,000 --> 00:00:02,000\nok\n")
     _touch(root / "e01.mkv")
     m, skipped = prepare_subtitles(root, tmp_path / "cache", skip_invalid=True)
     assert [it.path for it in m.items] == ["e01.mkv"] and any("e01.mp4: a second video for e01 (first: e01.mkv)" in r for _, _, r in skipped)
@@ -772,5 +786,5 @@ def test_subtitles_from_a_separate_mirrored_folder_via_the_cli(tmp_path):
     assert res.exit_code == 0, res.output
     m = read_manifest(tmp_path / "tv")
     assert [it.id for it in m.items] == ["s01/e01-1", "s01/e01-2", "s01/e01-4", "s01/e02-1", "s01/e02-2"]
-    assert m.items[0].text == "Hello there,\nGeneral Kenobi!" and m.source["subs"] == str(subs.resolve())
+    assert m.items[0].text == "Hello there, General Kenobi!" and m.source["subs"] == str(subs.resolve())
     assert "orphan.srt" in res.output and "no video for this subtitle file" in res.output
