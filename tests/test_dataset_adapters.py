@@ -408,8 +408,8 @@ def _dfew(root: Path, labels: dict[int, int], media: str = "frames", spelling: s
     for c in clips:
         if media == "frames":
             _frames(root / "Clip" / "clip_224x224" / f"{c:05d}")
-        else:
-            _touch(root / "Clip" / "original" / f"{c}.mp4")
+        else:  # the README's 5-digit names, or unpadded ones as some copies have
+            _touch(root / "Clip" / "original" / (f"{c:05d}.mp4" if media == "original" else f"{c}.mp4"))
     return root
 
 
@@ -445,7 +445,14 @@ def test_dfew_split_folders_as_the_readme_or_plainly_spelt(tmp_path, spelling):
 def test_dfew_media_and_errors(tmp_path):
     root = _dfew(tmp_path / "DFEW", {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}, media="original")
     m, _ = prepare_dfew(root, tmp_path / "cache", media="original")
-    assert m.items[0].path == "Clip/original/1.mp4"
+    assert m.items[0].path == "Clip/original/00001.mp4"
+    unpadded = _dfew(tmp_path / "DFEW_unpadded", {1: 1, 2: 2}, media="original_unpadded")
+    _touch(unpadded / "Clip" / "original" / "00002.mp4")  # both names: the README's wins
+    m, _ = prepare_dfew(unpadded, tmp_path / "cache_u", media="original")
+    assert [it.path for it in m.items] == ["Clip/original/1.mp4", "Clip/original/00002.mp4"]
+    (unpadded / "Clip" / "original" / "1.mp4").unlink()
+    with pytest.raises(ManifestError, match=r"row 1 \(id '00001'\): file not found.*Clip/original/00001.mp4"):
+        prepare_dfew(unpadded, tmp_path / "cache_u", media="original")
     with pytest.raises(ManifestError, match=r"dfew: clip folder .*Clip/clip_224x224 not found \(media='clip_224x224'"):
         prepare_dfew(root, tmp_path / "cache")
     with pytest.raises(ManifestError, match=r"media 'faces' is not one of"):

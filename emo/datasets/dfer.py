@@ -32,8 +32,9 @@ DFEW_MEDIA = {  # media -> (folder under root, file or folder name of clip n)
     "clip_224x224": ("Clip/clip_224x224", "{n:05d}"),  # face frames, no temporal interpolation
     "clip_224x224_16f": ("Clip/clip_224x224_16f", "{n:05d}"),  # 16 temporally interpolated face frames
     "clip_224x224_avi": ("Clip/clip_224x224_avi", "{n:05d}.avi"),
-    "original": ("Clip/original", "{n}.mp4"),
+    "original": ("Clip/original", "{n:05d}.mp4"),  # the release README's XXXXX.mp4
 }
+_DFEW_ALSO = {"original": "{n}.mp4"}  # media -> another name of clip n (unpadded copies), used when present
 _DFEW_SPLITS = "EmoLabel_DataSplit"
 
 
@@ -56,8 +57,8 @@ def prepare_dfew(
     neutral, angry, surprise, disgust, fear (0 = no single label: an error in these files). All ten files
     must exist (a missing one is named). Clips: ``media`` picks one of ``DFEW_MEDIA`` — the face frames
     ``Clip/clip_224x224/00001/`` (default, what CLIP-based DFER work samples), ``clip_224x224_16f``,
-    ``Clip/clip_224x224_avi/00001.avi`` or ``Clip/original/1.mp4`` (naming from public loaders,
-    unconfirmed: a missing file is reported with its path); ``videos`` replaces the media folder.
+    ``Clip/clip_224x224_avi/00001.avi`` or ``Clip/original/00001.mp4`` (the README's ``XXXXX.mp4``; an
+    unpadded ``1.mp4`` is taken when only it exists; a missing file is reported with the padded path); ``videos`` replaces the media folder.
     ``splits`` replaces ``root/EmoLabel_DataSplit``. Ids are the 5-digit clip numbers.
     A clip's label must agree across files; a clip in train and test of one fold is an error.
     """
@@ -112,8 +113,12 @@ def prepare_dfew(
             origin.setdefault(clip, (shown, n))
             parts.setdefault(clip, {})[fold] = part
     items, origins = [], []
+    also = _DFEW_ALSO.get(media)
     for clip in sorted(labels):
-        items.append(Item(id=f"{clip:05d}", path=relative_path(media_dir / pattern.format(n=clip), root),
+        path = media_dir / pattern.format(n=clip)
+        if also is not None and not path.exists() and (media_dir / also.format(n=clip)).exists():
+            path = media_dir / also.format(n=clip)
+        items.append(Item(id=f"{clip:05d}", path=relative_path(path, root),
                           label=labels[clip][0], splits={"dfew": dict(sorted(parts[clip].items()))}))
         origins.append(origin[clip])
     manifest = Manifest(
