@@ -109,6 +109,7 @@ def test_ve8_draws_ten_seeded_stratified_2_to_1_splits(tmp_path):
     assert [it.label for it in m.items[::6]] == VE8_CLASSES
     assert m.split_schemes == {"ve8": [str(k) for k in range(10)]}
     assert m.source["fold_seeds"] == list(range(10)) and m.source["folds_from"] == "seeded stratified split"
+    assert m.source["ignored_files"] == 0 and m.source["ignored_files_first"] == []
     labels = [it.label for it in m.items]
     for k in range(10):
         fold = _fold(m, "ve8", str(k))
@@ -116,6 +117,19 @@ def test_ve8_draws_ten_seeded_stratified_2_to_1_splits(tmp_path):
         assert Counter(i.split("/")[0] for i, p in fold.items() if p == "test") == {f: 2 for f in VE8_FOLDERS}
     assert _fold(m, "ve8", "0") != _fold(m, "ve8", "1")
     assert read_manifest(tmp_path / "cache" / "ve8") == m
+
+
+def test_ve8_lists_every_file_and_names_the_ones_that_are_not_videos(tmp_path):
+    root = _class_tree(tmp_path / "ve8", VE8_FOLDERS)
+    _touch(root / "Fear" / "3527012618_7ceb8fb27b_700.avi")  # not .mp4: still a video
+    _touch(root / "Joy" / "clip.MP4")
+    _touch(root / "Joy" / "clip.mp4.part")  # '.mp4' in the name but no video: VAANet would take it
+    _touch(root / "Anger" / "notes.txt")
+    _touch(root / "Anger" / ".DS_Store")  # hidden: neither a video nor counted
+    m, _ = prepare_ve8(root, tmp_path / "cache")
+    assert {"Fear/3527012618_7ceb8fb27b_700", "Joy/clip"} <= set(m.by_id()) and len(m.items) == 6 * 8 + 2
+    assert m.source["ignored_files"] == 2
+    assert m.source["ignored_files_first"] == ["Anger/notes.txt", "Joy/clip.mp4.part"]
 
 
 def test_ve8_reads_vaanet_style_split_lists(tmp_path):
