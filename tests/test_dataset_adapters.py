@@ -109,6 +109,7 @@ def test_ve8_draws_ten_seeded_stratified_2_to_1_splits(tmp_path):
     assert [it.label for it in m.items[::6]] == VE8_CLASSES
     assert m.split_schemes == {"ve8": [str(k) for k in range(10)]}
     assert m.source["fold_seeds"] == list(range(10)) and m.source["folds_from"] == "seeded stratified split"
+    assert m.source["ignored_files"] == 0 and m.source["ignored_files_first"] == []
     labels = [it.label for it in m.items]
     for k in range(10):
         fold = _fold(m, "ve8", str(k))
@@ -116,6 +117,19 @@ def test_ve8_draws_ten_seeded_stratified_2_to_1_splits(tmp_path):
         assert Counter(i.split("/")[0] for i, p in fold.items() if p == "test") == {f: 2 for f in VE8_FOLDERS}
     assert _fold(m, "ve8", "0") != _fold(m, "ve8", "1")
     assert read_manifest(tmp_path / "cache" / "ve8") == m
+
+
+def test_ve8_lists_every_file_and_names_the_ones_that_are_not_videos(tmp_path):
+    root = _class_tree(tmp_path / "ve8", VE8_FOLDERS)
+    _touch(root / "Fear" / "3527012618_7ceb8fb27b_700.avi")  # not .mp4: still a video
+    _touch(root / "Joy" / "clip.MP4")
+    _touch(root / "Joy" / "clip.mp4.part")  # '.mp4' in the name but no video: VAANet would take it
+    _touch(root / "Anger" / "notes.txt")
+    _touch(root / "Anger" / ".DS_Store")  # hidden: neither a video nor counted
+    m, _ = prepare_ve8(root, tmp_path / "cache")
+    assert {"Fear/3527012618_7ceb8fb27b_700", "Joy/clip"} <= set(m.by_id()) and len(m.items) == 6 * 8 + 2
+    assert m.source["ignored_files"] == 2
+    assert m.source["ignored_files_first"] == ["Anger/notes.txt", "Joy/clip.mp4.part"]
 
 
 def test_ve8_reads_vaanet_style_split_lists(tmp_path):
@@ -260,13 +274,16 @@ def test_mv6_release_tree_takes_lists_of_its_ids_and_names_a_missing_class(tmp_p
 MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
 
 
-def _meld(root: Path, rows: dict[str, list[tuple]], missing: tuple[str, ...] = ()) -> Path:
+def _meld(root: Path, rows: dict[str, list[tuple]], missing: tuple[str, ...] = (), nested: bool = False) -> Path:
     folders = {"train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test"}
+    if nested:  # each part's archive unpacked into a folder of its own: train/train_splits/...
+        folders = {part: f"{part}/{folder}" for part, folder in folders.items()}
     for part, folder in folders.items():
         (root / folder).mkdir(parents=True, exist_ok=True)
         lines = [MELD_HEADER]
-        for k, (text, speaker, emotion, dia, utt) in enumerate(rows.get(part, []), start=1):
-            lines.append(f'{k},"{text}",{speaker},{emotion},neutral,{dia},{utt},1,1,"00:00:01,000","00:00:02,500"\n')
+        for k, (text, speaker, emotion, dia, utt, *span) in enumerate(rows.get(part, []), start=1):
+            start, end = span or ("00:00:01,000", "00:00:02,500")
+            lines.append(f'{k},"{text}",{speaker},{emotion},neutral,{dia},{utt},1,1,"{start}","{end}"\n')
             if f"{part}/dia{dia}_utt{utt}" not in missing:
                 _touch(root / folder / f"dia{dia}_utt{utt}.mp4")
         _write(root / f"{part}_sent_emo.csv", "".join(lines))
@@ -291,8 +308,50 @@ def test_meld_official_parts_text_speaker_and_mojibake(tmp_path):
     assert [it.splits for it in m.items] == [{"meld": {"official": p}} for p in ("train", "train", "val", "test")]
     assert (a.start, a.end) == (None, None)  # the mp4 is already the utterance
     assert m.split_schemes == {"meld": ["official"]} and m.source["texts_fixed"] == 2
+    old_copy = _meld(tmp_path / "old", {  # a copy from before the release's fix: C1 characters, no-break spaces
+        "train": [("Wait\x85 I\x92m \x93fine\x94 \x91ok\x92 \x96 no\x97yes\xa0now", "Ross", "joy", 0, 0)]})
+    m_old, _ = prepare_meld(old_copy, tmp_path / "cache_old")
+    assert m_old.items[0].text == "Wait… I’m “fine” ‘ok’ – no—yes now" and m_old.source["texts_fixed"] == 1
     m2, _ = prepare_meld(root, tmp_path / "cache2", fix_text=False)
     assert m2.items[0].text.endswith("companyâ€™s transition") and m2.source["texts_fixed"] == 0
+
+
+def test_meld_finds_clip_folders_unpacked_one_level_deeper_and_ignores_unlisted_clips(tmp_path):
+    rows = {"train": [("Hi", "Ross", "joy", 0, 0)], "dev": [("Hey", "Joey", "anger", 49, 3)],
+            "test": [("Yo", "Monica", "fear", 101, 1)]}
+    root = _meld(tmp_path / "MELD.Raw", rows, nested=True)
+    _touch(root / "dev" / "dev_splits_complete" / "dia49_utt4.mp4")  # a clip without a CSV row
+    _touch(root / "test" / "output_repeated_splits_test" / "final_videos_testdia101_utt0.mp4")
+    m, skipped = prepare_meld(root, tmp_path / "cache")
+    assert skipped == [] and [it.id for it in m.items] == ["train/dia0_utt0", "dev/dia49_utt3", "test/dia101_utt1"]
+    assert [it.path for it in m.items] == ["train/train_splits/dia0_utt0.mp4", "dev/dev_splits_complete/dia49_utt3.mp4",
+                                           "test/output_repeated_splits_test/dia101_utt1.mp4"]
+    assert m.source["clip_folders"]["dev_splits_complete"] == "dev/dev_splits_complete"
+    (root / "dev_splits_complete").mkdir()
+    with pytest.raises(ManifestError, match=r"meld: two clip folders dev_splits_complete/ under .*: "
+                                            r"dev_splits_complete and dev/dev_splits_complete"):
+        prepare_meld(root, tmp_path / "cache")
+    (root / "dev_splits_complete").rmdir()
+    shutil.rmtree(root / "test")
+    with pytest.raises(ManifestError, match=r"no clip folder output_repeated_splits_test/ in .* up to 2 levels below"):
+        prepare_meld(root, tmp_path / "cache")
+
+
+def test_meld_flags_mis_cut_and_empty_spans_and_stops_on_a_bad_time(tmp_path):
+    rows = {"train": [("Hi", "Ross", "joy", 309, 0, "0:13:01,100", "0:13:42,100"),  # 41 s, one-digit hour
+                      ("Ok", "Ross", "joy", 309, 1, "00:13:42,477", "00:13:44,000")],
+            "dev": [("Hey", "Joey", "anger", 0, 0, "0:01:00,000", "0:01:29,999")],  # under 30 s
+            "test": [("Yo", "Monica", "fear", 38, 4, "1:00:00,000", "1:05:04,900"),
+                     ("So", "Monica", "fear", 155, 3, "0:20:00,500", "0:20:00,500")]}  # StartTime = EndTime
+    m, skipped = prepare_meld(_meld(tmp_path / "meld", rows), tmp_path / "cache")
+    assert skipped == [] and len(m.items) == 5  # flagged, not dropped
+    assert m.source["flagged_spans"] == {"threshold_s": 30.0, "longer": ["train/dia309_utt0", "test/dia38_utt4"],
+                                         "empty": ["test/dia155_utt3"]}
+    assert all(it.start is None and it.end is None for it in m.items)
+    rows["dev"][0] = ("Hey", "Joey", "anger", 0, 0, "0:01:00", "0:01:29,999")
+    with pytest.raises(ManifestError, match=r"dev_sent_emo.csv row 1 \(id 'dev/dia0_utt0'\): StartTime / EndTime "
+                                            r"must be 'h:mm:ss,mmm', got '0:01:00'"):
+        prepare_meld(_meld(tmp_path / "meld2", rows), tmp_path / "cache")
 
 
 def test_meld_rows_without_clip_are_errors_or_listed(tmp_path):
@@ -324,6 +383,23 @@ def test_meld_release_errors(tmp_path):
         prepare_meld(root, tmp_path / "cache")
 
 
+def test_release_csvs_that_are_not_utf8_stop_with_the_file_named(tmp_path):
+    root = _meld(tmp_path / "meld", {"train": [("Hi", "Ross", "joy", 0, 0)]})
+    _touch(root / "dev_sent_emo.csv", MELD_HEADER.encode() + b'1,"caf\xe9",Joey,joy,neutral,0,0,1,1,"0:0:1,0","0:0:2,0"\n')
+    with pytest.raises(ManifestError, match=r"dev_sent_emo.csv: not UTF-8 text"):
+        prepare_meld(root, tmp_path / "cache")
+    root = _dfew(tmp_path / "DFEW", {c: 1 for c in range(1, 6)})
+    _touch(root / "EmoLabel_DataSplit" / "test(single-labeled)" / "set_4.csv", b"video_name,label\n\xff\xfe4,1\n")
+    with pytest.raises(ManifestError, match=r"set_4.csv: not UTF-8 text"):
+        prepare_dfew(root, tmp_path / "cache")
+    root = tmp_path / "EmVidCap"
+    _touch(root / "EmVideo_trainval_captions.csv", b"VideoID\tEmCaptions\nvid1\ta caf\xe9 scene\n")
+    _write(root / "EmVideo_test_captions.csv", "VideoID\tEmCaptions\n")
+    _write(root / "ecpa_split.txt", "vid1 train\n")
+    with pytest.raises(ManifestError, match=r"EmVideo_trainval_captions.csv: not UTF-8 text"):
+        prepare_emvidcap(root, tmp_path / "cache")
+
+
 def test_fix_mojibake():
     assert fix_mojibake("itâ€™s") == ("it’s", True)
     assert fix_mojibake("caf\u00c3\u00a9") == ("café", True)
@@ -346,8 +422,8 @@ def _dfew(root: Path, labels: dict[int, int], media: str = "frames", spelling: s
     for c in clips:
         if media == "frames":
             _frames(root / "Clip" / "clip_224x224" / f"{c:05d}")
-        else:
-            _touch(root / "Clip" / "original" / f"{c}.mp4")
+        else:  # the README's 5-digit names, or unpadded ones as some copies have
+            _touch(root / "Clip" / "original" / (f"{c:05d}.mp4" if media == "original" else f"{c}.mp4"))
     return root
 
 
@@ -383,7 +459,14 @@ def test_dfew_split_folders_as_the_readme_or_plainly_spelt(tmp_path, spelling):
 def test_dfew_media_and_errors(tmp_path):
     root = _dfew(tmp_path / "DFEW", {1: 1, 2: 2, 3: 3, 4: 4, 5: 5}, media="original")
     m, _ = prepare_dfew(root, tmp_path / "cache", media="original")
-    assert m.items[0].path == "Clip/original/1.mp4"
+    assert m.items[0].path == "Clip/original/00001.mp4"
+    unpadded = _dfew(tmp_path / "DFEW_unpadded", {1: 1, 2: 2}, media="original_unpadded")
+    _touch(unpadded / "Clip" / "original" / "00002.mp4")  # both names: the README's wins
+    m, _ = prepare_dfew(unpadded, tmp_path / "cache_u", media="original")
+    assert [it.path for it in m.items] == ["Clip/original/1.mp4", "Clip/original/00002.mp4"]
+    (unpadded / "Clip" / "original" / "1.mp4").unlink()
+    with pytest.raises(ManifestError, match=r"row 1 \(id '00001'\): file not found.*Clip/original/00001.mp4"):
+        prepare_dfew(unpadded, tmp_path / "cache_u", media="original")
     with pytest.raises(ManifestError, match=r"dfew: clip folder .*Clip/clip_224x224 not found \(media='clip_224x224'"):
         prepare_dfew(root, tmp_path / "cache")
     with pytest.raises(ManifestError, match=r"media 'faces' is not one of"):
@@ -418,6 +501,8 @@ def test_ferv39k_official_lists_over_frame_folders(tmp_path):
             _frames(root / "2_ClipsforFaceCrop" / p)
     m, _ = prepare_ferv39k(root, tmp_path / "cache")
     assert m.classes == FERV39K_CLASSES and m.split_schemes == {"ferv39k": ["official"]}
+    assert m.source["header_lines"] == {"4_setups/All_scenes/train_All.csv": "path label",
+                                        "4_setups/All_scenes/test_All.csv": "path label"}
     assert [it.id for it in m.items] == entries["train"] + entries["test"]
     assert [it.label for it in m.items] == ["angry", "happy", "sad", "surprise", "neutral"]
     assert m.items[0].path == "2_ClipsforFaceCrop/Action/Angry/0001"
@@ -428,6 +513,33 @@ def test_ferv39k_official_lists_over_frame_folders(tmp_path):
         prepare_ferv39k(root, tmp_path / "cache")
     (root / "4_setups" / "All_scenes" / "train_All.csv").unlink()
     with pytest.raises(ManifestError, match=r"ferv39k: split list .*train_All.csv not found"):
+        prepare_ferv39k(root, tmp_path / "cache")
+
+
+def test_ferv39k_frames_unzipped_one_level_deeper_and_ids_are_whole_paths(tmp_path):
+    root = tmp_path / "FERV39k"
+    train = ["Action/Happy/0267", "Crime/Happy/0267", "Speech/Fear/0001"]  # the clip number repeats
+    _write(root / "4_setups" / "All_scenes" / "train_All.csv", "".join(f"{p} {p.split('/')[1]}\n" for p in train))
+    _write(root / "4_setups" / "All_scenes" / "test_All.csv", "Talkshow/Sad/0002 Sad\n")
+    for p in [*train, "Talkshow/Sad/0002"]:
+        _frames(root / "2_ClipsforFaceCrop-002" / "2_ClipsforFaceCrop" / p)
+    m, skipped = prepare_ferv39k(root, tmp_path / "cache")
+    assert skipped == [] and [it.id for it in m.items] == [*train, "Talkshow/Sad/0002"]
+    assert m.items[0].path == "2_ClipsforFaceCrop-002/2_ClipsforFaceCrop/Action/Happy/0267"
+    assert m.source["header_lines"] == {}  # no header: the first lines are entries
+    assert m.source["frames"].endswith("2_ClipsforFaceCrop-002/2_ClipsforFaceCrop")
+    _frames(root / "copy" / "2_ClipsforFaceCrop" / "Action/Happy/0267")
+    with pytest.raises(ManifestError, match=r"2_ClipsforFaceCrop/ is in two folders under .*: "
+                                            r"2_ClipsforFaceCrop-002/2_ClipsforFaceCrop and copy/2_ClipsforFaceCrop"):
+        prepare_ferv39k(root, tmp_path / "cache")
+    shutil.rmtree(root / "copy")
+    _write(root / "4_setups" / "All_scenes" / "test_All.csv", "Scene/Emotion/Clip Label\nTalkshow/Sad/0002 Sad\n")
+    m, _ = prepare_ferv39k(root, tmp_path / "cache")
+    assert m.source["header_lines"] == {"4_setups/All_scenes/test_All.csv": "Scene/Emotion/Clip Label"}
+    assert len(m.items) == 4
+    _write(root / "4_setups" / "All_scenes" / "test_All.csv", "0002 Sad\n")  # a clip number alone
+    with pytest.raises(ManifestError, match=r"test_All.csv row 1 \(id '0002'\): expected '<Scene>/<Emotion>/<clip> "
+                                            r"<Emotion>'.*repeats across scenes"):
         prepare_ferv39k(root, tmp_path / "cache")
 
 
@@ -534,7 +646,7 @@ SRT = (
     "\ufeff1\r\n00:00:01,000 --> 00:00:04,500\r\n<i>Hello there,</i>\r\n{\\an8}General <b>Kenobi</b>!\r\n\r\n"
     "2\r\n00:00:04,000 --> 00:00:06,250  X1:100 X2:200\r\n<font color=\"#ff0000\">Overlapping</font> line\r\n\r\n"
     "3\r\n00:00:07,000 --> 00:00:08,000\r\n<i></i>\r\n\r\n"
-    "4\r\n01:02:03.004 --> 01:02:05,000\r\nlast\r\n"
+    "4\r\n01:02:03.004 --> 01:02:05,000\r\nlast &amp; least\r\n"
 )
 
 VTT = """WEBVTT - a title
@@ -560,10 +672,10 @@ def test_parse_srt_multiline_tags_bom_crlf():
     cues, problems = parse_subtitles(SRT)
     assert problems == []
     assert [c.index for c in cues] == [1, 2, 3, 4]
-    assert cues[0] == Cue(index=1, start=1.0, end=4.5, text="Hello there,\nGeneral Kenobi!", speaker=None, line=2)
+    assert cues[0] == Cue(index=1, start=1.0, end=4.5, text="Hello there, General Kenobi!", speaker=None, line=2)
     assert (cues[1].start, cues[1].end, cues[1].text) == (4.0, 6.25, "Overlapping line")  # overlap kept
     assert cues[2].text == ""  # empty after markup removal
-    assert (cues[3].start, cues[3].end) == (3723.004, 3725.0)
+    assert (cues[3].start, cues[3].end, cues[3].text) == (3723.004, 3725.0, "last & least")  # entities in SRT too
 
 
 def test_parse_vtt_header_notes_styles_voice_and_short_times():
@@ -572,7 +684,7 @@ def test_parse_vtt_header_notes_styles_voice_and_short_times():
     assert len(cues) == 2
     first, second = cues
     assert (first.start, first.end, first.speaker, first.line) == (1.0, 3.5, "Mary Ann", 11)
-    assert first.text == "I & you\nagain now"
+    assert first.text == "I & you again now"  # lines joined with a space
     assert (second.start, second.end, second.text, second.speaker) == (4.0, 5.0, "<b> stays text", None)
 
 
@@ -591,10 +703,16 @@ def test_parse_subtitles_problems_name_the_line(text, line, message):
     assert len(problems) == 1 and problems[0][0] == line + 4 and message in problems[0][1]
 
 
-def test_read_subtitles_reports_non_utf8_line(tmp_path):
-    f = _touch(tmp_path / "a.srt", b"1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03,000 --> 00:00:04,000\ncaf\xe9\n")
+def test_read_subtitles_falls_back_to_cp1252_then_latin1_and_refuses_utf16(tmp_path):
+    f = _touch(tmp_path / "a.srt", b"1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03,000 --> 00:00:04,000\n"
+                                   b"caf\xe9 \x93ol\xe9\x94\n")
     cues, problems = read_subtitles(f)
-    assert cues == [] and problems[0][0] == 7 and "not UTF-8" in problems[0][1]
+    assert problems == [] and [c.text for c in cues] == ["hi", "café “olé”"]  # cp1252
+    _touch(f, b"1\n00:00:01,000 --> 00:00:02,000\n\x81caf\xe9\n")  # 0x81 has no cp1252 character
+    assert [c.text for c in read_subtitles(f)[0]] == ["\x81café"]
+    _touch(f, "1\n00:00:01,000 --> 00:00:02,000\nhi\n".encode("utf-16"))
+    cues, problems = read_subtitles(f)
+    assert cues == [] and problems == [(1, "not a text file in UTF-8, cp1252 or latin-1 (it holds NUL bytes: UTF-16?)")]
 
 
 def test_subtitles_adapter_one_item_per_cue(tmp_path):
@@ -608,10 +726,11 @@ def test_subtitles_adapter_one_item_per_cue(tmp_path):
     assert skipped == [] and m.label_type == "none" and m.classes == []
     assert [it.id for it in m.items] == ["s01/e01-1", "s01/e01-2", "s01/e01-4", "s01/e02-1", "s01/e02-2"]
     a = m.items[0]
-    assert (a.path, a.start, a.end, a.text) == ("s01/e01.mp4", 1.0, 4.5, "Hello there,\nGeneral Kenobi!")
+    assert (a.path, a.start, a.end, a.text) == ("s01/e01.mp4", 1.0, 4.5, "Hello there, General Kenobi!")
     assert m.items[3].path == "s01/e02.mkv" and m.items[3].speaker == "Mary Ann"
     assert m.split_schemes == {"subtitles": ["all"]} and all(it.splits == {"subtitles": {"all": "train"}} for it in m.items)
     assert m.source["empty_cues"] == 1 and m.source["videos_without_subtitles"] == 1
+    assert m.source["subtitle_encodings"] == {}  # every file UTF-8
     assert m.source["videos_without_subtitles_first"] == ["s01/e03.mp4"]
     m2, _ = prepare_subtitles(root, tmp_path / "cache2", min_duration=2.0, max_duration=3.0)
     assert [it.id for it in m2.items] == ["s01/e01-2", "s01/e02-1"] and m2.source["cues_out_of_duration"] == 3
@@ -636,6 +755,13 @@ def test_subtitles_adapter_errors(tmp_path):
     with pytest.raises(ManifestError, match=r"orphan.srt \(id None\): no video for this subtitle file"):
         prepare_subtitles(root, tmp_path / "cache")
     (root / "orphan.srt").unlink()
+    _touch(root / "e01.srt", b"1\n00:00:01,000 --> 00:00:02,000\nun caf\xe9\n")
+    m, _ = prepare_subtitles(root, tmp_path / "cache")
+    assert m.items[0].text == "un café" and m.source["subtitle_encodings"] == {"e01.srt": "cp1252"}
+    _touch(root / "e01.srt", "1\n00:00:01,000 --> 00:00:02,000\nhi\n".encode("utf-16"))
+    with pytest.raises(ManifestError, match=r"e01.srt row 1 \(id None\): not a text file .*UTF-16"):
+        prepare_subtitles(root, tmp_path / "cache")
+    _write(root / "e01.srt", "1\n00:00:01,000 --> 00:00:02,000\nok\n")
     _touch(root / "e01.mkv")
     m, skipped = prepare_subtitles(root, tmp_path / "cache", skip_invalid=True)
     assert [it.path for it in m.items] == ["e01.mkv"] and any("e01.mp4: a second video for e01 (first: e01.mkv)" in r for _, _, r in skipped)
@@ -681,5 +807,5 @@ def test_subtitles_from_a_separate_mirrored_folder_via_the_cli(tmp_path):
     assert res.exit_code == 0, res.output
     m = read_manifest(tmp_path / "tv")
     assert [it.id for it in m.items] == ["s01/e01-1", "s01/e01-2", "s01/e01-4", "s01/e02-1", "s01/e02-2"]
-    assert m.items[0].text == "Hello there,\nGeneral Kenobi!" and m.source["subs"] == str(subs.resolve())
+    assert m.items[0].text == "Hello there, General Kenobi!" and m.source["subs"] == str(subs.resolve())
     assert "orphan.srt" in res.output and "no video for this subtitle file" in res.output

@@ -308,6 +308,19 @@ def test_jsonl_errors(tmp_path):
         prepare_csv(f, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("name, data, message", [
+    ("items.csv", "id,path,label\na,a.mp4,caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+    ("items.jsonl", '{"id": "a", "path": "a.mp4", "label": "caf\xe9"}\n'.encode("latin-1"), "not UTF-8 text"),
+    ("items.csv", b"id,path,label\na,a.mp4,\"" + b"x" * 200_000 + b"\"\n", "not a readable CSV"),
+])
+def test_csv_unreadable_file_is_a_manifest_error_naming_it(tmp_path, name, data, message):
+    _videos(tmp_path, ["a.mp4"])
+    f = tmp_path / name
+    f.write_bytes(data)
+    with pytest.raises(ManifestError, match=rf"{name}: {message}"):
+        prepare_csv(f, tmp_path / "cache", skip_invalid=True)
+
+
 def test_csv_skip_invalid_drops_and_lists_bad_rows(tmp_path):
     _videos(tmp_path, ["a.mp4", "b.mp4", "c.mp4"])
     f = _csv(tmp_path / "items.csv", """

@@ -23,6 +23,7 @@ from .common import (
 from .folder import (
     VIDEO_EXTENSIONS,
     class_folders,
+    ignored_files,
     stratified_split,
     videos_in,
 )
@@ -147,15 +148,15 @@ def _prepare_mv6_release(
     lists naming those ids), and the release partition kept as scheme ``mv6_release``, fold ``release``."""
     root = dataset_root(root, "mv6")
     exts = tuple(sorted({(e if e.startswith(".") else "." + e).lower() for e in extensions}))
-    items, origins, ignored, class_folders_of = [], [], 0, {}
+    items, origins, ignored, class_folders_of = [], [], [], {}
     for part, part_dir in parts.items():
         folder_class = _match_class_folders("mv6", part_dir, MV6_CLASSES, exts, aliases=_MV6_ALIASES)
         class_folders_of[part_dir.name] = folder_class
         for cls in MV6_CLASSES:
             class_dir = part_dir / folder_class[cls]
             video_dir = class_dir / "video" if (class_dir / "video").is_dir() else class_dir
-            videos, n_ignored = videos_in(video_dir, exts)
-            ignored += n_ignored
+            videos, skipped_files = videos_in(video_dir, exts)
+            ignored += skipped_files
             if not videos:
                 raise ManifestError(f"mv6: {video_dir} holds no videos ({', '.join(exts)})")
             for entry in videos:
@@ -166,7 +167,7 @@ def _prepare_mv6_release(
                 origins.append((path, None))
     source = {"adapter": "mv6", "layout": "release (Train/Validation/test)", "root": str(root),
               "parts": {part: d.name for part, d in parts.items()}, "class_folders": class_folders_of,
-              "extensions": list(exts), "ignored_files": ignored}
+              "extensions": list(exts), **ignored_files(ignored, root)}
     problems: list[Problem] = []
     split_dir = option_path(splits, root / "splits")
     fold_names = _assign_folds("mv6", items, root, split_dir, splits is not None, folds, test_ratio, seed, False,
@@ -197,11 +198,11 @@ def _prepare_class_folders(
     exts = tuple(sorted({(e if e.startswith(".") else "." + e).lower() for e in extensions}))
     split_dir = option_path(splits, root / "splits")
     folder_class = _match_class_folders(key, root, classes, exts, skip=split_dir)
-    items, origins, ignored = [], [], 0
+    items, origins, ignored = [], [], []
     for cls in classes:
         folder = folder_class[cls]
-        videos, n_ignored = videos_in(root / folder, exts)
-        ignored += n_ignored
+        videos, skipped_files = videos_in(root / folder, exts)
+        ignored += skipped_files
         if not videos:
             raise ManifestError(f"{key}: class folder {root / folder} holds no videos ({', '.join(exts)}) "
                                 "and no frame folders")
@@ -211,7 +212,7 @@ def _prepare_class_folders(
             origins.append((f"{folder}/{entry.name}", None))
 
     source = {"adapter": key, "root": str(root), "class_folders": {c: folder_class[c] for c in classes},
-              "extensions": list(exts), "ignored_files": ignored}
+              "extensions": list(exts), **ignored_files(ignored, root)}
     problems: list[Problem] = []
     fold_names = _assign_folds(key, items, root, split_dir, splits is not None, folds, test_ratio, seed,
                                lists_required, problems, source)

@@ -112,18 +112,24 @@ def read_text_lines(file: Path) -> list[str]:
 
 
 def read_csv_rows(file: Path, required: Sequence[str], delimiter: str = ",") -> tuple[list[str], list[tuple[int, dict]]]:
-    """Header and ``(row, {column: value})`` of a CSV; a missing column is an error naming the file."""
-    with open(file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise ManifestError(f"{file}: missing column(s) {missing}; expected {list(required)}, found {header}")
-        rows = []
-        for n, cells in enumerate(reader, start=1):
-            if not any(c.strip() for c in cells):
-                continue  # a blank line keeps its number
-            rows.append((n, dict(zip(header, cells, strict=False))))
+    """Header and ``(row, {column: value})`` of a CSV; a missing column, a file that is not UTF-8 or one the
+    CSV reader cannot read is an error naming the file."""
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = [h.strip() for h in next(reader, [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise ManifestError(f"{file}: missing column(s) {missing}; expected {list(required)}, found {header}")
+            rows = []
+            for n, cells in enumerate(reader, start=1):
+                if not any(c.strip() for c in cells):
+                    continue  # a blank line keeps its number
+                rows.append((n, dict(zip(header, cells, strict=False))))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{file}: not UTF-8 text ({e})") from None
+    except csv.Error as e:
+        raise ManifestError(f"{file}: not a readable CSV ({e})") from None
     return header, rows
 
 

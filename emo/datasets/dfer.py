@@ -14,6 +14,7 @@ from .common import (
     Problem,
     dataset_root,
     finish_manifest,
+    is_hidden,
     option_path,
     read_csv_rows,
     read_text_lines,
@@ -31,8 +32,9 @@ DFEW_MEDIA = {  # media -> (folder under root, file or folder name of clip n)
     "clip_224x224": ("Clip/clip_224x224", "{n:05d}"),  # face frames, no temporal interpolation
     "clip_224x224_16f": ("Clip/clip_224x224_16f", "{n:05d}"),  # 16 temporally interpolated face frames
     "clip_224x224_avi": ("Clip/clip_224x224_avi", "{n:05d}.avi"),
-    "original": ("Clip/original", "{n}.mp4"),
+    "original": ("Clip/original", "{n:05d}.mp4"),  # the release README's XXXXX.mp4
 }
+_DFEW_ALSO = {"original": "{n}.mp4"}  # media -> another name of clip n (unpadded copies), used when present
 _DFEW_SPLITS = "EmoLabel_DataSplit"
 
 
@@ -55,8 +57,8 @@ def prepare_dfew(
     neutral, angry, surprise, disgust, fear (0 = no single label: an error in these files). All ten files
     must exist (a missing one is named). Clips: ``media`` picks one of ``DFEW_MEDIA`` — the face frames
     ``Clip/clip_224x224/00001/`` (default, what CLIP-based DFER work samples), ``clip_224x224_16f``,
-    ``Clip/clip_224x224_avi/00001.avi`` or ``Clip/original/1.mp4`` (naming from public loaders,
-    unconfirmed: a missing file is reported with its path); ``videos`` replaces the media folder.
+    ``Clip/clip_224x224_avi/00001.avi`` or ``Clip/original/00001.mp4`` (the README's ``XXXXX.mp4``; an
+    unpadded ``1.mp4`` is taken when only it exists; a missing file is reported with the padded path); ``videos`` replaces the media folder.
     ``splits`` replaces ``root/EmoLabel_DataSplit``. Ids are the 5-digit clip numbers.
     A clip's label must agree across files; a clip in train and test of one fold is an error.
     """
@@ -111,8 +113,12 @@ def prepare_dfew(
             origin.setdefault(clip, (shown, n))
             parts.setdefault(clip, {})[fold] = part
     items, origins = [], []
+    also = _DFEW_ALSO.get(media)
     for clip in sorted(labels):
-        items.append(Item(id=f"{clip:05d}", path=relative_path(media_dir / pattern.format(n=clip), root),
+        path = media_dir / pattern.format(n=clip)
+        if also is not None and not path.exists() and (media_dir / also.format(n=clip)).exists():
+            path = media_dir / also.format(n=clip)
+        items.append(Item(id=f"{clip:05d}", path=relative_path(path, root),
                           label=labels[clip][0], splits={"dfew": dict(sorted(parts[clip].items()))}))
         origins.append(origin[clip])
     manifest = Manifest(
@@ -155,46 +161,45 @@ def prepare_ferv39k(
 
     Release (docs/datasets.md: unconfirmed; layout from public loaders, e.g. DFER-CLIP ``main.py`` and its
     ``FERV39KDataset``): lists ``4_setups/All_scenes/train_All.csv`` and ``test_All.csv`` (``splits``
-    replaces the folder), one ``<Scene>/<Emotion>/<clip> <Emotion>`` per line (an optional header line
-    is skipped), and face-frame folders ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/`` (``videos``
-    replaces the folder). A missing list or folder is an error naming it; a line whose label is not one
-    of the 7 classes (angry, disgust, fear, happy, neutral, sad, surprise; case-insensitive) or whose
-    path's emotion folder disagrees with it is a bad row. Ids are the listed paths.
+    replaces the folder), one ``<Scene>/<Emotion>/<clip> <Emotion>`` per line, and face-frame folders
+    ``2_ClipsforFaceCrop/<Scene>/<Emotion>/<clip>/`` (``videos`` replaces the folder). ``2_ClipsforFaceCrop``
+    and ``4_setups`` are also found one level deeper (an unzip gave ``2_ClipsforFaceCrop-002/2_ClipsforFaceCrop/``).
+    A first line that is not a valid entry is a header (whether the lists have one is not known): it is
+    skipped and recorded in ``source["header_lines"]`` — unless it ends in a class name, which makes it a
+    bad entry. A missing list or folder is an error naming it; a line
+    whose label is not one of the 7 classes (angry, disgust, fear, happy, neutral, sad, surprise;
+    case-insensitive), whose path is not ``<Scene>/<Emotion>/<clip>`` or whose emotion folder disagrees
+    with the label is a bad row. Ids are the whole listed paths (clip numbers repeat across scenes).
     """
     root = dataset_root(root, "ferv39k")
-    split_dir = option_path(splits, root / "4_setups" / "All_scenes")
-    frames = option_path(videos, root / "2_ClipsforFaceCrop")
+    split_dir = option_path(splits, _one_level_deeper(root, "4_setups") / "All_scenes")
+    frames = option_path(videos, _one_level_deeper(root, "2_ClipsforFaceCrop"))
     lists = {"train": split_dir / "train_All.csv", "test": split_dir / "test_All.csv"}
     for f in lists.values():
         if not f.is_file():
             raise ManifestError(f"ferv39k: split list {f} not found (expected 4_setups/All_scenes/train_All.csv "
-                                f"and test_All.csv under {root}; splits=FOLDER replaces the folder)")
+                                f"and test_All.csv under {root}, or one level deeper; splits=FOLDER replaces the folder)")
     if not frames.is_dir():
         raise ManifestError(f"ferv39k: frame folder {frames} not found (expected 2_ClipsforFaceCrop/<Scene>/"
-                            "<Emotion>/<clip>/ under root; videos=FOLDER replaces it)")
-    by_name = {c.casefold(): c for c in FERV39K_CLASSES}
+                            "<Emotion>/<clip>/ under root, or one level deeper; videos=FOLDER replaces it)")
     items, origins, problems = [], [], []
+    headers: dict[str, str] = {}  # list file -> its first line, read as a header because it is no entry
     for part, file in lists.items():
         shown = relative_path(file, root)
+        first = True
         for n, line in enumerate(read_text_lines(file), start=1):
-            tokens = [t for t in re.split(r"[,\s]+", line.strip()) if t]
-            if not tokens:
+            if not line.strip():
                 continue
-            if n == 1 and "/" not in tokens[0]:
-                continue  # a header line
-            if len(tokens) != 2:
-                problems.append(Problem(shown, n, tokens[0], f"expected '<Scene>/<Emotion>/<clip> <Emotion>', got {line!r}"))
+            entry = _ferv39k_entry(line)
+            if first and isinstance(entry, str) and not _names_a_class(line):
+                headers[shown] = line.strip()  # a header line: said so in source["header_lines"]
+                first = False
                 continue
-            path, raw = tokens[0].strip("/"), tokens[1]
-            cls = by_name.get(raw.casefold())
-            if cls is None:
-                problems.append(Problem(shown, n, path, f"unknown class {raw!r} (classes: {', '.join(FERV39K_CLASSES)})"))
+            first = False
+            if isinstance(entry, str):
+                problems.append(Problem(shown, n, _list_fields(line)[0], entry))
                 continue
-            folders = path.split("/")
-            if len(folders) >= 2 and folders[-2].casefold() != cls:
-                problems.append(Problem(shown, n, path, f"path's emotion folder {folders[-2]!r} disagrees with "
-                                         f"its label {raw!r}"))
-                continue
+            path, cls = entry
             items.append(Item(id=path, path=relative_path(frames / path, root), label=cls,
                               splits={"ferv39k": {"official": part}}))
             origins.append((shown, n))
@@ -202,9 +207,52 @@ def prepare_ferv39k(
         dataset=dataset or Path(out).resolve().name, classes=list(FERV39K_CLASSES), items=items, root=str(root),
         label_type="single", split_schemes={"ferv39k": ["official"]},
         source={"adapter": "ferv39k", "root": str(root), "frames": str(frames), "split_dir": str(split_dir),
-                "split_sha256": {f.name: sha256_file(f) for f in lists.values()}},
+                "split_sha256": {f.name: sha256_file(f) for f in lists.values()}, "header_lines": headers},
     )
     return finish_manifest(manifest, origins, problems, out, skip_invalid)
+
+
+_FERV39K_BY_NAME = {c.casefold(): c for c in FERV39K_CLASSES}
+
+
+def _list_fields(line: str) -> list[str]:
+    return [t for t in re.split(r"[,\s]+", line.strip()) if t]
+
+
+def _names_a_class(line: str) -> bool:
+    """Whether a line that is not a valid entry still ends in a class name: a bad entry, not a header."""
+    fields = _list_fields(line)
+    return len(fields) == 2 and fields[1].casefold() in _FERV39K_BY_NAME
+
+
+def _ferv39k_entry(line: str) -> tuple[str, str] | str:
+    """``(path, class)`` of a list line ``<Scene>/<Emotion>/<clip> <Emotion>``, or why it is not one."""
+    tokens = _list_fields(line)
+    if len(tokens) != 2:
+        return f"expected '<Scene>/<Emotion>/<clip> <Emotion>', got {line!r}"
+    path, raw = tokens[0].replace("\\", "/").strip("/"), tokens[1]
+    cls = _FERV39K_BY_NAME.get(raw.casefold())
+    if cls is None:
+        return f"unknown class {raw!r} (classes: {', '.join(FERV39K_CLASSES)})"
+    folders = path.split("/")
+    if len(folders) < 3:
+        return f"expected '<Scene>/<Emotion>/<clip> <Emotion>', got {line!r} (the clip number alone repeats across scenes)"
+    if folders[-2].casefold() != cls:
+        return f"path's emotion folder {folders[-2]!r} disagrees with its label {raw!r}"
+    return path, cls
+
+
+def _one_level_deeper(root: Path, name: str) -> Path:
+    """``root/name``, or the one ``root/*/name`` when an unzip wrapped it in a folder of its own
+    (``2_ClipsforFaceCrop-002/2_ClipsforFaceCrop/``); ``root/name`` when neither exists (named by the caller's
+    error). Two wrapped copies are an error."""
+    if (root / name).is_dir():
+        return root / name
+    found = sorted(d / name for d in root.iterdir() if d.is_dir() and not is_hidden(d) and (d / name).is_dir())
+    if len(found) > 1:
+        raise ManifestError(f"{name}/ is in two folders under {root}: {relative_path(found[0], root)} and "
+                            f"{relative_path(found[1], root)}; keep one")
+    return found[0] if found else root / name
 
 
 # --- mafw ----------------------------------------------------------------------------------------

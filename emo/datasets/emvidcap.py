@@ -75,7 +75,7 @@ def prepare_emvidcap(
         raise ManifestError(f"emvidcap: video folder {video_dir} not found")
     refs: dict[str, list[str]] = {}
     for f in caption_files:
-        delimiter = "\t" if "\t" in f.read_text(encoding="utf-8-sig").split("\n", 1)[0] else ","
+        delimiter = "\t" if "\t" in (read_text_lines(f) or [""])[0] else ","
         _, rows = read_csv_rows(f, ("VideoID", "EmCaptions"), delimiter=delimiter)
         for _, row in rows:
             vid, cap = (row.get("VideoID") or "").strip(), (row.get("EmCaptions") or "").strip()

@@ -17,7 +17,7 @@ import numpy as np
 from emo.cache.manifest import Item, Manifest, ManifestError
 from emo.decode.video import IMAGE_SUFFIXES
 
-from .common import is_hidden, write_to
+from .common import is_hidden, relative_path, write_to
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -26,6 +26,7 @@ __all__ = [
     "stratified_split",
     "class_folders",
     "videos_in",
+    "ignored_files",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts",
@@ -99,8 +100,8 @@ def prepare_folder(
     ``classes`` fixes the class order (every class folder must be listed and every listed class must
     have a folder); without it the class order is the sorted folder names. In a class folder, files
     with one of ``extensions`` (case-insensitive) are videos, sub-directories holding images are frame
-    folders; hidden entries are skipped, other files are ignored and counted in ``source``, and a
-    sub-directory without images is an error. Fold ``k`` is ``stratified_split`` with seed ``seed + k``.
+    folders; hidden entries are skipped, other files are ignored, counted and named (the first 20) in
+    ``source``, and a sub-directory without images is an error. Fold ``k`` is ``stratified_split`` with seed ``seed + k``.
     """
     root = Path(root).resolve()
     _check_ratios(test_ratio, val_ratio)
@@ -110,10 +111,10 @@ def prepare_folder(
     folders = class_folders(root, exts)
     order = _class_order(folders, classes, root)
 
-    items, ignored = [], 0
+    items, ignored = [], []
     for name in order:
-        videos, n_ignored = videos_in(folders[name], exts)
-        ignored += n_ignored
+        videos, skipped_files = videos_in(folders[name], exts)
+        ignored += skipped_files
         if not videos:
             raise ManifestError(f"class folder {folders[name]} holds no videos ({', '.join(exts)}) "
                                 "and no frame folders")
@@ -138,7 +139,7 @@ def prepare_folder(
             "adapter": "folder", "root": str(root), "test_ratio": test_ratio, "val_ratio": val_ratio,
             "seed": seed, "folds": folds, "fold_seeds": [seed + k for k in range(folds)],
             "classes_from": "argument" if classes else "sorted folder names", "extensions": list(exts),
-            "ignored_files": ignored,
+            **ignored_files(ignored, root),
         },
     )
     skipped = manifest.validate(check_files=True, skip_invalid=skip_invalid)
@@ -170,9 +171,9 @@ def _class_order(folders: dict[str, Path], classes: list[str] | None, root: Path
     return list(classes)
 
 
-def videos_in(folder: Path, exts: tuple[str, ...]) -> tuple[list[Path], int]:
-    """Videos and frame folders of a class folder in name order, and the number of other files."""
-    videos, ignored = [], 0
+def videos_in(folder: Path, exts: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    """Videos and frame folders of a class folder in name order, and its other files (not hidden)."""
+    videos, ignored = [], []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if is_hidden(entry):
             continue
@@ -184,7 +185,14 @@ def videos_in(folder: Path, exts: tuple[str, ...]) -> tuple[list[Path], int]:
         elif entry.suffix.lower() in exts:
             videos.append(entry)
         else:
-            ignored += 1
+            ignored.append(entry)
     return videos, ignored
+
+
+def ignored_files(files: list[Path], root: Path, shown: int = 20) -> dict:
+    """``source`` fields for the files a scan passed over: their count and the first ``shown`` of them, so
+    a video in an unexpected format is seen, not silently dropped."""
+    return {"ignored_files": len(files),
+            "ignored_files_first": [relative_path(f, root) for f in sorted(files)[:shown]]}
 
 

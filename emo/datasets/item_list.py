@@ -64,7 +64,12 @@ def prepare_csv(
     fmt = file.suffix.lower().lstrip(".")
     if fmt not in ("csv", "jsonl"):
         raise ManifestError(f"{file}: expected a .csv or .jsonl file")
-    rows, column_schemes = _read_csv(file, label_type) if fmt == "csv" else _read_jsonl(file, label_type)
+    try:
+        rows, column_schemes = _read_csv(file, label_type) if fmt == "csv" else _read_jsonl(file, label_type)
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{file}: not UTF-8 text ({e})") from None
+    except csv.Error as e:
+        raise ManifestError(f"{file}: not a readable CSV ({e})") from None
     if not rows:
         raise ManifestError(f"{file} has no data rows")
 

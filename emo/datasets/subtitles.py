@@ -2,8 +2,8 @@
 
 Hand-written and small: SRT and WebVTT cue blocks, ``,``/``.`` milliseconds, hours left out, cue
 settings, multi-line cues, ``<i>``/``{\\an8}`` markup removed, ``<v Name>`` voices, ``NOTE``/``STYLE``
-blocks, BOM and CRLF. Used by the ``subtitles`` dataset adapter. Not pysubs2/srt/webvtt-py: none reports
-malformed cues by line or keeps WebVTT voices across both formats (docs/dependencies.md).
+blocks, BOM and CRLF, UTF-8 else cp1252 else latin-1. Used by the ``subtitles`` dataset adapter. Not
+pysubs2/srt/webvtt-py: none reports malformed cues by line or keeps WebVTT voices across both formats (docs/dependencies.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Cue", "parse_subtitles", "read_subtitles"]
+__all__ = ["Cue", "SUBTITLE_ENCODINGS", "decode_subtitles", "parse_subtitles", "read_subtitles"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,9 @@ def parse_subtitles(text: str) -> tuple[list[Cue], list[tuple[int, str]]]:
 
     Accepted: a BOM, CRLF or CR line ends, ``,`` or ``.`` before the milliseconds in either format,
     hours omitted, cue settings after the end time, an SRT number or VTT identifier before the time
-    line, multi-line cues (lines joined with ``\\n``), HTML-ish tags (``<i>``, ``<font ...>``, VTT ``<c>``,
-    karaoke timestamps) and ASS overrides (``{\\an8}``) removed, VTT ``<v Name>`` giving the speaker, VTT
-    entities unescaped, VTT ``NOTE``/``STYLE``/``REGION`` blocks and the header skipped. Empty cues are
+    line, multi-line cues (lines joined with a space), HTML-ish tags (``<i>``, ``<font ...>``, VTT ``<c>``,
+    karaoke timestamps) and ASS overrides (``{\\an8}``) removed, VTT ``<v Name>`` giving the speaker, HTML
+    entities (``&amp;``) unescaped in either format, VTT ``NOTE``/``STYLE``/``REGION`` blocks and the header skipped. Empty cues are
     returned with ``text == ""``; overlapping cues are kept. A malformed time line, a cue ending before
     it starts and a block without a time line are problems naming their line.
     """
@@ -114,21 +114,33 @@ def _clean_cue(lines: list[str], vtt: bool) -> tuple[str, str | None]:
             if voice:
                 speaker = voice.group(1).strip() or None
         line = _TAG.sub("", _ASS.sub("", line))
-        if vtt:
-            line = html.unescape(line)
-        line = " ".join(line.split())
+        line = " ".join(html.unescape(line).split())  # entities occur in SRT files too
         if line:
             out.append(line)
-    return "\n".join(out), speaker
+    return " ".join(out), speaker
+
+
+SUBTITLE_ENCODINGS = ("utf-8", "cp1252", "latin-1")  # tried in this order
+
+
+def decode_subtitles(raw: bytes) -> tuple[str | None, str]:
+    """A subtitle file's bytes -> ``(text, encoding)``: UTF-8 (BOM optional) first, then cp1252, then
+    latin-1, as older SRT files are often Windows-encoded. Bytes with NULs (UTF-16, or not text) give
+    ``(None, why)``."""
+    if b"\x00" in raw:
+        return None, "not a text file in UTF-8, cp1252 or latin-1 (it holds NUL bytes: UTF-16?)"
+    for enc in SUBTITLE_ENCODINGS:
+        try:
+            return raw.decode("utf-8-sig" if enc == "utf-8" else enc), enc
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes any bytes")
 
 
 def read_subtitles(file: str | Path) -> tuple[list[Cue], list[tuple[int, str]]]:
-    """``parse_subtitles`` of a UTF-8 file (BOM optional); a file that is not UTF-8 is one problem at the
-    line of its first bad byte."""
-    raw = Path(file).read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return [], [(line, f"not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})")]
+    """``parse_subtitles`` of a file decoded by ``decode_subtitles``; a file that cannot be decoded is one
+    problem at line 1."""
+    text, how = decode_subtitles(Path(file).read_bytes())
+    if text is None:
+        return [], [(1, how)]
     return parse_subtitles(text)

@@ -17,7 +17,7 @@ from .common import (
 from .folder import (
     VIDEO_EXTENSIONS,
 )
-from .subtitles import read_subtitles
+from .subtitles import decode_subtitles, parse_subtitles
 
 # --- subtitles -----------------------------------------------------------------------------------
 
@@ -45,7 +45,9 @@ def prepare_subtitles(
     video, ``start``/``end`` the cue (seconds), ``text`` the cue text, ``speaker`` from a VTT voice tag.
     Empty cues make no item and are counted (``source["empty_cues"]``); cues shorter than
     ``min_duration`` or longer than ``max_duration`` seconds (EmotionCLIP keeps 2–10 s) are counted in
-    ``source["cues_out_of_duration"]``. A malformed cue is a bad row at its time line. Videos without
+    ``source["cues_out_of_duration"]``. A malformed cue is a bad row at its time line. A file that is not
+    UTF-8 is read as cp1252, else latin-1, and named with its encoding in ``source["subtitle_encodings"]``;
+    one with NUL bytes (UTF-16) is a bad row. Videos without
     subtitles are counted and named in ``source``. Scheme ``subtitles``, fold ``all``: every item train.
     """
     root = dataset_root(root, "subtitles")
@@ -91,10 +93,17 @@ def prepare_subtitles(
         paired[key] = sub
     items, origins = [], []
     empty, out_of_range = 0, 0
+    fallbacks: dict[str, str] = {}  # subtitle file -> the encoding it was read in when not UTF-8
     for key in sorted(paired):
         sub, video = paired[key], videos[key]
         shown = relative_path(sub, sub_root)
-        cues, cue_problems = read_subtitles(sub)
+        text, encoding = decode_subtitles(sub.read_bytes())
+        if text is None:
+            problems.append(Problem(shown, 1, None, encoding))
+            continue
+        if encoding != "utf-8":
+            fallbacks[shown] = encoding  # said in source: the file was not UTF-8
+        cues, cue_problems = parse_subtitles(text)
         problems += [Problem(shown, line, None, reason) for line, reason in cue_problems]
         for cue in cues:
             if not cue.text:
@@ -114,7 +123,7 @@ def prepare_subtitles(
         label_type="none", split_schemes={"subtitles": ["all"]},
         source={"adapter": "subtitles", "root": str(root), "subs": str(sub_root), "language": language,
                 "min_duration": min_duration, "max_duration": max_duration,
-                "subtitle_files": len(paired), "empty_cues": empty, "cues_out_of_duration": out_of_range,
+                "subtitle_files": len(paired), "subtitle_encodings": fallbacks, "empty_cues": empty, "cues_out_of_duration": out_of_range,
                 "videos_without_subtitles": len(unpaired), "videos_without_subtitles_first": unpaired[:20]},
     )
     return finish_manifest(manifest, origins, problems, out, skip_invalid)
