@@ -24,7 +24,7 @@ EK6_CLASSES = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
 MV6_CLASSES = ["exciting", "fear", "neutral", "relaxation", "sad", "tension"]
 MELD_CLASSES = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]
 DFEW_CLASSES = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]  # labels 1..7
-FERV39K_CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+FERV39K_CLASSES = ["happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"]  # DFEW's order, as DuSE's tables and DFER-CLIP use it
 MAFW_CLASSES = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise", "contempt",
                 "anxiety", "helplessness", "disappointment"]
 
