@@ -20,7 +20,7 @@ from emo.decode.sampling import SamplingConfig
 from emo.decode.video import DecodeError, decode_item
 from emo.extract.modalities.clip import decoder_key, decoding_options
 from emo.extract.runner import ExtractOptions
-from tests import videos
+from tests import test_decode, videos
 
 CPU = torch.device("cpu")
 
@@ -314,3 +314,35 @@ def test_planes_are_taken_as_pyav_hands_cuda_planes_out_with_no_stream_asked():
     plane = Plane(np.arange(12, dtype=np.uint16).reshape(3, 4))
     t = gpu._plane(plane, CPU)
     assert plane.asked == [{}] and t.dtype == torch.int32 and t.tolist() == np.arange(12).reshape(3, 4).tolist()
+
+
+# --- the decoding corpus of tests/test_decode.py, through the GPU route run on the CPU ---------------
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("corpus")
+
+
+@pytest.mark.parametrize("name", list(test_decode.GOOD))
+def test_every_odd_video_decodes_to_the_same_frames_on_the_gpu_route(corpus_dir, name):
+    path, kwargs, _ = test_decode._good(corpus_dir, name)
+    want = decode_item(path, test_decode.CFG, "item", backend="pyav")
+    got = decode_on_gpu(path, test_decode.CFG, "item", None, None, "cpu", hardware=False)
+    np.testing.assert_array_equal(got.frame_index, want.frame_index)
+    np.testing.assert_array_equal(got.timestamps, want.timestamps)
+    assert (got.n_frames, got.width, got.height) == (want.n_frames, want.width, want.height)
+    test_decode._check_colours(got)  # each crop one solid colour, decoding to its stored frame index
+
+
+@pytest.mark.parametrize("name", list(test_decode.BROKEN))
+def test_every_bad_video_fails_on_the_gpu_route_with_the_cpu_paths_reason(tmp_path, monkeypatch, name):
+    make, _ = test_decode.BROKEN[name]
+    path = make(tmp_path / "bad.mp4")
+    with pytest.raises(DecodeError) as cpu_error:
+        decode_item(path, test_decode.CFG, "item", backend="pyav")
+    on_cpu = gpu.decode_on_gpu
+    monkeypatch.setattr(gpu, "decode_on_gpu", lambda *args: on_cpu(*args[:5], "cpu", hardware=True))
+    with pytest.raises(DecodeError) as gpu_error:
+        decode_item(path, test_decode.CFG, "item", device="cuda")  # the route, the conversion on the CPU
+    assert str(gpu_error.value) == str(cpu_error.value)
