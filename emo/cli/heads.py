@@ -110,6 +110,17 @@ def _preset_overrides(name: str, preset: str | None) -> dict:
     return {k: v for k, v in head_preset(name, preset).items()} if preset else {}
 
 
+# options several commands share (typer reads these defaults, never changes them)
+_ALLOW_PARTIAL = typer.Option(False, help="Train on the items that have features when a feature set is unfinished "
+                              "or split items failed (recorded in the run).")
+_PRESET = typer.Option(None, help="emo/configs/heads/NAME/PRESET.json (e.g. table5) or a .json path.")
+_CONFIG = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win.")
+_LOCAL_CLUSTER = typer.Option(0, help="Run every (cell, seed, fold) on a local dask cluster of N worker processes "
+                              "(on a GPU box at most GPUs × --per-gpu).")
+_SCHEDULER = typer.Option(None, help="Run them on the dask cluster at this scheduler address.")
+_PER_GPU = typer.Option(1, help="Heads that may share one GPU on a cluster (only when asked).")
+
+
 @heads_app.command("train", cls=HeadCommand,
                    context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
@@ -124,15 +135,13 @@ def heads_train(
     seed: int = typer.Option(0),
     seeds: str = typer.Option(None, help="Several seeds, e.g. 0,1,2: a run per seed (OUT/seed<k>/) and the "
                               "mean ± std over seeds and folds."),
-    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
-                                       "unfinished or split items failed (recorded in the run)."),
+    allow_partial: bool = _ALLOW_PARTIAL,
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
-    preset: str = typer.Option(None, help="emo/configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
-    config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
-    local_cluster: int = typer.Option(0, help="Run every (cell, seed, fold) on a local dask cluster of N worker "
-                                      "processes (on a GPU box at most GPUs × --per-gpu)."),
-    scheduler: str = typer.Option(None, help="Run them on the dask cluster at this scheduler address."),
-    per_gpu: int = typer.Option(1, help="Heads that may share one GPU on a cluster (only when asked)."),
+    preset: str = _PRESET,
+    config: Path = _CONFIG,
+    local_cluster: int = _LOCAL_CLUSTER,
+    scheduler: str = _SCHEDULER,
+    per_gpu: int = _PER_GPU,
 ) -> None:
     """Train head NAME on a cache; any config field is an option (`--C 0.5` or `--set C=0.5`)."""
     from emo.heads.runs import parse_seeds, train_from_cache
@@ -169,15 +178,13 @@ def heads_sweep(
     seed: int = typer.Option(0),
     seeds: str = typer.Option(None, help="Several seeds, e.g. 0,1,2: every cell is run per seed (CELL/seed<k>/), "
                               "mean ± std over seeds and folds."),
-    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
-                                       "unfinished or split items failed (recorded in the run)."),
+    allow_partial: bool = _ALLOW_PARTIAL,
     set_: list[str] = typer.Option(None, "--set", help="Fixed config override FIELD=VALUE for every cell."),
-    preset: str = typer.Option(None, help="emo/configs/heads/NAME/PRESET.json (e.g. table5) or a .json path."),
-    config: Path = typer.Option(None, help="A config file (emo heads config NAME > FILE, edited); options win."),
-    local_cluster: int = typer.Option(0, help="Run every (cell, seed, fold) on a local dask cluster of N worker "
-                                      "processes (on a GPU box at most GPUs × --per-gpu)."),
-    scheduler: str = typer.Option(None, help="Run them on the dask cluster at this scheduler address."),
-    per_gpu: int = typer.Option(1, help="Heads that may share one GPU on a cluster (only when asked)."),
+    preset: str = _PRESET,
+    config: Path = _CONFIG,
+    local_cluster: int = _LOCAL_CLUSTER,
+    scheduler: str = _SCHEDULER,
+    per_gpu: int = _PER_GPU,
 ) -> None:
     """Train NAME for every cell of the grid × every fold; finished cells are kept (resumable)."""
     from emo.heads.report import format_results_table
@@ -242,8 +249,7 @@ def heads_cache_classifier(
     features: list[str] = typer.Option(None, help="Feature set names (default: the runs' modalities)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train for the α/β search when there is no val split."),
     seed: int = typer.Option(0),
-    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
-                                       "unfinished or split items failed (recorded in the run)."),
+    allow_partial: bool = _ALLOW_PARTIAL,
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (repeatable)."),
     preset: str = typer.Option(None, help="emo/configs/heads/cache-classifier/PRESET.json (e.g. release) or a .json path."),
 ) -> None:
@@ -267,8 +273,7 @@ def heads_probe(
     out: Path = typer.Option(None, help="Run directory to write (default: beside the run, NAME-probe)."),
     val_fraction: float = typer.Option(0.0, help="Stratified part of train for choosing C when there is no val split."),
     seed: int = typer.Option(0),
-    allow_partial: bool = typer.Option(False, help="Train on the items that have features when a feature set is "
-                                       "unfinished or split items failed (recorded in the run)."),
+    allow_partial: bool = _ALLOW_PARTIAL,
     set_: list[str] = typer.Option(None, "--set", help="Config override FIELD=VALUE (C, c_grid, max_iter)."),
 ) -> None:
     """Linear probe (logistic regression) on the features of a trained run (EmoAsst Table 2)."""

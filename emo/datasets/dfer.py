@@ -32,7 +32,7 @@ DFEW_MEDIA = {  # media -> (folder under root, file or folder name of clip n)
     "clip_224x224": ("Clip/clip_224x224", "{n:05d}"),  # face frames, no temporal interpolation
     "clip_224x224_16f": ("Clip/clip_224x224_16f", "{n:05d}"),  # 16 temporally interpolated face frames
     "clip_224x224_avi": ("Clip/clip_224x224_avi", "{n:05d}.avi"),
-    "original": ("Clip/original", "{n:05d}.mp4"),  # the release README's XXXXX.mp4
+    "original": ("Clip/original", "{n:05d}.mp4"),  # the release README's five-digit names
 }
 _DFEW_ALSO = {"original": "{n}.mp4"}  # media -> another name of clip n (unpadded copies), used when present
 _DFEW_SPLITS = "EmoLabel_DataSplit"
@@ -57,7 +57,7 @@ def prepare_dfew(
     neutral, angry, surprise, disgust, fear (0 = no single label: an error in these files). All ten files
     must exist (a missing one is named). Clips: ``media`` picks one of ``DFEW_MEDIA`` — the face frames
     ``Clip/clip_224x224/00001/`` (default, what CLIP-based DFER work samples), ``clip_224x224_16f``,
-    ``Clip/clip_224x224_avi/00001.avi`` or ``Clip/original/00001.mp4`` (the README's ``XXXXX.mp4``; an
+    ``Clip/clip_224x224_avi/00001.avi`` or ``Clip/original/00001.mp4`` (the README's five-digit names; an
     unpadded ``1.mp4`` is taken when only it exists; a missing file is reported with the padded path); ``videos`` replaces the media folder.
     ``splits`` replaces ``root/EmoLabel_DataSplit``. Ids are the 5-digit clip numbers.
     A clip's label must agree across files; a clip in train and test of one fold is an error.

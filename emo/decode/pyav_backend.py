@@ -81,7 +81,7 @@ def decode_pyav(
         index = chosen
     else:
         raise DecodeError("the decoder produced different frames on two passes over the same file")
-    return _item(index, views, times, n_span, size, boxes, orientation, reason, route.backend)
+    return frames.item_of(index, views, times, n_span, size, boxes, route.backend, reason, orientation)
 
 
 def decode_sparse(
@@ -94,12 +94,7 @@ def decode_sparse(
     if sparse is None:
         return None
     views, size, boxes, orientation = sparse
-    return _item(index, views, probe.times, n_span, size, boxes, orientation, reason, route.backend)
-
-
-def _item(index, views, times, n_span, size, boxes, orientation: Orientation, reason, backend: str) -> DecodedItem:
-    """The ``DecodedItem`` of PyAV's views of frames ``index [M, N]`` (``times``: of all frames)."""
-    return frames.item_of(index, views, times, n_span, size, boxes, backend, reason, orientation)
+    return frames.item_of(index, views, probe.times, n_span, size, boxes, route.backend, reason, orientation)
 
 
 def sparse_views(path: Path, probe: VideoProbe, wanted: set[int], cfg: SamplingConfig, item_id: str, route: Route = CPU):

@@ -189,6 +189,7 @@ class _PyFeat:
     def fill(self, k: int, items: list[Item], progress: Progress) -> Filled:
         filled = Filled(records={"pyfeat": {}})
         tables: dict[tuple[Path, int | None], object] = {}  # clips cut from one file share one run
+        turned_of: dict[Path, str | None] = {}
         for it in items:
             i = it.id
             if i not in self.frames:
@@ -200,7 +201,9 @@ class _PyFeat:
             skip = int(np.gcd.reduce(index.reshape(-1))) if index.size else 0
             skip = skip if skip > 1 else None
             path = self.manifest.resolve(it)
-            turned = _turned(path)
+            if path not in turned_of:  # clips cut from one file share one probe
+                turned_of[path] = _turned(path)
+            turned = turned_of[path]
             if turned is not None:
                 filled.errors[i] = (STAGE, turned)
                 progress.failed()
